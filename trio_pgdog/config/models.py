@@ -1,0 +1,184 @@
+"""The configuration as frozen attrs classes.
+
+Names and defaults follow pgDog; every duration is an integer number of
+milliseconds. Value checks live here as attrs validators so that a model can
+never hold a nonsensical value, whether it came from TOML or from a test.
+Checks that need more than one entry (duplicates, unknown databases) live in
+``checks.py`` because they need the whole configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+
+from .errors import InvalidValue
+
+POOLER_MODES = ("transaction", "session")
+ROLES = ("primary", "replica")
+AUTH_TYPES = ("scram", "md5", "trust")
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+# --- validators -------------------------------------------------------------
+
+
+def _choices(options: tuple[str, ...]) -> str:
+    quoted = [repr(o) for o in options]
+    return " or ".join(quoted) if len(quoted) <= 2 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def one_of(options: tuple[str, ...]) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value not in options:
+            raise InvalidValue(attribute.name, f"must be {_choices(options)}, got {value!r}")
+
+    return check
+
+
+def at_least(minimum: int) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value < minimum:
+            raise InvalidValue(attribute.name, f"must be at least {minimum}, got {value}")
+
+    return check
+
+
+def port_number(_inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise InvalidValue(attribute.name, f"must be a port number from 1 to 65535, got {value}")
+
+
+def non_empty(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        raise InvalidValue(attribute.name, "must not be empty")
+
+
+def _min_pool_size(inst: General, attribute: attrs.Attribute[Any], value: int) -> None:
+    # attrs runs validators after every attribute is set, so the sibling is there.
+    at_least(0)(inst, attribute, value)
+    if value > inst.default_pool_size:
+        raise InvalidValue(
+            attribute.name,
+            f"must not exceed default_pool_size ({inst.default_pool_size}), got {value}",
+        )
+
+
+# --- pgdog.toml -------------------------------------------------------------
+
+
+@attrs.frozen
+class General:
+    """``[general]``: the listener and the defaults every pool inherits."""
+
+    host: str = "0.0.0.0"
+    port: int = attrs.field(default=6432, validator=port_number)
+    pooler_mode: str = attrs.field(default="transaction", validator=one_of(POOLER_MODES))
+    default_pool_size: int = attrs.field(default=10, validator=at_least(1))
+    min_pool_size: int = attrs.field(default=0, validator=_min_pool_size)
+    connect_timeout: int = attrs.field(default=5_000, validator=at_least(0))
+    checkout_timeout: int = attrs.field(default=5_000, validator=at_least(0))
+    idle_timeout: int = attrs.field(default=60_000, validator=at_least(0))
+    server_lifetime: int = attrs.field(default=86_400_000, validator=at_least(0))
+    shutdown_timeout: int = attrs.field(default=60_000, validator=at_least(0))
+    client_login_timeout: int = attrs.field(default=60_000, validator=at_least(0))
+    # How the proxy authenticates its clients (not how it logs in to servers).
+    auth_type: str = attrs.field(default="scram", validator=one_of(AUTH_TYPES))
+
+
+def _same_as_name(db: Database) -> str:
+    return db.name
+
+
+@attrs.frozen
+class Database:
+    """One ``[[databases]]`` (or ``[[servers]]``) entry: one PostgreSQL server.
+
+    Entries sharing a ``name`` form one logical database: its shards and replicas.
+    """
+
+    name: str = attrs.field(validator=non_empty)
+    host: str = attrs.field(validator=non_empty)
+    port: int = attrs.field(default=5432, validator=port_number)
+    # The database to open on the server; defaults to the logical name.
+    database_name: str = attrs.field(
+        default=attrs.Factory(_same_as_name, takes_self=True), validator=non_empty
+    )
+    role: str = attrs.field(default="primary", validator=one_of(ROLES))
+    shard: int = attrs.field(default=0, validator=at_least(0))
+
+
+# --- users.toml -------------------------------------------------------------
+
+
+@attrs.frozen
+class User:
+    """One ``[[users]]`` entry: who may connect to which logical database."""
+
+    name: str = attrs.field(validator=non_empty)
+    database: str = attrs.field(validator=non_empty)
+    password: str
+    pool_size: int | None = attrs.field(default=None, validator=at_least(1))
+    pooler_mode: str | None = attrs.field(default=None, validator=one_of(POOLER_MODES))
+    # Credentials for the server side, when they differ from the client's.
+    server_user: str | None = None
+    server_password: str | None = None
+
+    def effective_pool_size(self, general: General) -> int:
+        return self.pool_size if self.pool_size is not None else general.default_pool_size
+
+    def effective_pooler_mode(self, general: General) -> str:
+        return self.pooler_mode if self.pooler_mode is not None else general.pooler_mode
+
+
+# --- the whole configuration ------------------------------------------------
+
+SECTION = "trio_pgdog.config.section"
+
+
+@attrs.frozen
+class Section:
+    """Field metadata: this ``Config`` field is a top-level TOML section.
+
+    The loader discovers sections from these markers, so adding a section is
+    one attrs class plus one ``Config`` field. A ``tuple[X, ...]`` field is an
+    array of tables (``[[name]]``); anything else is a table (``[name]``).
+    """
+
+    file: Literal["pgdog", "users"]
+    # Other spellings accepted for the same array of tables; entries are appended.
+    aliases: tuple[str, ...] = ()
+
+
+def section(file: Literal["pgdog", "users"], *aliases: str) -> dict[str, Section]:
+    return {SECTION: Section(file, aliases)}
+
+
+@attrs.frozen
+class Config:
+    """Everything loaded from pgdog.toml and users.toml; replaced whole on reload."""
+
+    general: General = attrs.field(factory=General, metadata=section("pgdog"))
+    databases: tuple[Database, ...] = attrs.field(default=(), metadata=section("pgdog", "servers"))
+    users: tuple[User, ...] = attrs.field(default=(), metadata=section("users"))
+    # Where the files came from (None when loaded from text), so a reload can reread them.
+    pgdog_path: str | None = None
+    users_path: str | None = None
+    # Login looks users up by (name, database); index once instead of scanning.
+    _user_index: dict[tuple[str, str], User] = attrs.field(
+        init=False, repr=False, eq=False, hash=False
+    )
+
+    @_user_index.default
+    def _index_users(self) -> dict[tuple[str, str], User]:
+        return {(u.name, u.database): u for u in self.users}
+
+    def databases_named(self, name: str) -> tuple[Database, ...]:
+        """Every server of one logical database (all shards and roles), in file order."""
+        return tuple(db for db in self.databases if db.name == name)
+
+    def find_user(self, name: str, database: str) -> User | None:
+        return self._user_index.get((name, database))
