@@ -1,0 +1,148 @@
+"""The running proxy: listeners, pools and client sessions under one root nursery."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import signal
+import socket
+
+import trio
+
+from . import __version__
+from .config import Config
+from .netio import Conn, connect_tcp, set_nodelay
+from .pool.manager import PoolManager
+from .protocol import messages as m
+from .session.session import ClientSession
+from .session.startup import Cancel
+
+log = logging.getLogger(__name__)
+
+_LISTEN_BACKLOG = 4096
+
+
+class Proxy:
+    def __init__(self, config: Config):
+        self.config = config
+        self.pools = PoolManager()
+        self.sessions: dict[int, ClientSession] = {}  # by the pid in their BackendKeyData
+        self.shutting_down = False
+        self.listening: list[tuple[str, int]] = []
+        self._no_sessions = trio.Event()
+        self._no_sessions.set()
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    def register(self, session: ClientSession) -> tuple[int, int]:
+        """Give a logged-in session its own BackendKeyData (pid, secret)."""
+        while True:
+            pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
+            if pid not in self.sessions:
+                break
+        self.sessions[pid] = session
+        if self._no_sessions.is_set():
+            self._no_sessions = trio.Event()
+        return pid, secrets.randbits(31)
+
+    def forget(self, session: ClientSession) -> None:
+        if self.sessions.get(session.pid) is session:
+            del self.sessions[session.pid]
+        if not self.sessions:
+            self._no_sessions.set()
+
+    async def cancel(self, request: Cancel) -> None:
+        """Forward a CancelRequest to the server running that client's query, if any."""
+        session = self.sessions.get(request.pid)
+        if session is None or not hmac.compare_digest(
+                session.secret.to_bytes(4, "big"), request.secret.to_bytes(4, "big", signed=True)):
+            log.info("cancel request for unknown client key %d ignored", request.pid)
+            return
+        server = session.server
+        if server is None:
+            return
+        with trio.move_on_after(self.config.general.connect_timeout / 1000):
+            sock = await connect_tcp(server.host, server.port)
+            conn = Conn(sock)
+            try:
+                await conn.send(m.cancel_request(server.pid, server.secret))
+            finally:
+                conn.close()
+        log.info("client %s: cancel forwarded to %r", session.addr, server)
+
+    # --- serving --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        g = self.config.general
+        listener = _listen(g.host, g.port)
+        self.listening = [listener.getsockname()[:2]]
+        async with trio.open_nursery() as root:
+            await self.pools.apply(self.config, root)
+            async with trio.open_nursery() as clients:
+                root.start_soon(self._signals, root.cancel_scope, clients)
+                log.info("listening on %s:%d (%s pooling)", *self.listening[0], g.pooler_mode)
+                task_status.started(self.listening[0])
+                with trio.CancelScope() as accept_scope:
+                    self._accept_scope = accept_scope
+                    await self._accept(listener, clients)
+                listener.close()
+                await self._drain()
+                clients.cancel_scope.cancel()
+            self.pools.close()
+            root.cancel_scope.cancel()
+        log.info("trio_pgdog stopped")
+
+    async def _accept(self, listener: socket.socket, clients: trio.Nursery) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:  # e.g. EMFILE: keep serving the clients we have
+                log.error("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            set_nodelay(sock)
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+            clients.start_soon(ClientSession(self, Conn(sock, peer), peer).run)
+
+    async def _signals(self, root_scope: trio.CancelScope, clients: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.shutting_down:
+                    log.warning("second %s: stopping now", signal.Signals(signum).name)
+                    root_scope.cancel()
+                    return
+                log.info("%s: shutting down (waiting up to %d ms for in-flight transactions)",
+                         signal.Signals(signum).name, self.config.general.shutdown_timeout)
+                self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop accepting; idle clients are told and closed, busy ones finish their transaction."""
+        self.shutting_down = True
+        self._accept_scope.cancel()
+        for session in list(self.sessions.values()):
+            session.interrupt_idle()
+
+    async def _drain(self) -> None:
+        with trio.move_on_after(self.config.general.shutdown_timeout / 1000):
+            await self._no_sessions.wait()
+            return
+        log.warning("shutdown_timeout reached with %d clients still busy; closing them",
+                    len(self.sessions))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(_LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def startup_banner() -> str:
+    return f"trio_pgdog {__version__} starting"

@@ -1,0 +1,1 @@
+"""Authentication: clients to the proxy (auth.client) and the proxy to PostgreSQL (auth.server)."""

@@ -1,0 +1,254 @@
+"""A pool of server connections for one (user, database) pair.
+
+Checkout is LIFO over idle connections (the most recently used one is the warmest) and
+FIFO over waiting clients. A waiting client is handed a connection directly by checkin,
+so a burst of clients cannot starve the one that waited longest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+
+import attrs
+import trio
+
+from ..protocol import ProxyError
+from ..protocol import errors as codes
+from .server import CONNECT_ERRORS, ServerConnection, describe_connect_error
+
+log = logging.getLogger(__name__)
+
+# Prefill retries back off up to this many seconds while the server is unreachable.
+_MAX_PREFILL_BACKOFF = 5.0
+
+
+@attrs.frozen
+class PoolSettings:
+    host: str
+    port: int
+    database: str          # the database name on the server
+    user: str              # the server-side user
+    password: str | None
+    pool_size: int
+    min_pool_size: int
+    pooler_mode: str
+    connect_timeout: float  # seconds, like every duration below
+    checkout_timeout: float
+    idle_timeout: float
+    server_lifetime: float
+
+    def startup_params(self) -> dict[str, str]:
+        return {"user": self.user, "database": self.database, "application_name": "trio_pgdog"}
+
+
+class _Waiter:
+    __slots__ = ("event", "may_connect", "server")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.server: ServerConnection | None = None
+        self.may_connect = False
+
+
+class Pool:
+    def __init__(self, name: str, settings: PoolSettings):
+        self.name = name
+        self.settings = settings
+        self.idle: list[ServerConnection] = []
+        self.total = 0  # open connections plus connections being opened
+        self.waiters: deque[_Waiter] = deque()
+        self.server_params: dict[str, str] | None = None
+        self.closed = False
+        self._wake = trio.Event()
+        self._deadline = float("inf")  # when the janitor next wakes by itself
+        self._scope: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<pool {self.name} total={self.total} idle={len(self.idle)}>"
+
+    @property
+    def in_use(self) -> int:
+        return self.total - len(self.idle)
+
+    # --- checkout / checkin ----------------------------------------------------------------
+
+    async def checkout(self) -> ServerConnection:
+        if self.closed:
+            raise ProxyError(codes.ADMIN_SHUTDOWN, f"pool {self.name} is closed")
+        if self.idle:
+            return self.idle.pop()
+        if self.total < self.settings.pool_size:
+            self.total += 1
+            return await self._open()
+        return await self._wait()
+
+    def checkin(self, server: ServerConnection, reusable: bool = True) -> None:
+        """Take a connection back; closes it unless it is idle, healthy and young enough."""
+        now = trio.current_time()
+        server.last_used = now
+        if (not reusable or server.broken or self.closed or server.status != b"I"
+                or now - server.created_at >= self.settings.server_lifetime):
+            self._discard(server)
+            return
+        if self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.server = server
+            waiter.event.set()
+            return
+        self.idle.append(server)
+        if now + self.settings.idle_timeout < self._deadline:
+            self._wake.set()  # the janitor sleeps past this connection's expiry
+
+    def _discard(self, server: ServerConnection) -> None:
+        server.close()
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """A connection slot became free: hand it to the first waiter, if any."""
+        if self.waiters and not self.closed:
+            waiter = self.waiters.popleft()
+            waiter.may_connect = True  # the slot stays counted in total, reserved for it
+            waiter.event.set()
+            return
+        self.total -= 1
+        if self.total < self.settings.min_pool_size:
+            self._wake.set()
+
+    async def _open(self) -> ServerConnection:
+        """Open a connection in a slot already counted in `total`."""
+        s = self.settings
+        try:
+            with trio.fail_after(s.connect_timeout):
+                server = await ServerConnection.connect(s.host, s.port, s.startup_params(),
+                                                        s.password)
+        except trio.TooSlowError:
+            self._slot_freed()
+            raise ProxyError(codes.CONNECTION_FAILURE,
+                             f"could not connect to server {s.host}:{s.port} for pool {self.name}"
+                             f" within connect_timeout ({s.connect_timeout * 1000:.0f} ms)") from None
+        except CONNECT_ERRORS as exc:
+            self._slot_freed()
+            raise ProxyError(getattr(exc, "sqlstate", codes.CONNECTION_FAILURE),
+                             f"could not connect to server {s.host}:{s.port} for pool "
+                             f"{self.name}: {describe_connect_error(exc)}") from None
+        except BaseException:
+            self._slot_freed()
+            raise
+        if self.server_params is None:
+            self.server_params = dict(server.params)
+        return server
+
+    async def _wait(self) -> ServerConnection:
+        waiter = _Waiter()
+        self.waiters.append(waiter)
+        try:
+            with trio.move_on_after(self.settings.checkout_timeout):
+                await waiter.event.wait()
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        if waiter.server is not None:
+            return waiter.server
+        if waiter.may_connect:
+            return await self._open()
+        self._abandon(waiter)
+        raise ProxyError(codes.TOO_MANY_CONNECTIONS,
+                         f"no server connection available in pool {self.name} within "
+                         f"checkout_timeout ({self.settings.checkout_timeout * 1000:.0f} ms): "
+                         f"all {self.settings.pool_size} connections are busy")
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter gave up (timeout, client gone): return whatever it was handed."""
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(waiter)
+        if waiter.server is not None:
+            self.checkin(waiter.server)
+        elif waiter.may_connect:
+            self._slot_freed()
+
+    async def startup_params(self) -> dict[str, str]:
+        """The server's ParameterStatus values, connecting once if none is known yet."""
+        if self.server_params is None:
+            self.checkin(await self.checkout())
+        assert self.server_params is not None
+        return self.server_params
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """The pool's own nursery: prefill and reaping. Returns when the pool is closed."""
+        try:
+            with trio.CancelScope() as self._scope:
+                task_status.started()
+                await self._maintain()
+        finally:
+            self._close_idle()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+        self._close_idle()
+        for waiter in self.waiters:
+            waiter.event.set()  # they find neither a server nor a slot and report the timeout
+        self.waiters.clear()
+
+    def _close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+            self.total -= 1
+
+    async def _maintain(self) -> None:
+        backoff = 0.1
+        while True:
+            self._wake = trio.Event()
+            self._reap()
+            if await self._prefill():
+                backoff = 0.1
+                deadline = self._next_expiry()
+            else:
+                deadline = trio.current_time() + backoff
+                backoff = min(backoff * 2, _MAX_PREFILL_BACKOFF)
+            self._deadline = deadline
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+
+    async def _prefill(self) -> bool:
+        """Open connections up to min_pool_size; False if the server could not be reached."""
+        while self.total < self.settings.min_pool_size and not self.closed:
+            self.total += 1
+            try:
+                server = await self._open()
+            except ProxyError as exc:
+                log.warning("pool %s: prefill failed: %s", self.name, exc.message)
+                return False
+            self.checkin(server)
+        return True
+
+    def _reap(self) -> None:
+        """Close connections idle past idle_timeout (down to min_pool_size) or past server_lifetime."""
+        now = trio.current_time()
+        s = self.settings
+        keep: list[ServerConnection] = []
+        spare = self.total - s.min_pool_size
+        for server in self.idle:  # oldest use first: the stack's bottom
+            too_old = now - server.created_at >= s.server_lifetime
+            too_idle = spare > 0 and now - server.last_used >= s.idle_timeout
+            if too_old or too_idle:
+                server.close()
+                self.total -= 1
+                spare -= 1
+            else:
+                keep.append(server)
+        self.idle[:] = keep
+
+    def _next_expiry(self) -> float:
+        s = self.settings
+        deadlines = [srv.created_at + s.server_lifetime for srv in self.idle]
+        if self.total > s.min_pool_size:  # connections kept for min_pool_size never idle out
+            deadlines += [srv.last_used + s.idle_timeout for srv in self.idle]
+        # checkin wakes the janitor when a connection expires sooner than this; the
+        # minute cap keeps it honest otherwise.
+        return min([*deadlines, trio.current_time() + 60.0])

@@ -1,0 +1,121 @@
+"""One authenticated connection from the proxy to a PostgreSQL server."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+
+import trio
+
+from ..auth import server as server_auth
+from ..netio import Conn, ConnectionClosed, connect_tcp
+from ..protocol import ProtocolError, ProxyError, ServerError
+from ..protocol import errors as codes
+from ..protocol import messages as m
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+class ServerConnection:
+    """A server socket plus what PostgreSQL told us at startup.
+
+    `status` is the transaction status of the last ReadyForQuery ('I', 'T' or 'E').
+    """
+
+    def __init__(self, conn: Conn, host: str, port: int):
+        self.id = next(_ids)
+        self.conn = conn
+        self.host = host
+        self.port = port
+        self.params: dict[str, str] = {}
+        self.pid = 0
+        self.secret = 0
+        self.status = b"I"
+        now = trio.current_time()
+        self.created_at = now
+        self.last_used = now
+        self.broken = False
+
+    def __repr__(self) -> str:
+        return f"<server #{self.id} {self.host}:{self.port} pid={self.pid}>"
+
+    @classmethod
+    async def connect(cls, host: str, port: int, params: dict[str, str],
+                      password: str | None) -> ServerConnection:
+        """Connect, authenticate and read the startup burst up to ReadyForQuery.
+
+        Raises OSError (cannot reach), ServerError (PostgreSQL refused) or ProxyError.
+        The caller bounds the time with a cancel scope.
+        """
+        sock = await connect_tcp(host, port)
+        server = cls(Conn(sock, f"{host}:{port}"), host, port)
+        try:
+            await server.conn.send(m.startup_message(params))
+            await server_auth.authenticate(server.conn, params["user"], password)
+            await server._read_startup_burst()
+        except BaseException:
+            server.close()
+            raise
+        return server
+
+    async def _read_startup_burst(self) -> None:
+        while True:
+            kind, body = await self.conn.read_message()
+            if kind == b"S":
+                name, value = m.parse_parameter_status(body)
+                self.params[name] = value
+            elif kind == b"K":
+                self.pid, self.secret = m.unpack_i32(body), m.unpack_i32(body, 4)
+            elif kind == b"Z":
+                self.status = body[:1]
+                return
+            elif kind == b"E":
+                raise ServerError(m.parse_error_fields(body))
+            elif kind != b"N":
+                raise ProtocolError(f"unexpected message {kind!r} from server during startup")
+
+    async def execute(self, sql: str) -> None:
+        """Run one simple-protocol statement to completion; raise ServerError if it failed."""
+        await self.conn.send(m.query(sql))
+        error: dict[str, str] | None = None
+        while True:
+            kind, body = await self.conn.read_message()
+            if kind == b"E":
+                error = m.parse_error_fields(body)
+            elif kind == b"Z":
+                self.status = body[:1]
+                break
+        if error is not None:
+            raise ServerError(error)
+
+    def close(self) -> None:
+        """Say goodbye without waiting (the socket is non-blocking) and close."""
+        if self.conn.closed:
+            return
+        with contextlib.suppress(OSError):
+            self.conn.sock.send(m.terminate())
+        self.conn.close()
+
+
+async def try_execute(server: ServerConnection, sql: str, timeout: float) -> bool:
+    """Run `sql`, returning False (and marking the connection broken) on any failure."""
+    with trio.move_on_after(timeout):
+        try:
+            await server.execute(sql)
+            return server.status == b"I"
+        except (ServerError, ConnectionClosed, ProtocolError, ProxyError, OSError) as exc:
+            log.info("%r: %s failed: %s", server, sql, exc)
+    server.broken = True
+    return False
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    if isinstance(exc, ServerError):
+        return exc.fields.get("M", str(exc))
+    return str(exc) or exc.__class__.__name__
+
+
+CONNECT_ERRORS = (OSError, ServerError, ProxyError, ProtocolError, ConnectionClosed)
+__all__ = ["CONNECT_ERRORS", "ServerConnection", "codes", "describe_connect_error", "try_execute"]

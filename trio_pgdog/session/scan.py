@@ -1,0 +1,146 @@
+"""Finding message boundaries in forwarded byte streams without decoding them.
+
+The relay forwards whole chunks as they arrive; these scanners walk the headers (type
+byte + length) across chunk boundaries and report only what the session must know.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..protocol import ProtocolError
+from ..protocol.messages import MAX_MESSAGE_LENGTH
+
+_LEN = struct.Struct("!i").unpack_from
+
+# Client message types that matter to the session (as ints: indexing bytes yields ints).
+QUERY, SYNC, TERMINATE = ord("Q"), ord("S"), ord("X")
+COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
+_COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
+# Server message types whose body the session reads.
+READY, COPY_IN, COPY_BOTH, ERROR = ord("Z"), ord("G"), ord("W"), ord("E")
+_SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR))
+_FATAL = (b"SFATAL\x00", b"SPANIC\x00")
+
+
+class ClientScan:
+    """Counts what a chunk of client bytes asks of the server.
+
+    After `feed`: `syncs` = Query + Sync messages (each earns one ReadyForQuery);
+    `copy_end` = a CopyDone/CopyFail was seen; `terminate` = offset of a Terminate
+    message in the chunk, or -1. Across feeds: `in_batch` = extended-protocol messages
+    were sent since the last Sync, so the server may answer (after a Flush) or wait.
+    """
+
+    __slots__ = ("_carry", "_skip", "copy_end", "in_batch", "syncs", "terminate")
+
+    def __init__(self) -> None:
+        self._skip = 0
+        self._carry = b""
+        self.syncs = 0
+        self.in_batch = False
+        self.copy_end = False
+        self.terminate = -1
+
+    @property
+    def mid_message(self) -> bool:
+        """True while the stream is inside a message (its rest has not arrived)."""
+        return bool(self._skip or self._carry)
+
+    def feed(self, data: bytes) -> None:
+        self.syncs = 0
+        self.copy_end = False
+        self.terminate = -1
+        carried = len(self._carry)
+        if carried:
+            data = self._carry + data
+            self._carry = b""
+        pos = self._skip
+        end = len(data)
+        while pos + 5 <= end:
+            kind = data[pos]
+            length = _LEN(data, pos + 1)[0]
+            if length < 4 or length > MAX_MESSAGE_LENGTH:
+                raise ProtocolError(f"invalid message length {length} for message type "
+                                    f"{chr(kind)!r}")
+            if kind == SYNC:
+                self.syncs += 1
+                self.in_batch = False
+            elif kind == QUERY:
+                self.syncs += 1
+            elif kind in _COPY_STREAM:
+                if kind != COPY_DATA:
+                    self.copy_end = True
+            elif kind == TERMINATE:
+                self.terminate = pos - carried
+                self._skip = 0
+                return
+            else:
+                self.in_batch = True
+            pos += 1 + length
+        if pos >= end:
+            self._skip = pos - end
+        else:
+            self._carry = data[pos:]
+            self._skip = 0
+
+    def reset(self) -> None:
+        self._skip = 0
+        self._carry = b""
+        self.in_batch = False
+
+
+class ServerScan:
+    """Reports ReadyForQuery statuses, COPY-in starts and FATAL errors in server bytes.
+
+    `fatal` is the offset in the chunk where a FATAL ErrorResponse starts (the server
+    is about to close), or -1; scanning stops there.
+    """
+
+    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "ready")
+
+    def __init__(self) -> None:
+        self._skip = 0
+        self._carry = b""
+        self.ready: list[bytes] = []  # the status byte of each ReadyForQuery, in order
+        self.copy_in = False
+        self.fatal = -1
+
+    def feed(self, data: bytes) -> None:
+        self.ready = []
+        self.copy_in = False
+        self.fatal = -1
+        carried = len(self._carry)
+        if carried:
+            data = self._carry + data
+            self._carry = b""
+        pos = self._skip
+        end = len(data)
+        while pos + 5 <= end:
+            kind = data[pos]
+            length = _LEN(data, pos + 1)[0]
+            if length < 4:
+                raise ProtocolError(f"server sent invalid message length {length}")
+            nxt = pos + 1 + length
+            if kind in _SERVER_WATCH:
+                if nxt > end:  # keep the whole (small) message until it is complete
+                    break
+                if kind == READY:
+                    self.ready.append(data[pos + 5 : nxt])
+                elif kind == ERROR:
+                    if data.startswith(_FATAL, pos + 5):
+                        self.fatal = max(pos - carried, 0)
+                        self._skip = 0
+                        return
+                else:
+                    self.copy_in = True
+            pos = nxt
+        if pos >= end:
+            self._skip = pos - end
+        else:
+            self._carry = data[pos:]
+            self._skip = 0
+
+    def reset(self) -> None:
+        self._skip = 0
+        self._carry = b""

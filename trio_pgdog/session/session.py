@@ -1,0 +1,325 @@
+"""One client session: login, then the relay that moves bytes between client and servers.
+
+The relay is one task that alternates between its client and its server (design.md,
+"Data path"): while the server owes ReadyForQuery messages it waits on the server only;
+while the client has the floor it waits on the client only; only where both sides may
+speak at once (COPY FROM STDIN, an extended-protocol batch without its Sync yet, an idle
+session-mode server) it waits on both through a Poller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..auth import client as client_auth
+from ..netio import Conn, ConnectionClosed, Poller
+from ..pool.server import ServerConnection, try_execute
+from ..protocol import ProtocolError, ProxyError
+from ..protocol import errors as codes
+from ..protocol import messages as m
+from .scan import ClientScan, ServerScan
+from .startup import Cancel, Startup, read_startup
+
+if TYPE_CHECKING:
+    from ..app import Proxy
+    from ..pool.pool import Pool
+
+log = logging.getLogger(__name__)
+
+# How long a departing client's server may take to roll back / reset before it is dropped.
+_CLEANUP_TIMEOUT = 5.0
+
+
+def _shutdown_error() -> ProxyError:
+    return ProxyError(codes.ADMIN_SHUTDOWN, "terminating connection: trio_pgdog is shutting down",
+                      fatal=True)
+
+
+class ClientGone(Exception):
+    """The client closed its connection or sent Terminate."""
+
+
+class ClientSession:
+    def __init__(self, app: Proxy, conn: Conn, addr: str):
+        self.app = app
+        self.client = conn
+        self.addr = addr
+        self.user = ""
+        self.database = ""
+        self.pool: Pool | None = None
+        self.server: ServerConnection | None = None
+        self.pid = 0
+        self.secret = 0
+        self.transaction_mode = True
+        self.pending = 0          # ReadyForQuery messages the server still owes the client
+        self.copy_in = False      # the server is in COPY FROM STDIN, reading client data
+        self.discarding = False   # dropping client messages up to a Sync after an error
+        self.idle = False         # waiting for the client between transactions
+        self.cscan = ClientScan()
+        self.sscan = ServerScan()
+        self._poller: Poller | None = None
+        self._idle_waitable: object | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if await self._login():
+                await self._relay()
+        except ClientGone:
+            pass
+        except ConnectionClosed as exc:
+            log.debug("client %s: connection lost: %s", self.addr, exc)
+        except ProtocolError as exc:
+            log.info("client %s: protocol violation: %s", self.addr, exc)
+            await self._send_error(ProxyError(codes.PROTOCOL_VIOLATION, str(exc), fatal=True))
+        except ProxyError as exc:
+            log.info("client %s (%s@%s): %s: %s", self.addr, self.user or "?", self.database or "?",
+                     exc.sqlstate, exc.message)
+            await self._send_error(exc)
+        finally:
+            await self._release_server()
+            self.app.forget(self)
+            if self._poller is not None:
+                self._poller.close()
+            self.client.close()
+
+    async def _send_error(self, exc: ProxyError) -> None:
+        """Best effort: the client may already be gone."""
+        with trio.move_on_after(1):
+            with contextlib.suppress(ConnectionClosed, trio.ClosedResourceError):
+                await self.client.send(m.error_response(exc.sqlstate, exc.message,
+                                                        severity=exc.severity, hint=exc.hint))
+
+    def interrupt_idle(self) -> None:
+        """Shutdown: wake this session if it is waiting for its client between transactions."""
+        if self.idle and self._idle_waitable is not None:
+            trio.lowlevel.notify_closing(self._idle_waitable)
+
+    # --- login ----------------------------------------------------------------------------------
+
+    async def _login(self) -> bool:
+        timeout = self.app.config.general.client_login_timeout / 1000
+        with trio.move_on_after(timeout):
+            packet = await read_startup(self.client)
+            if isinstance(packet, Cancel):
+                await self.app.cancel(packet)
+                return False
+            await self._admit(packet)
+            return True
+        raise ProxyError(codes.PROTOCOL_VIOLATION,
+                         f"login not completed within client_login_timeout ({timeout * 1000:.0f} ms)",
+                         fatal=True)
+
+    async def _admit(self, startup: Startup) -> None:
+        app = self.app
+        self.user, self.database = startup.user, startup.database
+        if self.app.shutting_down:
+            raise ProxyError(codes.CANNOT_CONNECT_NOW, "trio_pgdog is shutting down", fatal=True)
+        if not app.config.databases_named(self.database):
+            raise ProxyError(codes.UNDEFINED_DATABASE,
+                             f'database "{self.database}" does not exist in trio_pgdog '
+                             "(no [[databases]] entry with that name)", fatal=True)
+        user = app.config.find_user(self.user, self.database)
+        pool = app.pools.get(self.user, self.database)
+        if user is None or pool is None:
+            raise ProxyError(codes.INVALID_AUTHORIZATION,
+                             f'no such user "{self.user}" for database "{self.database}" '
+                             "(add it to users.toml)", fatal=True)
+        await client_auth.authenticate(self.client, app.config.general.auth_type, user.name,
+                                       user.password)
+        self.pool = pool
+        self.transaction_mode = pool.settings.pooler_mode == "transaction"
+        params = dict(await pool.startup_params())
+        if "application_name" in startup.params:
+            params["application_name"] = startup.params["application_name"]
+        self.pid, self.secret = app.register(self)
+        out = [m.auth_ok()]
+        out += [m.parameter_status(k, v) for k, v in params.items()]
+        out += [m.backend_key_data(self.pid, self.secret), m.ready_for_query()]
+        await self.client.send(b"".join(out))
+        log.debug("client %s logged in as %s@%s", self.addr, self.user, self.database)
+
+    # --- relay ----------------------------------------------------------------------------------
+
+    async def _relay(self) -> None:
+        client = self.client
+        while True:
+            server = self.server
+            if server is None:
+                data = await self._recv_idle()
+                if data is None:
+                    raise _shutdown_error()
+                await self._from_client(data)
+            elif self.pending and not self.copy_in and not self.cscan.in_batch:
+                try:
+                    data = await server.conn.recv()
+                except ConnectionClosed:
+                    await self._server_lost(b"")
+                    continue
+                await self._from_server(data)
+            elif not self.pending and not self.copy_in and not self.cscan.in_batch \
+                    and server.status != b"I":
+                # Idle inside a transaction: the client has the floor.
+                await self._from_client(await client.recv())
+            else:
+                await self._wait_both(server)
+
+    async def _recv_idle(self) -> bytes | None:
+        """The client's next bytes between transactions; None when shutdown interrupts."""
+        if self.app.shutting_down:
+            return None
+        self.idle = True
+        self._idle_waitable = self.client.sock
+        try:
+            return await self.client.recv()
+        except trio.ClosedResourceError:
+            return None
+        finally:
+            self.idle = False
+
+    async def _wait_both(self, server: ServerConnection) -> None:
+        if self._poller is None:
+            self._poller = Poller()
+        self._poller.watch(self.client, server.conn)
+        idle = not self.pending and not self.copy_in and not self.cscan.in_batch
+        if idle and self.app.shutting_down:
+            raise _shutdown_error()
+        self.idle = idle
+        self._idle_waitable = self._poller.waitable
+        try:
+            client_ready, server_ready = await self._poller.wait()
+        except trio.ClosedResourceError:
+            raise _shutdown_error() from None
+        finally:
+            self.idle = False
+        if server_ready:
+            try:
+                data = server.conn.recv_nowait()
+            except ConnectionClosed:
+                await self._server_lost(b"")
+                return
+            if data:
+                await self._from_server(data)
+        if client_ready and self.server is server:
+            data = self.client.recv_nowait()
+            if data:
+                await self._from_client(data)
+
+    async def _from_client(self, data: bytes) -> None:
+        cscan = self.cscan
+        cscan.feed(data)
+        if cscan.terminate >= 0:
+            if cscan.terminate == 0 or self.discarding:
+                raise ClientGone
+            data = data[: cscan.terminate]
+        if self.discarding:
+            await self._discard_client_data()
+        else:
+            if self.server is None:
+                try:
+                    self.server = await self.pool.checkout()  # type: ignore[union-attr]
+                except ProxyError as exc:
+                    await self._fail_batch(exc)
+                    return
+            self.pending += cscan.syncs
+            if cscan.copy_end:
+                self.copy_in = False
+            try:
+                await self.server.conn.send(data)
+            except ConnectionClosed:
+                await self._server_lost(b"")
+        if cscan.terminate >= 0:
+            raise ClientGone
+
+    async def _from_server(self, data: bytes) -> None:
+        sscan = self.sscan
+        sscan.feed(data)
+        if sscan.fatal >= 0:
+            await self._server_lost(data[: sscan.fatal])
+            return
+        try:
+            await self.client.send(data)
+        except ConnectionClosed:
+            raise ClientGone from None
+        if sscan.copy_in:
+            self.copy_in = True
+        server = self.server
+        for status in sscan.ready:
+            self.pending -= 1
+            server.status = status  # type: ignore[union-attr]
+        if self.pending < 0:
+            raise ProtocolError("server sent an unexpected ReadyForQuery")
+        if (sscan.ready and not self.pending and self.transaction_mode
+                and server.status == b"I" and not self.copy_in  # type: ignore[union-attr]
+                and not self.cscan.in_batch and not self.cscan.mid_message):
+            self.server = None
+            self.pool.checkin(server)  # type: ignore[union-attr,arg-type]
+
+    # --- errors on the data path ----------------------------------------------------------------
+
+    async def _fail_batch(self, exc: ProxyError) -> None:
+        """Answer the client's messages with `exc` as PostgreSQL would answer a failed batch:
+        one ErrorResponse, then a ReadyForQuery for every Sync/Query, skipping up to the
+        next Sync if the batch is not complete yet."""
+        log.info("client %s (%s@%s): %s", self.addr, self.user, self.database, exc.message)
+        out = m.error_response(exc.sqlstate, exc.message, hint=exc.hint)
+        out += m.ready_for_query() * self.cscan.syncs
+        self.discarding = self.cscan.in_batch or self.cscan.mid_message
+        await self.client.send(out)
+
+    async def _discard_client_data(self) -> None:
+        if self.cscan.syncs:
+            await self.client.send(m.ready_for_query() * self.cscan.syncs)
+        self.discarding = self.cscan.in_batch or self.cscan.mid_message
+
+    async def _server_lost(self, before: bytes) -> None:
+        """The server closed (or announced FATAL) while this client was using it."""
+        server = self.server
+        assert server is not None and self.pool is not None
+        self.server = None
+        self.sscan.reset()
+        self.pool.checkin(server, reusable=False)
+        was_copy, self.copy_in = self.copy_in, False
+        log.warning("client %s (%s@%s): lost server connection %s:%s (pid %s)", self.addr,
+                    self.user, self.database, server.host, server.port, server.pid)
+        if not self.transaction_mode:
+            # Session state lived on that connection; PostgreSQL's own FATAL says why.
+            raise ProxyError(codes.CONNECTION_FAILURE,
+                             f"server connection lost: {server.host}:{server.port} closed the "
+                             "connection; session state is gone, reconnect", fatal=True)
+        out = before + m.error_response(
+            codes.CONNECTION_FAILURE,
+            f"server connection lost: {server.host}:{server.port} closed the connection while "
+            "running this client's query; any open transaction was rolled back",
+            hint="the proxy is still connected: retry the transaction")
+        owed = self.pending or (1 if self.cscan.in_batch or was_copy else 0)
+        out += m.ready_for_query() * owed
+        self.pending = 0
+        self.discarding = self.cscan.in_batch or self.cscan.mid_message
+        if self.discarding:
+            self.cscan.in_batch = False
+        try:
+            await self.client.send(out)
+        except ConnectionClosed:
+            raise ClientGone from None
+
+    async def _release_server(self) -> None:
+        """Give the server back clean when the client leaves: roll back, reset, or drop it."""
+        server, self.server = self.server, None
+        if server is None or self.pool is None:
+            return
+        clean = not (self.pending or self.copy_in or self.cscan.in_batch or self.cscan.mid_message)
+        if not clean or self.pool.closed:
+            self.pool.checkin(server, reusable=False)
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
+            if server.status != b"I":
+                await try_execute(server, "ROLLBACK", _CLEANUP_TIMEOUT)
+            if not self.transaction_mode and not server.broken:
+                await try_execute(server, "DISCARD ALL", _CLEANUP_TIMEOUT)
+        self.pool.checkin(server)
