@@ -1,0 +1,100 @@
+"""The extended-protocol tracker without sockets: renaming, hidden and synthetic responses."""
+
+from trio_pgdog.protocol import messages as m
+from trio_pgdog.session.prepared import ServerStatements, StatementRegistry
+from trio_pgdog.session.tracker import CLOSE_COMPLETE, PARSE_COMPLETE, Tracker
+
+SQL = b"select $1::int\x00\x00\x00"  # query + zero parameter types
+BIND_COMPLETE = m.message(b"2")
+ROW = m.message(b"D", b"\x00\x01\x00\x00\x00\x011")
+DONE = m.message(b"C", b"SELECT 1\x00")
+READY = m.ready_for_query(b"I")
+
+
+def parse(name: bytes) -> bytes:
+    return m.message(b"P", name + b"\x00" + SQL)
+
+
+def bind(name: bytes) -> bytes:
+    return m.message(b"B", b"\x00" + name + b"\x00" + b"\x00\x00\x00\x00\x00\x00")
+
+
+def execute() -> bytes:
+    return m.message(b"E", b"\x00\x00\x00\x00\x00")
+
+
+SYNC = m.message(b"S")
+
+
+def names_in(data: bytes) -> list[bytes]:
+    return [part for part in data.split(b"\x00") if b"__pgdog_" in part]
+
+
+def test_named_statement_is_renamed_and_prepared_once_per_server():
+    registry = StatementRegistry()
+    server = ServerStatements()
+    t = Tracker(registry)
+    to_server, to_client = t.from_client(parse(b"s1") + bind(b"s1") + execute() + SYNC, server)
+    assert to_client == b""
+    assert b"s1\x00" not in to_server and len(names_in(to_server)) == 2
+    reply = PARSE_COMPLETE + BIND_COMPLETE + ROW + DONE + READY
+    out, ready, fatal = t.from_server(reply, server)
+    assert out == reply and ready == [b"I"] and not fatal and t.idle
+
+    # Another client, same SQL under another name, on the same server: no second Parse.
+    t2 = Tracker(registry)
+    to_server, to_client = t2.from_client(parse(b"other") + bind(b"other") + execute() + SYNC, server)
+    assert not to_server.startswith(b"P")
+    assert to_client == PARSE_COMPLETE  # answered at once: nothing is owed before it
+    out, ready, _ = t2.from_server(BIND_COMPLETE + ROW + DONE + READY, server)
+    assert out == BIND_COMPLETE + ROW + DONE + READY
+
+
+def test_bind_on_a_new_server_prepares_first_and_hides_the_parse_complete():
+    registry = StatementRegistry()
+    first, second = ServerStatements(), ServerStatements()
+    t = Tracker(registry)
+    t.from_client(parse(b"s1") + SYNC, first)
+    t.from_server(PARSE_COMPLETE + READY, first)
+    to_server, _ = t.from_client(bind(b"s1") + execute() + SYNC, second)
+    assert to_server.startswith(b"P")  # prepared on the new server before the Bind
+    out, ready, _ = t.from_server(PARSE_COMPLETE + BIND_COMPLETE + ROW + DONE + READY, second)
+    assert out == BIND_COMPLETE + ROW + DONE + READY and ready == [b"I"]
+
+
+def test_close_is_answered_locally_and_errors_skip_to_sync():
+    registry = StatementRegistry()
+    server = ServerStatements()
+    t = Tracker(registry)
+    _, to_client = t.from_client(m.message(b"C", b"Ss1\x00"), server)
+    assert to_client == CLOSE_COMPLETE
+    t.from_client(parse(b"bad") + bind(b"bad") + execute() + SYNC, server)
+    error = m.error_response("42601", "syntax error")
+    out, ready, _ = t.from_server(error + READY, server)
+    assert out == error + READY and ready == [b"I"] and t.idle
+    assert len(server) == 0  # the failed Parse is not remembered as prepared
+
+
+def test_lru_limit_closes_the_oldest_statement():
+    server = ServerStatements(limit=1)
+    t = Tracker(StatementRegistry())
+    t.from_client(parse(b"a") + SYNC, server)
+    t.from_server(PARSE_COMPLETE + READY, server)
+    other = m.message(b"P", b"b\x00select 2\x00\x00\x00")
+    to_server, _ = t.from_client(other + SYNC, server)
+    assert to_server.startswith(b"C")  # Close of the evicted statement first
+    out, _, _ = t.from_server(CLOSE_COMPLETE + PARSE_COMPLETE + READY, server)
+    assert out == PARSE_COMPLETE + READY
+
+
+def test_partial_messages_wait_for_the_rest():
+    server = ServerStatements()
+    t = Tracker(StatementRegistry())
+    data = parse(b"s1") + SYNC
+    a, _ = t.from_client(data[:7], server)
+    b, _ = t.from_client(data[7:], server)
+    assert a == b"" and b.startswith(b"P")
+    reply = PARSE_COMPLETE + READY
+    out1, _, _ = t.from_server(reply[:3], server)
+    out2, ready, _ = t.from_server(reply[3:], server)
+    assert out1 + out2 == reply and ready == [b"I"]

@@ -1,0 +1,246 @@
+"""The extended-protocol path: rename statements, inject and hide responses, in order.
+
+Once the proxy rewrites a client's extended-protocol stream (renaming statements, preparing
+them on the server first, answering Close or a repeated Parse itself) the responses no longer
+line up one-to-one with what the client sent. The Tracker keeps a queue of the responses the
+client is owed, one entry per message that earns a response, and rebuilds the server's
+stream from it: hiding responses to messages the proxy added, inserting the ones the proxy
+answers itself, and dropping both after an error as PostgreSQL skips messages up to Sync.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..protocol import ProtocolError
+from ..protocol import extended as ext
+from ..protocol.messages import MAX_MESSAGE_LENGTH
+
+if TYPE_CHECKING:
+    from .prepared import ServerStatements, StatementRegistry
+
+_LEN = struct.Struct("!i").unpack_from
+
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
+
+# What ends the server's answer to each kind of client message.
+_ENDS_PARSE = frozenset(b"1")
+_ENDS_BIND = frozenset(b"2")
+_ENDS_CLOSE = frozenset(b"3")
+_ENDS_DESCRIBE = frozenset(b"Tn")
+_ENDS_EXECUTE = frozenset(b"CIs")
+_ENDS_READY = frozenset(b"Z")
+
+_READY, _ERROR, _COPY_IN = ord("Z"), ord("E"), ord("G")
+_FATAL = (b"SFATAL\x00", b"SPANIC\x00")
+
+
+class Expect:
+    """One response the client is owed, or a synthetic one the proxy will send itself."""
+
+    __slots__ = ("ends", "hidden", "statement", "synthetic")
+
+    def __init__(self, ends: frozenset[int] = _ENDS_READY, *, hidden: bool = False,
+                 statement: bytes | None = None, synthetic: bytes | None = None):
+        self.ends = ends
+        self.hidden = hidden          # the proxy added the message: the client sees no answer
+        self.statement = statement    # a Parse of this shared name: forget it if it fails
+        self.synthetic = synthetic    # the proxy answers this one itself
+
+    @property
+    def is_sync(self) -> bool:
+        return self.ends is _ENDS_READY
+
+
+class Tracker:
+    """Per-client rewriting state for one session (sans-IO)."""
+
+    def __init__(self, registry: StatementRegistry):
+        self.registry = registry
+        self.statements: dict[bytes, tuple[bytes, bytes]] = {}  # client name -> (shared, Parse rest)
+        self.queue: deque[Expect] = deque()
+        self.skipping = False      # the server is ignoring messages up to the next Sync
+        self.copy_in = False       # the last server chunk started COPY FROM STDIN
+        self._cbuf = b""
+        self._sbuf = b""
+
+    # --- client to server -----------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Nothing owed and nothing half-received: the session may leave tracked mode."""
+        return not self.queue and not self._cbuf and not self._sbuf
+
+    def owe_ready(self, count: int) -> None:
+        """Responses to untracked messages still due: each ends with a ReadyForQuery."""
+        self.queue.extend(Expect() for _ in range(count))
+
+    def from_client(self, data: bytes, server: ServerStatements) -> tuple[bytes, bytes]:
+        """(bytes for the server, bytes for the client now) for a chunk of client bytes."""
+        buf = self._cbuf + data if self._cbuf else data
+        out: list[bytes] = []
+        pos, end = 0, len(buf)
+        while pos + 5 <= end:
+            length = _LEN(buf, pos + 1)[0]
+            if length < 4 or length > MAX_MESSAGE_LENGTH:
+                raise ProtocolError(f"invalid message length {length}")
+            nxt = pos + 1 + length
+            if nxt > end:
+                break
+            self._client_message(buf[pos], buf, pos, nxt, out, server)
+            pos = nxt
+        self._cbuf = buf[pos:]
+        return b"".join(out), self._drain_synthetic()
+
+    def _client_message(self, kind: int, buf: bytes, pos: int, nxt: int, out: list[bytes],
+                        server: ServerStatements) -> None:
+        body = buf[pos + 5 : nxt]
+        if kind == 0x50:  # Parse
+            name, rest = ext.parse_name(body)
+            if not name:
+                out.append(buf[pos:nxt])
+                self._expect(_ENDS_PARSE)
+                return
+            shared = self.registry.name_for(rest)
+            self.statements[name] = (shared, rest)
+            if shared in server:
+                self._expect(synthetic=PARSE_COMPLETE)
+            else:
+                self._prepare(shared, rest, out, server, hidden=False)
+        elif kind == 0x42:  # Bind
+            portal, name, rest = ext.bind_statement(body)
+            known = self.statements.get(name) if name else None
+            if known is None:
+                out.append(buf[pos:nxt])
+            else:
+                self._ensure(known, out, server)
+                out.append(ext.build_bind(portal, known[0], rest))
+            self._expect(_ENDS_BIND)
+        elif kind == 0x44:  # Describe
+            which, name = ext.target(body)
+            known = self.statements.get(name) if which == b"S" and name else None
+            if known is None:
+                out.append(buf[pos:nxt])
+            else:
+                self._ensure(known, out, server)
+                out.append(ext.build_target(b"D", b"S", known[0]))
+            self._expect(_ENDS_DESCRIBE)
+        elif kind == 0x43:  # Close
+            which, name = ext.target(body)
+            if which == b"S" and name:
+                # Shared statements stay on the server for other clients; forget the client's name.
+                self.statements.pop(name, None)
+                self._expect(synthetic=CLOSE_COMPLETE)
+            else:
+                out.append(buf[pos:nxt])
+                self._expect(_ENDS_CLOSE)
+        else:
+            out.append(buf[pos:nxt])
+            if kind == 0x45:  # Execute
+                self._expect(_ENDS_EXECUTE)
+            elif kind == 0x53:  # Sync: PostgreSQL stops skipping here
+                self.skipping = False
+                self.queue.append(Expect())
+            elif kind == 0x51:  # Query
+                self.queue.append(Expect())
+
+    def _expect(self, ends: frozenset[int] = _ENDS_READY, *, synthetic: bytes | None = None) -> None:
+        if not self.skipping:  # PostgreSQL ignores everything up to Sync after an error
+            self.queue.append(Expect(ends, synthetic=synthetic))
+
+    def _ensure(self, known: tuple[bytes, bytes], out: list[bytes], server: ServerStatements) -> None:
+        shared, rest = known
+        if shared not in server:
+            self._prepare(shared, rest, out, server, hidden=True)
+
+    def _prepare(self, shared: bytes, rest: bytes, out: list[bytes], server: ServerStatements,
+                 *, hidden: bool) -> None:
+        if self.skipping:
+            return  # the server would ignore it; the Bind/Describe after it fails the same way
+        evicted = server.add(shared)
+        if evicted is not None:
+            out.append(ext.build_target(b"C", b"S", evicted))
+            self.queue.append(Expect(_ENDS_CLOSE, hidden=True))
+        out.append(ext.build_parse(shared, rest))
+        self.queue.append(Expect(_ENDS_PARSE, hidden=hidden, statement=shared))
+
+    def _drain_synthetic(self) -> bytes:
+        out = b""
+        queue = self.queue
+        while queue and queue[0].synthetic is not None:
+            out += queue.popleft().synthetic  # type: ignore[operator]
+        return out
+
+    # --- server to client -----------------------------------------------------------------------
+
+    def from_server(self, data: bytes, server: ServerStatements) -> tuple[bytes, list[bytes], bool]:
+        """(bytes for the client, statuses of visible ReadyForQuery, FATAL seen).
+
+        Incomplete trailing messages are kept until the rest arrives. After a FATAL error
+        the bytes for the client stop just before it (the server is closing). `copy_in` is
+        set when the server starts COPY FROM STDIN.
+        """
+        self.copy_in = False
+        buf = self._sbuf + data if self._sbuf else data
+        out: list[bytes] = []
+        ready: list[bytes] = []
+        queue = self.queue
+        pos, end, start = 0, len(buf), 0
+        while pos + 5 <= end:
+            kind = buf[pos]
+            length = _LEN(buf, pos + 1)[0]
+            if length < 4:
+                raise ProtocolError(f"server sent invalid message length {length}")
+            nxt = pos + 1 + length
+            if nxt > end:
+                break
+            head = queue[0] if queue else None
+            if kind == _ERROR and buf.startswith(_FATAL, pos + 5):
+                out.append(buf[start:pos])
+                self._sbuf = b""
+                return b"".join(out), ready, True
+            if head is not None and head.hidden and kind != _ERROR:
+                out.append(buf[start:pos])  # drop this message from the client's stream
+                start = nxt
+            if kind == _READY:
+                self.skipping = False
+                if head is not None and head.is_sync:
+                    queue.popleft()
+                    if not head.hidden:
+                        ready.append(buf[pos + 5 : nxt])
+                else:
+                    ready.append(buf[pos + 5 : nxt])
+            elif kind == _ERROR:
+                if head is not None and not head.is_sync:
+                    self._skip_to_sync(server)
+            elif head is not None and kind in head.ends:
+                queue.popleft()
+            elif kind == _COPY_IN:
+                self.copy_in = True
+            pos = nxt
+            if queue and queue[0].synthetic is not None:
+                out.append(buf[start:pos])
+                start = pos
+                out.append(self._drain_synthetic())
+        out.append(buf[start:pos])
+        self._sbuf = buf[pos:]
+        return b"".join(out), ready, False
+
+    def _skip_to_sync(self, server: ServerStatements) -> None:
+        """An extended-protocol error: PostgreSQL skips to Sync, so do the owed answers."""
+        queue = self.queue
+        while queue and not queue[0].is_sync:
+            failed = queue.popleft()
+            if failed.statement is not None:
+                server.discard(failed.statement)
+        # With no Sync sent yet, the client's next messages up to its Sync are skipped too.
+        self.skipping = not queue
+
+    def reset_server_side(self) -> None:
+        """The server connection went away: nothing more will come from it."""
+        self.queue.clear()
+        self._sbuf = b""
+        self.skipping = False
