@@ -77,8 +77,11 @@ class Pool:
     async def checkout(self) -> ServerConnection:
         if self.closed:
             raise ProxyError(codes.ADMIN_SHUTDOWN, f"pool {self.name} is closed")
-        if self.idle:
-            return self.idle.pop()
+        while self.idle:
+            server = self.idle.pop()
+            if trio.current_time() - server.created_at < self.settings.server_lifetime:
+                return server
+            self._discard(server)  # expired while idle, before the janitor got to it
         if self.total < self.settings.pool_size:
             self.total += 1
             return await self._open()
@@ -98,7 +101,8 @@ class Pool:
             waiter.event.set()
             return
         self.idle.append(server)
-        if now + self.settings.idle_timeout < self._deadline:
+        expiry = min(now + self.settings.idle_timeout, server.created_at + self.settings.server_lifetime)
+        if expiry < self._deadline:
             self._wake.set()  # the janitor sleeps past this connection's expiry
 
     def _discard(self, server: ServerConnection) -> None:
