@@ -155,7 +155,8 @@ class ClientSession:
                 if data is None:
                     raise _shutdown_error()
                 await self._from_client(data)
-            elif self.pending and not self.copy_in and not self.cscan.in_batch:
+            elif (self.pending and not self.copy_in and not self.cscan.in_batch
+                  and not self.cscan.mid_message):
                 try:
                     data = await server.conn.recv()
                 except ConnectionClosed:
@@ -284,7 +285,7 @@ class ClientSession:
         self.server = None
         self.sscan.reset()
         self.pool.checkin(server, reusable=False)
-        was_copy, self.copy_in = self.copy_in, False
+        self.copy_in = False
         log.warning("client %s (%s@%s): lost server connection %s:%s (pid %s)", self.addr,
                     self.user, self.database, server.host, server.port, server.pid)
         if not self.transaction_mode:
@@ -297,8 +298,9 @@ class ClientSession:
             f"server connection lost: {server.host}:{server.port} closed the connection while "
             "running this client's query; any open transaction was rolled back",
             hint="the proxy is still connected: retry the transaction")
-        owed = self.pending or (1 if self.cscan.in_batch or was_copy else 0)
-        out += m.ready_for_query() * owed
+        # A batch without its Sync yet gets its ReadyForQuery when the Sync comes: until
+        # then the client's messages are discarded, as PostgreSQL does after an error.
+        out += m.ready_for_query() * self.pending
         self.pending = 0
         self.discarding = self.cscan.in_batch or self.cscan.mid_message
         if self.discarding:
@@ -315,6 +317,9 @@ class ClientSession:
             return
         clean = not (self.pending or self.copy_in or self.cscan.in_batch or self.cscan.mid_message)
         if not clean or self.pool.closed:
+            if not clean:
+                log.info("client %s (%s@%s): gone in the middle of a query; closing its server "
+                         "connection %r", self.addr, self.user, self.database, server)
             self.pool.checkin(server, reusable=False)
             return
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):

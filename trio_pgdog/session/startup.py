@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from ..netio import Conn
+from ..netio import Conn, ConnectionClosed
 from ..protocol import ProxyError
 from ..protocol import errors as codes
 from ..protocol import messages as m
@@ -40,10 +40,8 @@ def _violation(text: str) -> ProxyError:
 async def read_startup(conn: Conn) -> Startup | Cancel:
     """Read packets until a StartupMessage or CancelRequest, refusing encryption requests."""
     while True:
-        length = m.unpack_i32(await conn.read_exactly(4))
-        if length < 8 or length > m.MAX_STARTUP_LENGTH:
-            raise _violation(f"invalid length of startup packet ({length} bytes)")
-        body = await conn.read_exactly(length - 4)
+        body = await _read_packet(conn)
+        length = len(body) + 4
         code = m.unpack_i32(body)
         if code in (m.SSL_REQUEST, m.GSSENC_REQUEST):
             if conn.buffered:  # bytes after the request could be a TLS injection attempt
@@ -55,6 +53,27 @@ async def read_startup(conn: Conn) -> Startup | Cancel:
                 raise _violation("invalid length of cancel request packet")
             return Cancel(m.unpack_i32(body, 4), m.unpack_i32(body, 8))
         return await _startup_message(conn, code, body[4:])
+
+
+async def _read_packet(conn: Conn) -> bytes:
+    """One length-prefixed packet, without its length word.
+
+    A client that closes before sending anything is not worth a word (port probes and
+    health checks do that); one that closes inside a packet is reported, as PostgreSQL does.
+    """
+    try:
+        length = m.unpack_i32(await conn.read_exactly(4))
+    except ConnectionClosed:
+        if conn.buffered:
+            raise _violation("incomplete startup packet") from None
+        raise
+    if length < 8 or length > m.MAX_STARTUP_LENGTH:
+        raise _violation(f"invalid length of startup packet ({length} bytes)")
+    try:
+        return await conn.read_exactly(length - 4)
+    except ConnectionClosed:
+        raise _violation(f"incomplete startup packet (the client closed the connection "
+                         f"inside a {length}-byte packet)") from None
 
 
 async def _startup_message(conn: Conn, version: int, payload: bytes) -> Startup:
