@@ -15,6 +15,7 @@ from .config import Config
 from .netio import Conn, connect_tcp, set_nodelay
 from .pool.manager import PoolManager
 from .protocol import messages as m
+from .session.prepared import StatementRegistry
 from .session.session import ClientSession
 from .session.startup import Cancel
 
@@ -28,6 +29,7 @@ class Proxy:
         self.config = config
         self.pools = PoolManager()
         self.sessions: dict[int, ClientSession] = {}  # by the pid in their BackendKeyData
+        self.statements = StatementRegistry()  # shared prepared-statement names
         self.shutting_down = False
         self.listening: list[tuple[str, int]] = []
         self._no_sessions = trio.Event()

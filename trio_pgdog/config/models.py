@@ -87,6 +87,7 @@ class General:
     client_login_timeout: int = attrs.field(default=60_000, validator=at_least(0))
     # How the proxy authenticates its clients (not how it logs in to servers).
     auth_type: str = attrs.field(default="scram", validator=one_of(AUTH_TYPES))
+    prepared_statements_limit: int = attrs.field(default=500, validator=at_least(1))
 
 
 def _same_as_name(db: Database) -> str:

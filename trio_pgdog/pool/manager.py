@@ -28,7 +28,7 @@ def pool_settings(config: Config, user: User) -> PoolSettings | None:
     return PoolSettings(
         host=db.host,
         port=db.port,
-        database=db.database_name or db.name,
+        database=db.database_name,
         user=user.server_user or user.name,
         password=user.server_password if user.server_password is not None else user.password,
         pool_size=user.effective_pool_size(g),
@@ -38,6 +38,7 @@ def pool_settings(config: Config, user: User) -> PoolSettings | None:
         checkout_timeout=g.checkout_timeout / 1000,
         idle_timeout=g.idle_timeout / 1000,
         server_lifetime=g.server_lifetime / 1000,
+        statements_limit=g.prepared_statements_limit,
     )
 
 

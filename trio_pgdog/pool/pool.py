@@ -38,6 +38,7 @@ class PoolSettings:
     checkout_timeout: float
     idle_timeout: float
     server_lifetime: float
+    statements_limit: int = 500
 
     def startup_params(self) -> dict[str, str]:
         return {"user": self.user, "database": self.database, "application_name": "trio_pgdog"}
@@ -126,7 +127,7 @@ class Pool:
         try:
             with trio.fail_after(s.connect_timeout):
                 server = await ServerConnection.connect(s.host, s.port, s.startup_params(),
-                                                        s.password)
+                                                        s.password, s.statements_limit)
         except trio.TooSlowError:
             self._slot_freed()
             raise ProxyError(codes.CONNECTION_FAILURE,

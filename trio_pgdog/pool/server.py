@@ -13,6 +13,7 @@ from ..netio import Conn, ConnectionClosed, connect_tcp
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import messages as m
+from ..session.prepared import DEFAULT_SERVER_LIMIT, ServerStatements
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -24,7 +25,7 @@ class ServerConnection:
     `status` is the transaction status of the last ReadyForQuery ('I', 'T' or 'E').
     """
 
-    def __init__(self, conn: Conn, host: str, port: int):
+    def __init__(self, conn: Conn, host: str, port: int, statements_limit: int = DEFAULT_SERVER_LIMIT):
         self.id = next(_ids)
         self.conn = conn
         self.host = host
@@ -37,20 +38,22 @@ class ServerConnection:
         self.created_at = now
         self.last_used = now
         self.broken = False
+        self.statements = ServerStatements(statements_limit)  # shared names prepared here
 
     def __repr__(self) -> str:
         return f"<server #{self.id} {self.host}:{self.port} pid={self.pid}>"
 
     @classmethod
     async def connect(cls, host: str, port: int, params: dict[str, str],
-                      password: str | None) -> ServerConnection:
+                      password: str | None, statements_limit: int = DEFAULT_SERVER_LIMIT
+                      ) -> ServerConnection:
         """Connect, authenticate and read the startup burst up to ReadyForQuery.
 
         Raises OSError (cannot reach), ServerError (PostgreSQL refused) or ProxyError.
         The caller bounds the time with a cancel scope.
         """
         sock = await connect_tcp(host, port)
-        server = cls(Conn(sock, f"{host}:{port}"), host, port)
+        server = cls(Conn(sock, f"{host}:{port}"), host, port, statements_limit)
         try:
             await server.conn.send(m.startup_message(params))
             await server_auth.authenticate(server.conn, params["user"], password)

@@ -25,6 +25,9 @@ class StatementRegistry:
         self._names: OrderedDict[bytes, bytes] = OrderedDict()
         self._next = 1
         self._limit = limit
+        # Shared names some server accepted: a later Parse of one may be answered without a
+        # server (pgbench prepares synchronously while its other clients hold connections).
+        self.known_good: set[bytes] = set()
 
     def name_for(self, parse_rest: bytes) -> bytes:
         name = self._names.get(parse_rest)
@@ -33,7 +36,7 @@ class StatementRegistry:
             self._next += 1
             self._names[parse_rest] = name
             if len(self._names) > self._limit:
-                self._names.popitem(last=False)
+                self.known_good.discard(self._names.popitem(last=False)[1])
         return name
 
 

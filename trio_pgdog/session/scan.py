@@ -17,6 +17,8 @@ _LEN = struct.Struct("!i").unpack_from
 QUERY, SYNC, TERMINATE = ord("Q"), ord("S"), ord("X")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 _COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
+# First bytes of a Query that may be session-level prepared-statement SQL.
+_SPECIAL_FIRST = frozenset(bytes([c]) for c in b"pPdD-/ \t\r\n")
 # Server message types whose body the session reads.
 READY, COPY_IN, COPY_BOTH, ERROR = ord("Z"), ord("G"), ord("W"), ord("E")
 _SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR))
@@ -28,11 +30,14 @@ class ClientScan:
 
     After `feed`: `syncs` = Query + Sync messages (each earns one ReadyForQuery);
     `copy_end` = a CopyDone/CopyFail was seen; `terminate` = offset of a Terminate
-    message in the chunk, or -1. Across feeds: `in_batch` = extended-protocol messages
+    message in the chunk, or -1; `extended` = extended-protocol messages were seen;
+    `special` = a Query may start with PREPARE/DEALLOCATE/DISCARD (or a comment or
+    space before its first keyword): the session takes a closer look. Across feeds: `in_batch` = extended-protocol messages
     were sent since the last Sync, so the server may answer (after a Flush) or wait.
     """
 
-    __slots__ = ("_carry", "_skip", "copy_end", "in_batch", "syncs", "terminate")
+    __slots__ = ("_carry", "_skip", "copy_end", "extended", "in_batch", "special", "syncs",
+                 "terminate")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -40,6 +45,8 @@ class ClientScan:
         self.syncs = 0
         self.in_batch = False
         self.copy_end = False
+        self.extended = False
+        self.special = False
         self.terminate = -1
 
     @property
@@ -50,6 +57,8 @@ class ClientScan:
     def feed(self, data: bytes) -> None:
         self.syncs = 0
         self.copy_end = False
+        self.extended = False
+        self.special = False
         self.terminate = -1
         carried = len(self._carry)
         if carried:
@@ -68,6 +77,8 @@ class ClientScan:
                 self.in_batch = False
             elif kind == QUERY:
                 self.syncs += 1
+                if data[pos + 5 : pos + 6] in _SPECIAL_FIRST:
+                    self.special = True
             elif kind in _COPY_STREAM:
                 if kind != COPY_DATA:
                     self.copy_end = True
@@ -77,6 +88,7 @@ class ClientScan:
                 return
             else:
                 self.in_batch = True
+                self.extended = True
             pos += 1 + length
         if pos >= end:
             self._skip = pos - end

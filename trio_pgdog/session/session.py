@@ -21,8 +21,10 @@ from ..pool.server import ServerConnection, try_execute
 from ..protocol import ProtocolError, ProxyError
 from ..protocol import errors as codes
 from ..protocol import messages as m
+from ..router.keywords import leading_keywords
 from .scan import ClientScan, ServerScan
 from .startup import Cancel, Startup, read_startup
+from .tracker import Tracker
 
 if TYPE_CHECKING:
     from ..app import Proxy
@@ -61,6 +63,7 @@ class ClientSession:
         self.idle = False         # waiting for the client between transactions
         self.cscan = ClientScan()
         self.sscan = ServerScan()
+        self.tracker: Tracker | None = None  # set once a transaction-mode client goes extended
         self._poller: Poller | None = None
         self._idle_waitable: object | None = None
 
@@ -213,6 +216,8 @@ class ClientSession:
 
     async def _from_client(self, data: bytes) -> None:
         cscan = self.cscan
+        at_boundary = not cscan.mid_message
+        at_sync = at_boundary and not cscan.in_batch
         cscan.feed(data)
         if cscan.terminate >= 0:
             if cscan.terminate == 0 or self.discarding:
@@ -222,11 +227,18 @@ class ClientSession:
             await self._discard_client_data()
         else:
             if self.server is None:
+                if self.transaction_mode and cscan.extended and at_sync and not cscan.in_batch:
+                    local = self._ensure_tracker().answer_locally(data)
+                    if local is not None:
+                        await self.client.send(local)
+                        return
                 try:
                     self.server = await self.pool.checkout()  # type: ignore[union-attr]
                 except ProxyError as exc:
                     await self._fail_batch(exc)
                     return
+            if self.transaction_mode:
+                data = await self._transaction_rewrite(data, at_boundary, at_sync)
             self.pending += cscan.syncs
             if cscan.copy_end:
                 self.copy_in = False
@@ -237,29 +249,61 @@ class ClientSession:
         if cscan.terminate >= 0:
             raise ClientGone
 
+    async def _transaction_rewrite(self, data: bytes, at_boundary: bool, at_sync: bool) -> bytes:
+        """Make session-level statement state safe to share: see session/prepared.py."""
+        server = self.server
+        assert server is not None
+        if self.cscan.special and at_boundary:
+            data = _guard_session_sql(data, server)
+        if self.tracker is None and self.cscan.extended and at_sync:
+            self._ensure_tracker()
+        if self.tracker is not None:
+            data, now = self.tracker.from_client(data, server.statements)
+            if now:
+                await self.client.send(now)
+        return data
+
+    def _ensure_tracker(self) -> Tracker:
+        if self.tracker is None:
+            self.tracker = Tracker(self.app.statements)
+            self.tracker.owe_ready(self.pending)
+        return self.tracker
+
     async def _from_server(self, data: bytes) -> None:
-        sscan = self.sscan
-        sscan.feed(data)
-        if sscan.fatal >= 0:
-            await self._server_lost(data[: sscan.fatal])
-            return
+        server = self.server
+        assert server is not None
+        tracker = self.tracker
+        if tracker is None:
+            sscan = self.sscan
+            sscan.feed(data)
+            if sscan.fatal >= 0:
+                await self._server_lost(data[: sscan.fatal])
+                return
+            ready, copy_in = sscan.ready, sscan.copy_in
+        else:
+            data, ready, fatal = tracker.from_server(data, server.statements)
+            if fatal:
+                await self._server_lost(data)
+                return
+            copy_in = tracker.copy_in
         try:
-            await self.client.send(data)
+            if data:
+                await self.client.send(data)
         except ConnectionClosed:
             raise ClientGone from None
-        if sscan.copy_in:
+        if copy_in:
             self.copy_in = True
-        server = self.server
-        for status in sscan.ready:
-            self.pending -= 1
-            server.status = status  # type: ignore[union-attr]
+        if not ready:
+            return
+        self.pending -= len(ready)
+        server.status = ready[-1]
         if self.pending < 0:
             raise ProtocolError("server sent an unexpected ReadyForQuery")
-        if (sscan.ready and not self.pending and self.transaction_mode
-                and server.status == b"I" and not self.copy_in  # type: ignore[union-attr]
-                and not self.cscan.in_batch and not self.cscan.mid_message):
+        if (not self.pending and self.transaction_mode and server.status == b"I"
+                and not self.copy_in and not self.cscan.in_batch and not self.cscan.mid_message
+                and (tracker is None or tracker.idle)):
             self.server = None
-            self.pool.checkin(server)  # type: ignore[union-attr,arg-type]
+            self.pool.checkin(server)  # type: ignore[union-attr]
 
     # --- errors on the data path ----------------------------------------------------------------
 
@@ -284,6 +328,8 @@ class ClientSession:
         assert server is not None and self.pool is not None
         self.server = None
         self.sscan.reset()
+        if self.tracker is not None:
+            self.tracker.reset_server_side()
         self.pool.checkin(server, reusable=False)
         self.copy_in = False
         log.warning("client %s (%s@%s): lost server connection %s:%s (pid %s)", self.addr,
@@ -328,3 +374,40 @@ class ClientSession:
             if not self.transaction_mode and not server.broken:
                 await try_execute(server, "DISCARD ALL", _CLEANUP_TIMEOUT)
         self.pool.checkin(server)
+
+
+_SESSION_SQL_HINT = ("use protocol-level prepared statements (e.g. psycopg prepare=True), which "
+                     "trio_pgdog keeps across transactions, or a session-mode pool")
+
+
+def _guard_session_sql(data: bytes, server: ServerConnection) -> bytes:
+    """SQL-level PREPARE cannot work in transaction mode (the next EXECUTE may run on another
+    server, or find another client's statement): the server raises a clear error instead, so
+    client and server agree on the transaction state. DISCARD/DEALLOCATE drop the server's
+    shared statements, which the proxy then forgets."""
+    out: list[bytes] = []
+    pos = start = 0
+    while pos + 5 <= len(data):
+        kind, length = m.parse_header(data, pos)
+        nxt = pos + 1 + length
+        if nxt > len(data):
+            break
+        if kind == b"Q":
+            words = leading_keywords(data[pos + 5 : nxt])
+            if words[:1] == ["PREPARE"]:
+                out += [data[start:pos], m.query(_raise_sql(
+                    "SQL-level PREPARE is not supported in transaction pooling mode", _SESSION_SQL_HINT))]
+                start = nxt
+            elif words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"]):
+                server.statements.clear()
+        pos = nxt
+    out.append(data[start:])
+    return b"".join(out)
+
+
+def _raise_sql(message: str, hint: str) -> str:
+    """A statement that makes PostgreSQL itself report `message` as SQLSTATE 0A000."""
+    def quote(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+    return ("DO $pgdog$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', "
+            f"MESSAGE = {quote(message)}, HINT = {quote(hint)}; END$pgdog$")

@@ -25,6 +25,7 @@ _LEN = struct.Struct("!i").unpack_from
 
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
+READY_IDLE = b"Z\x00\x00\x00\x05I"
 
 # What ends the server's answer to each kind of client message.
 _ENDS_PARSE = frozenset(b"1")
@@ -94,6 +95,35 @@ class Tracker:
             pos = nxt
         self._cbuf = buf[pos:]
         return b"".join(out), self._drain_synthetic()
+
+    def answer_locally(self, data: bytes) -> bytes | None:
+        """Answers for a batch of only Parse (of statements some server accepted), Close
+        statement, Flush and Sync messages, which need no server yet; None otherwise."""
+        if self._cbuf or self.queue:
+            return None
+        messages = _split_complete(data)
+        if messages is None or not messages or messages[-1][0] != 0x53:
+            return None
+        out: list[bytes] = []
+        for kind, body in messages:
+            if kind == 0x50:
+                name, rest = ext.parse_name(body)
+                if not name or self.registry.name_for(rest) not in self.registry.known_good:
+                    return None
+                out.append(PARSE_COMPLETE)
+            elif kind == 0x43 and body[:1] == b"S" and body[1:2] != b"\x00":
+                out.append(CLOSE_COMPLETE)
+            elif kind == 0x53:
+                out.append(READY_IDLE)
+            elif kind != 0x48:  # Flush
+                return None
+        for kind, body in messages:  # all answerable: apply them in order
+            if kind == 0x50:
+                name, rest = ext.parse_name(body)
+                self.statements[name] = (self.registry.name_for(rest), rest)
+            elif kind == 0x43:
+                self.statements.pop(ext.target(body)[1], None)
+        return b"".join(out)
 
     def _client_message(self, kind: int, buf: bytes, pos: int, nxt: int, out: list[bytes],
                         server: ServerStatements) -> None:
@@ -218,6 +248,8 @@ class Tracker:
                     self._skip_to_sync(server)
             elif head is not None and kind in head.ends:
                 queue.popleft()
+                if head.statement is not None:
+                    self.registry.known_good.add(head.statement)
             elif kind == _COPY_IN:
                 self.copy_in = True
             pos = nxt
@@ -244,3 +276,19 @@ class Tracker:
         self.queue.clear()
         self._sbuf = b""
         self.skipping = False
+
+
+def _split_complete(data: bytes) -> list[tuple[int, bytes]] | None:
+    """(type, body) of each message, or None unless `data` is whole messages only."""
+    messages: list[tuple[int, bytes]] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 5 > end:
+            return None
+        length = _LEN(data, pos + 1)[0]
+        nxt = pos + 1 + length
+        if length < 4 or nxt > end:
+            return None
+        messages.append((data[pos], data[pos + 5 : nxt]))
+        pos = nxt
+    return messages

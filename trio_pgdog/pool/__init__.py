@@ -1,0 +1,1 @@
+"""Server connections, pools and their maintenance."""

@@ -1,0 +1,1 @@
+"""SQL inspection: cheap keyword checks now; pglast parsing and routing later."""

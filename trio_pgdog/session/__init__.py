@@ -1,0 +1,1 @@
+"""One client session: startup, login and the relay between client and servers."""
