@@ -11,7 +11,7 @@ import socket
 import trio
 
 from . import __version__
-from .config import Config
+from .config import Config, ConfigError, load_config
 from .netio import Conn, connect_tcp, set_nodelay
 from .pool.manager import PoolManager
 from .protocol import messages as m
@@ -80,6 +80,7 @@ class Proxy:
         listener = _listen(g.host, g.port)
         self.listening = [listener.getsockname()[:2]]
         async with trio.open_nursery() as root:
+            self._root = root
             await self.pools.apply(self.config, root)
             async with trio.open_nursery() as clients:
                 root.start_soon(self._signals, root.cancel_scope, clients)
@@ -111,8 +112,11 @@ class Proxy:
             clients.start_soon(ClientSession(self, Conn(sock, peer), peer).run)
 
     async def _signals(self, root_scope: trio.CancelScope, clients: trio.Nursery) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
                 if self.shutting_down:
                     log.warning("second %s: stopping now", signal.Signals(signum).name)
                     root_scope.cancel()
@@ -120,6 +124,25 @@ class Proxy:
                 log.info("%s: shutting down (waiting up to %d ms for in-flight transactions)",
                          signal.Signals(signum).name, self.config.general.shutdown_timeout)
                 self.shutdown()
+
+    async def reload(self) -> None:
+        """SIGHUP: reread both files; an invalid one keeps the running configuration."""
+        old = self.config
+        if old.pgdog_path is None:
+            log.warning("SIGHUP: configuration did not come from files; nothing to reload")
+            return
+        try:
+            new = load_config(old.pgdog_path, old.users_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        g_old, g_new = old.general, new.general
+        if (g_old.host, g_old.port) != (g_new.host, g_new.port):
+            log.warning("reload: host/port changes need a restart; still listening on %s:%d",
+                        g_old.host, g_old.port)
+        self.config = new
+        await self.pools.apply(new, self._root)
+        log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))
 
     def shutdown(self) -> None:
         """Stop accepting; idle clients are told and closed, busy ones finish their transaction."""

@@ -106,10 +106,10 @@ class ServerScan:
     """Reports ReadyForQuery statuses, COPY-in starts and FATAL errors in server bytes.
 
     `fatal` is the offset in the chunk where a FATAL ErrorResponse starts (the server
-    is about to close), or -1; scanning stops there.
+    is about to close), or -1; scanning stops there. `fatal_body` is that message's body.
     """
 
-    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "ready")
+    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "ready")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -117,6 +117,7 @@ class ServerScan:
         self.ready: list[bytes] = []  # the status byte of each ReadyForQuery, in order
         self.copy_in = False
         self.fatal = -1
+        self.fatal_body = b""
 
     def feed(self, data: bytes) -> None:
         self.ready = []
@@ -142,6 +143,7 @@ class ServerScan:
                 elif kind == ERROR:
                     if data.startswith(_FATAL, pos + 5):
                         self.fatal = max(pos - carried, 0)
+                        self.fatal_body = data[pos + 5 : nxt]
                         self._skip = 0
                         return
                 else:

@@ -233,7 +233,7 @@ class ClientSession:
                         await self.client.send(local)
                         return
                 try:
-                    self.server = await self.pool.checkout()  # type: ignore[union-attr]
+                    self.server = await self._current_pool().checkout()
                 except ProxyError as exc:
                     await self._fail_batch(exc)
                     return
@@ -263,6 +263,19 @@ class ClientSession:
                 await self.client.send(now)
         return data
 
+    def _current_pool(self) -> Pool:
+        """The client's pool; after a reload replaced it, the new one (users.toml decides)."""
+        pool = self.pool
+        assert pool is not None
+        if pool.closed:
+            replacement = self.app.pools.get(self.user, self.database)
+            if replacement is None:
+                raise ProxyError(codes.INVALID_AUTHORIZATION,
+                                 f'user "{self.user}" for database "{self.database}" was removed '
+                                 "from the configuration", fatal=True)
+            self.pool = pool = replacement
+        return pool
+
     def _ensure_tracker(self) -> Tracker:
         if self.tracker is None:
             self.tracker = Tracker(self.app.statements)
@@ -277,7 +290,7 @@ class ClientSession:
             sscan = self.sscan
             sscan.feed(data)
             if sscan.fatal >= 0:
-                await self._server_lost(data[: sscan.fatal])
+                await self._server_lost(data[: sscan.fatal], m.parse_error_fields(sscan.fatal_body))
                 return
             ready, copy_in = sscan.ready, sscan.copy_in
         else:
@@ -322,8 +335,8 @@ class ClientSession:
             await self.client.send(m.ready_for_query() * self.cscan.syncs)
         self.discarding = self.cscan.in_batch or self.cscan.mid_message
 
-    async def _server_lost(self, before: bytes) -> None:
-        """The server closed (or announced FATAL) while this client was using it."""
+    async def _server_lost(self, before: bytes, said: dict[str, str] | None = None) -> None:
+        """The server closed (or announced FATAL, `said`) while this client was using it."""
         server = self.server
         assert server is not None and self.pool is not None
         self.server = None
@@ -332,17 +345,26 @@ class ClientSession:
             self.tracker.reset_server_side()
         self.pool.checkin(server, reusable=False)
         self.copy_in = False
-        log.warning("client %s (%s@%s): lost server connection %s:%s (pid %s)", self.addr,
-                    self.user, self.database, server.host, server.port, server.pid)
+        why = f"{server.host}:{server.port} closed the connection"
+        if said:  # PostgreSQL's own reason, e.g. an admin's pg_terminate_backend()
+            why += f" (FATAL {said.get('C', '?')}: {said.get('M', '')})"
+        log.warning("client %s (%s@%s): lost server connection (pid %s): %s", self.addr,
+                    self.user, self.database, server.pid, why)
         if not self.transaction_mode:
-            # Session state lived on that connection; PostgreSQL's own FATAL says why.
+            # Session state lived on that connection. What the server sent before its
+            # FATAL still goes to the client first.
+            if before:
+                try:
+                    await self.client.send(before)
+                except ConnectionClosed:
+                    raise ClientGone from None
             raise ProxyError(codes.CONNECTION_FAILURE,
-                             f"server connection lost: {server.host}:{server.port} closed the "
-                             "connection; session state is gone, reconnect", fatal=True)
+                             f"server connection lost: {why}; session state is gone, reconnect",
+                             fatal=True)
         out = before + m.error_response(
             codes.CONNECTION_FAILURE,
-            f"server connection lost: {server.host}:{server.port} closed the connection while "
-            "running this client's query; any open transaction was rolled back",
+            f"server connection lost: {why} while running this client's query; any open "
+            "transaction was rolled back",
             hint="the proxy is still connected: retry the transaction")
         # A batch without its Sync yet gets its ReadyForQuery when the Sync comes: until
         # then the client's messages are discarded, as PostgreSQL does after an error.
