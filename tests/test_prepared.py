@@ -97,3 +97,17 @@ def test_pipeline_and_threads_with_prepared_statements(proxy):
 
     with ThreadPoolExecutor(4) as ex:
         assert list(ex.map(work, range(8))) == [sum(k + j for j in range(10)) for k in range(8)]
+
+
+def test_listen_is_refused_in_transaction_mode_but_works_in_session_mode(proxy_factory):
+    tx = proxy_factory()
+    with tx.connect() as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="LISTEN is not supported"):
+            conn.execute("LISTEN channel")
+        assert conn.execute("select 1").fetchone() == (1,)
+    session = proxy_factory(pooler_mode="session")
+    with session.connect() as listener, session.connect() as sender:
+        listener.execute("LISTEN channel")
+        sender.execute("NOTIFY channel, 'hello'")
+        note = next(listener.notifies(timeout=5, stop_after=1))
+        assert note.payload == "hello"

@@ -17,8 +17,8 @@ _LEN = struct.Struct("!i").unpack_from
 QUERY, SYNC, TERMINATE = ord("Q"), ord("S"), ord("X")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 _COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
-# First bytes of a Query that may be session-level prepared-statement SQL.
-_SPECIAL_FIRST = frozenset(bytes([c]) for c in b"pPdD-/ \t\r\n")
+# First bytes of a Query that may be PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment).
+_SPECIAL_FIRST = frozenset(bytes([c]) for c in b"pPdDlL-/ \t\r\n")
 # Server message types whose body the session reads.
 READY, COPY_IN, COPY_BOTH, ERROR = ord("Z"), ord("G"), ord("W"), ord("E")
 _SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR))
@@ -31,7 +31,7 @@ class ClientScan:
     After `feed`: `syncs` = Query + Sync messages (each earns one ReadyForQuery);
     `copy_end` = a CopyDone/CopyFail was seen; `terminate` = offset of a Terminate
     message in the chunk, or -1; `extended` = extended-protocol messages were seen;
-    `special` = a Query may start with PREPARE/DEALLOCATE/DISCARD (or a comment or
+    `special` = a Query may start with PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment or
     space before its first keyword): the session takes a closer look. Across feeds: `in_batch` = extended-protocol messages
     were sent since the last Sync, so the server may answer (after a Flush) or wait.
     """

@@ -398,14 +398,21 @@ class ClientSession:
         self.pool.checkin(server)
 
 
-_SESSION_SQL_HINT = ("use protocol-level prepared statements (e.g. psycopg prepare=True), which "
-                     "trio_pgdog keeps across transactions, or a session-mode pool")
+_REFUSED = {
+    "PREPARE": ("SQL-level PREPARE is not supported in transaction pooling mode",
+                "use protocol-level prepared statements (e.g. psycopg prepare=True), which "
+                "trio_pgdog keeps across transactions, or a session-mode pool"),
+    "LISTEN": ("LISTEN is not supported in transaction pooling mode: notifications would reach "
+               "whichever client holds the server connection next",
+               "use a session-mode pool (pooler_mode = \"session\") for LISTEN/NOTIFY consumers"),
+}
 
 
 def _guard_session_sql(data: bytes, server: ServerConnection) -> bytes:
-    """SQL-level PREPARE cannot work in transaction mode (the next EXECUTE may run on another
-    server, or find another client's statement): the server raises a clear error instead, so
-    client and server agree on the transaction state. DISCARD/DEALLOCATE drop the server's
+    """SQL-level PREPARE and LISTEN cannot work in transaction mode (the next EXECUTE may run
+    on another server or find another client's statement; notifications would reach another
+    client): the server raises a clear error instead, so client and server agree on the
+    transaction state. DISCARD/DEALLOCATE drop the server's
     shared statements, which the proxy then forgets."""
     out: list[bytes] = []
     pos = start = 0
@@ -416,9 +423,9 @@ def _guard_session_sql(data: bytes, server: ServerConnection) -> bytes:
             break
         if kind == b"Q":
             words = leading_keywords(data[pos + 5 : nxt])
-            if words[:1] == ["PREPARE"]:
-                out += [data[start:pos], m.query(_raise_sql(
-                    "SQL-level PREPARE is not supported in transaction pooling mode", _SESSION_SQL_HINT))]
+            refusal = _REFUSED.get(words[0]) if words else None
+            if refusal is not None:
+                out += [data[start:pos], m.query(_raise_sql(*refusal))]
                 start = nxt
             elif words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"]):
                 server.statements.clear()
