@@ -296,7 +296,7 @@ class ClientSession:
         else:
             data, ready, fatal = tracker.from_server(data, server.statements)
             if fatal:
-                await self._server_lost(data)
+                await self._server_lost(data, m.parse_error_fields(tracker.fatal_body))
                 return
             copy_in = tracker.copy_in
         try:

@@ -65,6 +65,7 @@ class Tracker:
         self.queue: deque[Expect] = deque()
         self.skipping = False      # the server is ignoring messages up to the next Sync
         self.copy_in = False       # the last server chunk started COPY FROM STDIN
+        self.fatal_body = b""      # the server's FATAL ErrorResponse body, once seen
         self._cbuf = b""
         self._sbuf = b""
 
@@ -210,8 +211,8 @@ class Tracker:
         """(bytes for the client, statuses of visible ReadyForQuery, FATAL seen).
 
         Incomplete trailing messages are kept until the rest arrives. After a FATAL error
-        the bytes for the client stop just before it (the server is closing). `copy_in` is
-        set when the server starts COPY FROM STDIN.
+        the bytes for the client stop just before it (the server is closing) and
+        `fatal_body` holds it. `copy_in` is set when the server starts COPY FROM STDIN.
         """
         self.copy_in = False
         buf = self._sbuf + data if self._sbuf else data
@@ -230,6 +231,7 @@ class Tracker:
             head = queue[0] if queue else None
             if kind == _ERROR and buf.startswith(_FATAL, pos + 5):
                 out.append(buf[start:pos])
+                self.fatal_body = buf[pos + 5 : nxt]
                 self._sbuf = b""
                 return b"".join(out), ready, True
             if head is not None and head.hidden and kind != _ERROR:
