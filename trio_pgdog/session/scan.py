@@ -32,8 +32,9 @@ class ClientScan:
     `copy_end` = a CopyDone/CopyFail was seen; `terminate` = offset of a Terminate
     message in the chunk, or -1; `extended` = extended-protocol messages were seen;
     `special` = a Query may start with PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment or
-    space before its first keyword): the session takes a closer look. Across feeds: `in_batch` = extended-protocol messages
-    were sent since the last Sync, so the server may answer (after a Flush) or wait.
+    space before its first keyword): the session takes a closer look. Across feeds:
+    `in_batch` = extended-protocol messages were sent since the last Sync, so the server
+    may answer (after a Flush) or wait.
     """
 
     __slots__ = ("_carry", "_skip", "copy_end", "extended", "in_batch", "special", "syncs",
@@ -105,8 +106,10 @@ class ClientScan:
 class ServerScan:
     """Reports ReadyForQuery statuses, COPY-in starts and FATAL errors in server bytes.
 
-    `fatal` is the offset in the chunk where a FATAL ErrorResponse starts (the server
-    is about to close), or -1; scanning stops there. `fatal_body` is that message's body.
+    `feed` returns the bytes that may go to the client now: a message the session must
+    read (ReadyForQuery, ErrorResponse, CopyInResponse) is held back until it is complete,
+    so a FATAL error is never half-forwarded. `fatal` = a FATAL ErrorResponse was found (the
+    server is about to close); the returned bytes stop before it and `fatal_body` is its body.
     """
 
     __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "ready")
@@ -116,15 +119,13 @@ class ServerScan:
         self._carry = b""
         self.ready: list[bytes] = []  # the status byte of each ReadyForQuery, in order
         self.copy_in = False
-        self.fatal = -1
+        self.fatal = False
         self.fatal_body = b""
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
         self.ready = []
         self.copy_in = False
-        self.fatal = -1
-        carried = len(self._carry)
-        if carried:
+        if self._carry:
             data = self._carry + data
             self._carry = b""
         pos = self._skip
@@ -136,25 +137,27 @@ class ServerScan:
                 raise ProtocolError(f"server sent invalid message length {length}")
             nxt = pos + 1 + length
             if kind in _SERVER_WATCH:
-                if nxt > end:  # keep the whole (small) message until it is complete
+                if nxt > end:  # hold the whole (small) message until it is complete
                     break
                 if kind == READY:
                     self.ready.append(data[pos + 5 : nxt])
                 elif kind == ERROR:
                     if data.startswith(_FATAL, pos + 5):
-                        self.fatal = max(pos - carried, 0)
+                        self.fatal = True
                         self.fatal_body = data[pos + 5 : nxt]
                         self._skip = 0
-                        return
+                        return data[:pos]
                 else:
                     self.copy_in = True
             pos = nxt
         if pos >= end:
             self._skip = pos - end
-        else:
-            self._carry = data[pos:]
-            self._skip = 0
+            return data
+        self._carry = data[pos:]
+        self._skip = 0
+        return data[:pos]
 
     def reset(self) -> None:
         self._skip = 0
         self._carry = b""
+        self.fatal = False

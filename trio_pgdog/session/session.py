@@ -288,9 +288,9 @@ class ClientSession:
         tracker = self.tracker
         if tracker is None:
             sscan = self.sscan
-            sscan.feed(data)
-            if sscan.fatal >= 0:
-                await self._server_lost(data[: sscan.fatal], m.parse_error_fields(sscan.fatal_body))
+            data = sscan.feed(data)
+            if sscan.fatal:
+                await self._server_lost(data, m.parse_error_fields(sscan.fatal_body))
                 return
             ready, copy_in = sscan.ready, sscan.copy_in
         else:
