@@ -6,17 +6,20 @@ The cluster comes from trio_pgdog.embedded (the code `demo` uses). Each proxy is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import scramp
 
 from trio_pgdog.embedded import Cluster, free_port
 
@@ -102,6 +105,123 @@ class ProxyProcess:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
+    def server_ports(self, server_port: int) -> set[int]:
+        """Local ports of this proxy's established TCP connections to `server_port`.
+
+        PostgreSQL shows them as pg_stat_activity.client_port, which tells this proxy's
+        server connections apart from those of proxies other tests left behind.
+        """
+        pid = self.proc.pid
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed while we looked
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+            for line in lines:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if state == "01" and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+        return ports
+
+
+def proxy_backends(pg: Cluster, proxy: ProxyProcess, columns: str = "pid") -> list[list[str]]:
+    """pg_stat_activity rows (the chosen columns) of `proxy`'s server connections to `pg`."""
+    ports = proxy.server_ports(pg.port)
+    if not ports:
+        return []
+    out = pg.sql(f"SELECT {columns} FROM pg_stat_activity WHERE application_name = 'trio_pgdog' "
+                 f"AND client_port IN ({', '.join(map(str, sorted(ports)))}) ORDER BY pid")
+    return [line.split("|") for line in out.splitlines()]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10, what: str = "condition",
+             interval: float = 0.05) -> object:
+    """Poll `predicate` until it returns something truthy (returned); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {result!r})")
+        time.sleep(interval)
+
+
+def psql(port: int, sql: str, user: str = "app", password: str | None = None,
+         dbname: str = APP_DB) -> subprocess.CompletedProcess[str]:
+    """Run `psql -c sql` against 127.0.0.1:`port` (unaligned, tuples only); never raises."""
+    if password is None and user in PG_USERS:
+        password = PG_USERS[user][0]
+    env = dict(os.environ, PGPASSWORD=password or "", PGCONNECT_TIMEOUT="10")
+    return subprocess.run(
+        ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port),
+         "-U", user, "-d", dbname, "-c", sql],
+        env=env, capture_output=True, text=True, timeout=60)
+
+
+def login_error(port: int, user: str, dbname: str = APP_DB,
+                password: str | None = None) -> dict[str, str] | None:
+    """Log in over the raw v3 protocol; the ErrorResponse fields if refused, None if accepted.
+
+    psycopg and psql do not expose the SQLSTATE of a failed login, so tests that check it
+    speak the protocol themselves (SCRAM-SHA-256, md5 or cleartext, as asked).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        params = b"".join(k + b"\0" + v.encode() + b"\0"
+                          for k, v in ((b"user", user), (b"database", dbname))) + b"\0"
+        body = struct.pack("!i", 196608) + params
+        sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        scram = None
+        while True:
+            kind, body = _read_message(sock)
+            if kind == b"E":
+                return {field[:1].decode(): field[1:].decode()
+                        for field in body.split(b"\0") if field}
+            if kind == b"Z":
+                sock.sendall(b"X\0\0\0\4")
+                return None
+            if kind != b"R":
+                continue  # ParameterStatus, BackendKeyData, notices
+            code = struct.unpack_from("!i", body)[0]
+            secret = (password or "").encode()
+            if code == 3:  # cleartext
+                answer = secret + b"\0"
+            elif code == 5:  # md5
+                inner = hashlib.md5(secret + user.encode()).hexdigest().encode()
+                answer = b"md5" + hashlib.md5(inner + body[4:8]).hexdigest().encode() + b"\0"
+            elif code == 10:  # SASL: SCRAM-SHA-256
+                scram = scramp.ScramClient(["SCRAM-SHA-256"], user, password or "")
+                first = scram.get_client_first().encode()
+                answer = b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first
+            elif code == 11 and scram is not None:
+                scram.set_server_first(body[4:].decode())
+                answer = scram.get_client_final().encode()
+            else:  # 0 (ok), 12 (SASL final): nothing to answer
+                continue
+            sock.sendall(b"p" + struct.pack("!i", len(answer) + 4) + answer)
+
+
+def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
+    header = _recv_exactly(sock, 5)
+    return header[:1], _recv_exactly(sock, struct.unpack("!i", header[1:])[0] - 4)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
 
 def start_proxy(workdir: Path, pgdog_text: str, users_text: str | None, port: int,
                 wait: bool = True, extra_args: list[str] | None = None) -> ProxyProcess:
@@ -138,12 +258,18 @@ def _wait_listening(proxy: ProxyProcess, timeout: float = 20) -> None:
 
 @pytest.fixture
 def proxy_factory(pg: Cluster, tmp_path: Path) -> Iterator:
-    """start(general=..., users=..., pgdog_text=...) -> ProxyProcess; all stopped at teardown."""
+    """start(general=..., users=..., pgdog_text=...) -> ProxyProcess; all stopped at teardown.
+
+    `pgdog_text` may be a function of the proxy's port, for files that must name it.
+    """
     started: list[ProxyProcess] = []
 
-    def start(*, users: str | None = None, pgdog_text: str | None = None, wait: bool = True,
+    def start(*, users: str | None = None,
+              pgdog_text: str | Callable[[int], str] | None = None, wait: bool = True,
               **general: object) -> ProxyProcess:
         port = free_port()
+        if callable(pgdog_text):
+            pgdog_text = pgdog_text(port)
         text = pgdog_text if pgdog_text is not None else pgdog_toml(pg, port, **general)
         proxy = start_proxy(tmp_path / f"proxy{len(started)}", text,
                             users if users is not None else users_toml(), port, wait=wait)

@@ -1,0 +1,195 @@
+"""The command line as an operator meets it: help, version, config files, signals, the demo."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import APP_DB, psql, users_toml, wait_for
+from psycopg import errors
+
+import trio_pgdog
+from trio_pgdog.embedded import free_port
+
+# A line written through `logging` (the proxy's log format); anything else is plain output.
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trio_pgdog", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_help_and_version():
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr
+    for word in ("--config", "--users", "--version", "demo"):
+        assert word in out.stdout
+    out = run_cli("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"trio_pgdog {trio_pgdog.__version__}"
+
+
+def test_first_log_line_names_the_version(proxy):
+    first = proxy.log.splitlines()[0]
+    assert LOG_LINE.match(first)
+    assert f"trio_pgdog {trio_pgdog.__version__}" in first
+
+
+def test_readme_seed_config_works(pg, proxy_factory):
+    """The quickstart file from the README, with the test cluster's database name and port."""
+    proxy = proxy_factory(pgdog_text=lambda port: (
+        f'[general]\nhost = "0.0.0.0"\nport = {port}\n\n'
+        f'[[servers]]\nname = "appdb"\nhost = "127.0.0.1"\nport = {pg.port}\n'))
+    with proxy.connect() as conn:
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == ("app", APP_DB)
+
+
+GOOD_PGDOG = '[general]\nport = 6432\n\n[[databases]]\nname = "appdb"\nhost = "127.0.0.1"\n'
+GOOD_USERS = users_toml()
+
+BAD_CONFIGS = {
+    "unknown key": ("pgdog.toml", GOOD_PGDOG.replace("port = 6432", "prot = 6432"),
+                    ["line 2", "'prot'"]),
+    "wrong type": ("pgdog.toml", GOOD_PGDOG.replace("6432", '"6432"'), ["line 2", "'port'"]),
+    "bad value": ("pgdog.toml", GOOD_PGDOG + 'role = "leader"\n', ["line 7", "'role'"]),
+    "missing required key": ("pgdog.toml", GOOD_PGDOG.replace('host = "127.0.0.1"\n', ""),
+                             ["[[databases]]", "'host'"]),
+    "bad TOML": ("pgdog.toml", GOOD_PGDOG.replace("[general]", "[general"), ["line 1"]),
+    "users: unknown key": ("users.toml", GOOD_USERS + "pool_sise = 3\n",
+                           ["line 5", "'pool_sise'"]),
+    "users: missing required key": ("users.toml", '[[users]]\nname = "app"\ndatabase = "appdb"\n',
+                                    ["'password'"]),
+    "users: wrong type": ("users.toml", GOOD_USERS + 'pool_size = "3"\n',
+                          ["line 5", "'pool_size'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_invalid_config_exits_2_with_one_line(tmp_path, case):
+    bad_file, text, words = BAD_CONFIGS[case]
+    files = {"pgdog.toml": GOOD_PGDOG, "users.toml": GOOD_USERS, bad_file: text}
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    out = run_cli("--config", str(tmp_path / "pgdog.toml"), "--users", str(tmp_path / "users.toml"))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    message = [line for line in out.stderr.splitlines() if not LOG_LINE.match(line)]
+    assert len(message) == 1, out.stderr
+    assert str(tmp_path / bad_file) in message[0]
+    for word in words:
+        assert word in message[0]
+
+
+def test_sigterm_lets_a_transaction_finish_and_exits_0(pg, proxy_factory):
+    proxy = proxy_factory()
+    with proxy.connect() as setup:
+        setup.execute("DROP TABLE IF EXISTS in_flight; CREATE TABLE in_flight (v text)")
+    busy, idle = proxy.connect(), proxy.connect()
+    try:
+        idle.execute("SELECT 1")
+        busy.execute("BEGIN")
+        busy.execute("INSERT INTO in_flight VALUES ('before SIGTERM')")
+
+        proxy.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: refuses_connections(proxy.port), timeout=5, what="the listener to close")
+        with pytest.raises(psycopg.OperationalError):
+            proxy.connect()
+        # The idle client is told why it is being disconnected.
+        with pytest.raises(errors.AdminShutdown) as exc:
+            idle.execute("SELECT 1")
+        assert exc.value.sqlstate == "57P01"
+
+        # The transaction in flight goes on and commits.
+        time.sleep(1)
+        busy.execute("INSERT INTO in_flight VALUES ('after SIGTERM')")
+        busy.execute("COMMIT")
+        assert proxy.proc.wait(timeout=10) == 0
+    finally:
+        busy.close()
+        idle.close()
+    assert pg.sql("SELECT string_agg(v, ',' ORDER BY v) FROM in_flight", dbname=APP_DB) == \
+        "after SIGTERM,before SIGTERM"
+    assert "Traceback" not in proxy.log
+
+
+def test_shutdown_timeout_cuts_off_a_transaction_that_runs_too_long(pg, proxy_factory):
+    proxy = proxy_factory(shutdown_timeout=500)
+    with proxy.connect() as setup:
+        setup.execute("DROP TABLE IF EXISTS too_long; CREATE TABLE too_long (v text)")
+    with proxy.connect() as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO too_long VALUES ('never committed')")
+        started = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("COMMIT")
+    wait_for(lambda: pg.sql("SELECT count(*) FROM too_long", dbname=APP_DB) == "0",
+             what="the cut-off transaction to be rolled back")
+    assert "Traceback" not in proxy.log
+
+
+def test_sigint_exits_0(proxy):
+    with proxy.connect() as conn:
+        conn.execute("SELECT 1")
+        assert proxy.stop(signal.SIGINT, timeout=10) == 0
+        with pytest.raises(errors.AdminShutdown):
+            conn.execute("SELECT 1")
+    assert "Traceback" not in proxy.log
+
+
+def test_demo_runs_a_throwaway_cluster_and_cleans_up(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "demo.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "trio_pgdog", "demo", "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        def serving() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return not refuses_connections(port)
+
+        wait_for(serving, timeout=60, what="the demo to listen")
+        out = psql(port, "SELECT current_user, current_database(), 40 + 2", user="pgdog",
+                   password="pgdog", dbname="pgdog")
+        assert (out.returncode, out.stdout.strip()) == (0, "pgdog|pgdog|42"), out.stderr
+        with psycopg.connect(f"postgresql://pgdog:pgdog@127.0.0.1:{port}/pgdog") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+        text = log_path.read_text()
+        assert f"psql postgres://pgdog:pgdog@127.0.0.1:{port}/pgdog" in text
+        found = re.search(r"throw-away PostgreSQL in (\S+)", text)
+        assert found, text
+        base_dir = Path(found.group(1))
+        assert base_dir.is_dir()
+        pg_port = int(re.search(r"PostgreSQL (\d+) behind the proxy", text).group(1))
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not base_dir.exists()
+    assert refuses_connections(pg_port)  # the throw-away PostgreSQL is stopped too
+    assert "Traceback" not in log_path.read_text()
+
