@@ -113,10 +113,8 @@ class Conn:
         if self.closed:
             return
         self.closed = True
-        try:
+        with contextlib.suppress(RuntimeError):  # outside trio (e.g. interpreter teardown)
             trio.lowlevel.notify_closing(self.sock)
-        except RuntimeError:  # outside trio (e.g. during interpreter teardown)
-            pass
         self.sock.close()
 
 
