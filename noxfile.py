@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
+import nox.command
 
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
@@ -20,3 +24,35 @@ def lint(session: nox.Session) -> None:
     """ruff over the package, the tests and this file."""
     session.install("ruff")
     session.run("ruff", "check", "trio_pgdog", "tests", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """pgbench -S through PostgreSQL, PgBouncer and trio_pgdog (docs/benchmarks.md).
+
+    Options after `--` go to `python -m trio_pgdog.bench`, e.g. `nox -s bench -- --quick`.
+    """
+    session.install("-e", ".")
+    if shutil.which("pgbouncer") is None:
+        _install_pgbouncer(session)
+    session.run("python", "-m", "trio_pgdog.bench", *session.posargs)
+
+
+def _install_pgbouncer(session: nox.Session) -> None:
+    # The comparison needs PgBouncer; without it the benchmark still runs the other targets.
+    if os.geteuid() != 0:
+        session.log("pgbouncer is not installed and we are not root: PgBouncer is skipped")
+        return
+    # A fresh machine may have no package lists yet: then update once and try again.
+    if not _apt_get(session, "install", "-y", "pgbouncer"):
+        _apt_get(session, "update", "-q")
+        if not _apt_get(session, "install", "-y", "pgbouncer"):
+            session.log("apt-get install -y pgbouncer failed: PgBouncer is skipped")
+
+
+def _apt_get(session: nox.Session, *args: str) -> bool:
+    try:
+        session.run("apt-get", *args, external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+    except nox.command.CommandFailed:
+        return False
+    return True

@@ -1,0 +1,615 @@
+"""`python -m trio_pgdog.bench`: pgbench -S against PostgreSQL, PgBouncer and trio_pgdog.
+
+One run starts a throw-away PostgreSQL cluster, loads `pgbench -i -s 1`, then drives each target
+(PostgreSQL directly, PgBouncer in transaction mode when it is installed, trio_pgdog as a
+subprocess) with `pgbench -S` in simple and extended query mode at several client counts. For
+every run it reports TPS, failed transactions and the pooler's CPU time per transaction, read
+from /proc/<pid>/stat, and finally the two ratios against PgBouncer the project aims at.
+Everything it starts (cluster, PgBouncer, proxy, temporary files) is removed again, also on
+Ctrl-C, SIGTERM and errors. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from . import __version__
+from .embedded import Cluster, EmbeddedError, find_pg_binary, free_port
+
+USER = PASSWORD = DATABASE = "pgdog"
+POOL_SIZE = 16
+CLIENT_COUNTS = (1, 16, 64)
+MODES = ("simple", "extended")
+PREPARED = "prepared"
+# Enough server connections for 64 direct clients plus both poolers' pools at once.
+MAX_CONNECTIONS = 300
+
+DIRECT, PGBOUNCER, TRIO_PGDOG = "PostgreSQL", "PgBouncer", "trio_pgdog"
+TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG}
+
+# The project's targets, compared at this client count (docs/benchmarks.md).
+RATIO_CLIENTS = 16
+MAX_CPU_RATIO = 4.0
+MIN_TPS_RATIO = 0.45
+
+DEFAULT_TRANSACTIONS = 40_000
+QUICK_TRANSACTIONS = 2_000
+WARMUP_TRANSACTIONS_PER_CLIENT = 50
+START_TIMEOUT = 30.0
+# A 1-minute load average above this at the start means something else is using the CPUs.
+BUSY_LOAD = 0.5
+STOP_TIMEOUT = 15.0
+
+
+class BenchError(Exception):
+    """Something the benchmark cannot work around (a target that does not start, ...)."""
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where pgbench connects, and the pooler process whose CPU time we charge (None: PostgreSQL)."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def exited(self) -> str | None:
+        """Why the pooler is gone, with the end of its log; None while it runs."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        tail = "".join(f"\n    {line}" for line in log_tail(self.log_path, lines=10).splitlines())
+        return f"{self.name} exited with status {self.proc.returncode}; the end of its log:{tail}"
+
+
+@dataclass
+class PgbenchOutcome:
+    """What one pgbench run printed, reduced to the numbers we report."""
+
+    requested: int
+    processed: int = 0
+    failed: int = 0
+    tps: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def not_done(self) -> int:
+        """Transactions that did not succeed: failed ones plus those aborted clients never ran."""
+        return max(self.requested - self.processed, self.failed)
+
+
+@dataclass
+class RunResult:
+    target: str
+    mode: str
+    clients: int
+    outcome: PgbenchOutcome
+    cpu_us_per_txn: float | None
+
+
+# --- pgbench ---------------------------------------------------------------------------------
+
+_PROCESSED = re.compile(r"number of transactions actually processed: (\d+)/(\d+)")
+_FAILED = re.compile(r"number of failed transactions: (\d+)")
+_TPS = re.compile(r"tps = ([\d.]+) \(without initial connection time\)")
+# "client 12" -> "client N", so that one error hitting many clients is reported once.
+_CLIENT_NO = re.compile(r"\bclient \d+\b")
+
+
+def parse_pgbench(stdout: str, stderr: str, requested: int) -> PgbenchOutcome:
+    outcome = PgbenchOutcome(requested=requested)
+    if match := _PROCESSED.search(stdout):
+        outcome.processed = int(match[1])
+    if match := _FAILED.search(stdout):
+        outcome.failed = int(match[1])
+    if match := _TPS.search(stdout):
+        outcome.tps = float(match[1])
+    outcome.errors = distinct_errors(stderr)
+    return outcome
+
+
+def distinct_errors(stderr: str) -> list[str]:
+    """pgbench's error lines, each once with how often it occurred."""
+    counts: dict[str, int] = {}
+    for line in stderr.splitlines():
+        line = line.strip()
+        if "error" in line.lower() or "fatal" in line.lower():
+            key = _CLIENT_NO.sub("client N", line)
+            counts[key] = counts.get(key, 0) + 1
+    return [f"{line} (x{n})" if n > 1 else line for line, n in counts.items()]
+
+
+def pgbench_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # The same connection path for every target: no TLS or GSS negotiation round trips.
+    env.update(PGPASSWORD=PASSWORD, PGSSLMODE="disable", PGGSSENCMODE="disable", LC_MESSAGES="C")
+    return env
+
+
+def pgbench_argv(port: int, *args: str) -> list[str]:
+    return [find_pg_binary("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, *args, DATABASE]
+
+
+def run_pgbench(port: int, mode: str, clients: int, per_client: int, timeout: float) -> PgbenchOutcome:
+    # -n: no VACUUM before the run (it would go through the pooler and is the same every time);
+    # -j: two threads at most, as many as the machine has cores for pgbench to share.
+    argv = pgbench_argv(port, "-n", "-S", "-M", mode, "-c", str(clients),
+                        "-j", str(min(2, clients)), "-t", str(per_client))
+    requested = clients * per_client
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env=pgbench_env(), check=False)
+    except subprocess.TimeoutExpired:
+        return PgbenchOutcome(requested=requested, errors=[f"pgbench timed out after {timeout:g}s"])
+    outcome = parse_pgbench(done.stdout, done.stderr, requested)
+    if done.returncode != 0 and not outcome.errors:
+        outcome.errors.append(f"pgbench exited with status {done.returncode}")
+    return outcome
+
+
+def init_pgbench_data(port: int) -> None:
+    done = subprocess.run(pgbench_argv(port, "-i", "-s", "1", "-q"), capture_output=True, text=True,
+                          env=pgbench_env(), check=False)
+    if done.returncode != 0:
+        raise BenchError(f"pgbench -i failed: {done.stderr.strip()}")
+
+
+# --- CPU accounting --------------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of process `pid` (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    # Field 2 (comm) is in parentheses and may hold spaces: count fields after its ')'.
+    # That list starts with field 3, so fields 14 and 15 are at indexes 11 and 12.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def measured_run(target: Target, mode: str, clients: int, per_client: int, timeout: float) -> RunResult:
+    pid = target.pid
+    before = cpu_ticks(pid) if pid else 0
+    outcome = run_pgbench(target.port, mode, clients, per_client, timeout)
+    cpu_us = None
+    # An exited but not yet reaped pooler still has its /proc entry, so this read is safe.
+    if pid and outcome.processed:
+        cpu_us = (cpu_ticks(pid) - before) / CLOCK_TICKS * 1e6 / outcome.processed
+    return RunResult(target.name, mode, clients, outcome, cpu_us)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def cleanup_shielded() -> Iterator[contextlib.ExitStack]:
+    """An ExitStack whose cleanup a second Ctrl-C or a SIGTERM cannot cut short."""
+    stack = contextlib.ExitStack()
+    try:
+        yield stack
+    finally:
+        # Interrupting the cleanup would leave a cluster or a pooler running behind us.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stack.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def log_tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError:
+        return ""
+
+
+def wait_for_log(proc: subprocess.Popen[bytes], log_path: str, needle: str, what: str) -> None:
+    """Wait until `proc` logs `needle` (its "ready" line); fail if it exits or takes too long."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if needle in log_tail(log_path, lines=200):
+            return
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode}:\n{log_tail(log_path)}")
+        time.sleep(0.05)
+    raise BenchError(f"{what} did not log {needle!r} within {START_TIMEOUT:g}s:\n{log_tail(log_path)}")
+
+
+def spawn(stack: contextlib.ExitStack, argv: list[str], log_path: str,
+          **popen: object) -> subprocess.Popen[bytes]:
+    """Start a server process whose stop is registered on `stack` before anything else happens."""
+    with open(log_path, "wb") as log_file:
+        # A session of its own: the terminal's Ctrl-C reaches only us, and we stop it in order.
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, **popen)
+    stack.callback(stop_process, proc)
+    return proc
+
+
+def make_workdir(stack: contextlib.ExitStack, cluster: Cluster, prefix: str) -> str:
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    # PgBouncer runs as the cluster's OS user when we are root, and must read its files.
+    cluster.runner.chown(workdir)
+    return workdir
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+def start_cluster(stack: contextlib.ExitStack) -> Cluster:
+    cluster = Cluster.create(free_port(), settings={"max_connections": str(MAX_CONNECTIONS)})
+    stack.callback(cluster.destroy)
+    cluster.start()
+    cluster.add_user(USER, PASSWORD, auth="scram-sha-256")
+    cluster.add_database(DATABASE, owner=USER)
+    init_pgbench_data(cluster.port)
+    return cluster
+
+
+def pgbouncer_files(cluster: Cluster, port: int, workdir: str) -> str:
+    """Write pgbouncer.ini and its userlist into `workdir`; return the ini's path."""
+    # The role's SCRAM secret: PgBouncer checks clients with it and, since the client proved
+    # it knows the password, logs in to PostgreSQL with the same keys.
+    secret = cluster.sql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'")
+    userlist = os.path.join(workdir, "userlist.txt")
+    ini = os.path.join(workdir, "pgbouncer.ini")
+    settings = {
+        "listen_addr": "127.0.0.1",
+        "listen_port": str(port),
+        "unix_socket_dir": "",
+        "auth_type": "scram-sha-256",
+        "auth_file": userlist,
+        "pool_mode": "transaction",
+        "default_pool_size": str(POOL_SIZE),
+        "max_client_conn": "500",
+        # trio_pgdog logs connections at DEBUG only; keep logging cost out of the comparison.
+        "log_connections": "0",
+        "log_disconnections": "0",
+    }
+    files = {
+        userlist: f'"{USER}" "{secret}"\n',
+        ini: f"[databases]\n{DATABASE} = host=127.0.0.1 port={cluster.port} dbname={DATABASE}\n\n"
+             "[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()),
+    }
+    for path, text in files.items():
+        with open(path, "w") as f:
+            f.write(text)
+        cluster.runner.chown(path)
+    return ini
+
+
+def start_pgbouncer(stack: contextlib.ExitStack, cluster: Cluster, binary: str) -> Target:
+    workdir = make_workdir(stack, cluster, "trio_pgdog-bench-pgbouncer-")
+    port = free_port()
+    ini = pgbouncer_files(cluster, port, workdir)
+    log_path = os.path.join(workdir, "pgbouncer.log")
+    as_user = cluster.runner.as_user
+    # PgBouncer refuses to run as root. Popen(user=...) rather than runuser, so that the pid we
+    # measure is PgBouncer's own and not that of a runuser parent.
+    ids = {} if as_user is None else {"user": as_user.pw_uid, "group": as_user.pw_gid, "extra_groups": []}
+    proc = spawn(stack, [binary, ini], log_path, cwd=workdir, **ids)
+    wait_for_log(proc, log_path, f"listening on 127.0.0.1:{port}", "PgBouncer")
+    return Target(PGBOUNCER, port, proc, log_path)
+
+
+def trio_pgdog_files(cluster: Cluster, port: int, workdir: str) -> tuple[str, str]:
+    pgdog_toml = f"""[general]
+host = "127.0.0.1"
+port = {port}
+pooler_mode = "transaction"
+default_pool_size = {POOL_SIZE}
+auth_type = "scram"
+
+[[databases]]
+name = "{DATABASE}"
+host = "127.0.0.1"
+port = {cluster.port}
+"""
+    users_toml = f"""[[users]]
+name = "{USER}"
+database = "{DATABASE}"
+password = "{PASSWORD}"
+"""
+    paths = os.path.join(workdir, "pgdog.toml"), os.path.join(workdir, "users.toml")
+    for path, text in zip(paths, (pgdog_toml, users_toml), strict=True):
+        with open(path, "w") as f:
+            f.write(text)
+    return paths
+
+
+def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster) -> Target:
+    workdir = make_workdir(stack, cluster, "trio_pgdog-bench-proxy-")
+    port = free_port()
+    config, users = trio_pgdog_files(cluster, port, workdir)
+    log_path = os.path.join(workdir, "proxy.log")
+    # The proxy exactly as a user runs it, so its CPU time is the whole process's.
+    argv = [sys.executable, "-m", "trio_pgdog", "--config", config, "--users", users]
+    proc = spawn(stack, argv, log_path, cwd=workdir, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    wait_for_log(proc, log_path, f"listening on 127.0.0.1:{port}", "trio_pgdog")
+    return Target(TRIO_PGDOG, port, proc, log_path)
+
+
+def find_pgbouncer() -> str | None:
+    # Debian installs it in /usr/sbin, which a non-root PATH often lacks.
+    return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
+
+
+def start_target(key: str, stack: contextlib.ExitStack, cluster: Cluster, pgbouncer: str | None) -> Target:
+    if key == "direct":
+        return Target(DIRECT, cluster.port)
+    if key == "pgbouncer":
+        assert pgbouncer is not None
+        return start_pgbouncer(stack, cluster, pgbouncer)
+    return start_trio_pgdog(stack, cluster)
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    targets: tuple[str, ...]
+    clients: tuple[int, ...]
+    transactions: int
+    prepared: bool
+    timeout: float
+
+    def modes_for(self, target_key: str) -> tuple[str, ...]:
+        # PgBouncer 1.18 keeps no prepared statements across transactions in transaction mode.
+        if self.prepared and target_key != "pgbouncer":
+            return (*MODES, PREPARED)
+        return MODES
+
+    def per_client(self, clients: int) -> int:
+        """pgbench -t: the same total number of transactions whatever the client count."""
+        return max(1, math.ceil(self.transactions / clients))
+
+
+def benchmark_target(target: Target, plan: Plan, modes: Sequence[str]) -> list[RunResult]:
+    # Warm-up, not reported: fills the pool and Python's caches so that the first measured run
+    # does not pay for opening server connections.
+    run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
+    results = []
+    for mode in modes:
+        for clients in plan.clients:
+            result = measured_run(target, mode, clients, plan.per_client(clients), plan.timeout)
+            progress(format_progress(result))
+            results.append(result)
+            if death := target.exited():
+                # Its remaining runs would only repeat "connection refused".
+                result.outcome.errors.append(death)
+                return results
+    return results
+
+
+def run_plan(plan: Plan, problems: list[str]) -> list[RunResult]:
+    pgbouncer = find_pgbouncer()
+    keys = [k for k in plan.targets if k != "pgbouncer" or pgbouncer]
+    if "pgbouncer" in plan.targets and not pgbouncer:
+        problems.append("PgBouncer is not installed (apt-get install -y pgbouncer): its rows are skipped.")
+    results: list[RunResult] = []
+    with cleanup_shielded() as stack:
+        progress("starting a throw-away PostgreSQL and loading pgbench -i -s 1 ...")
+        cluster = start_cluster(stack)
+        for key in keys:
+            with cleanup_shielded() as target_stack:
+                try:
+                    target = start_target(key, target_stack, cluster, pgbouncer)
+                except (BenchError, EmbeddedError) as exc:
+                    problems.append(f"{TARGET_KEYS[key]} did not start: {exc}")
+                    continue
+                progress(f"{target.name} on port {target.port}")
+                results += benchmark_target(target, plan, plan.modes_for(key))
+    return results
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def format_progress(r: RunResult) -> str:
+    tps = f"{r.outcome.tps:.0f} tps" if r.outcome.tps is not None else "no tps"
+    cpu = f", {r.cpu_us_per_txn:.1f} µs CPU/txn" if r.cpu_us_per_txn is not None else ""
+    failed = f", {r.outcome.not_done} failed" if r.outcome.not_done else ""
+    return f"  {r.target} {r.mode} {clients_label(r.clients)}: {tps}{cpu}{failed}"
+
+
+def clients_label(n: int) -> str:
+    return f"{n} client" + ("s" if n != 1 else "")
+
+
+def markdown_table(results: Sequence[RunResult]) -> str:
+    lines = ["| target | mode | clients | TPS | CPU µs/txn | failed |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        tps = f"{r.outcome.tps:,.0f}" if r.outcome.tps is not None else "-"
+        cpu = f"{r.cpu_us_per_txn:.1f}" if r.cpu_us_per_txn is not None else "-"
+        lines.append(f"| {r.target} | {r.mode} | {r.clients} | {tps} | {cpu} | {r.outcome.not_done} |")
+    return "\n".join(lines)
+
+
+def find(results: Sequence[RunResult], target: str, mode: str, clients: int) -> RunResult | None:
+    return next((r for r in results if (r.target, r.mode, r.clients) == (target, mode, clients)), None)
+
+
+def ratio_line(what: str, ours: float | None, theirs: float | None, passes: bool | None,
+               goal: str) -> str:
+    if ours is None or theirs is None or not theirs:
+        return f"- {what}: n/a (no {PGBOUNCER} or {TRIO_PGDOG} figure)"
+    verdict = "PASS" if passes else "MISS"
+    return f"- {what}: {ours / theirs:.2f}x (target {goal}) **{verdict}**"
+
+
+def ratio_lines(results: Sequence[RunResult]) -> list[str]:
+    lines = []
+    for mode in MODES:
+        ours = find(results, TRIO_PGDOG, mode, RATIO_CLIENTS)
+        theirs = find(results, PGBOUNCER, mode, RATIO_CLIENTS)
+        cpu = (ours and ours.cpu_us_per_txn, theirs and theirs.cpu_us_per_txn)
+        tps = (ours and ours.outcome.tps, theirs and theirs.outcome.tps)
+        cpu_ok = None if None in cpu else cpu[0] / cpu[1] <= MAX_CPU_RATIO
+        tps_ok = None if None in tps else tps[0] / tps[1] >= MIN_TPS_RATIO
+        lines.append(ratio_line(f"{mode}, {RATIO_CLIENTS} clients, CPU/txn {TRIO_PGDOG} ÷ {PGBOUNCER}",
+                                *cpu, cpu_ok, f"≤ {MAX_CPU_RATIO:g}x"))
+        lines.append(ratio_line(f"{mode}, {RATIO_CLIENTS} clients, TPS {TRIO_PGDOG} ÷ {PGBOUNCER}",
+                                *tps, tps_ok, f"≥ {MIN_TPS_RATIO:g}x"))
+    return lines
+
+
+def error_lines(results: Sequence[RunResult]) -> list[str]:
+    lines = []
+    for r in results:
+        for error in r.outcome.errors:
+            lines.append(f"- {r.target} {r.mode} {clients_label(r.clients)}: {error}")
+    return lines
+
+
+def busy_machine_note(load_before: float) -> str | None:
+    # pgbench, PostgreSQL and the pooler already share the cores; anything else running skews
+    # TPS most, and CPU per transaction a little (cache misses, context switches).
+    if load_before < BUSY_LOAD:
+        return None
+    return (f"The 1-minute load average was {load_before:.2f} at the start: other programs (or a run "
+            "that just ended) were using the CPUs, so TPS may be lower and noisier than on an idle machine.")
+
+
+def source_revision() -> str:
+    """The git commit the proxy ran from ("-dirty": with uncommitted changes), or "" if unknown."""
+    # Others edit the proxy while benchmarks run: a table is only comparable with its revision.
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        done = subprocess.run(["git", "-C", checkout, "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def report(results: Sequence[RunResult], plan: Plan, problems: Sequence[str], revision: str) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        f"pgbench -S, scale 1, {plan.transactions:,} transactions per run (-t = that ÷ clients), "
+        f"pool size {POOL_SIZE}, {os.cpu_count()} cores, {when}"
+        + (f", trio_pgdog {__version__} at git {revision}" if revision else f", trio_pgdog {__version__}"),
+        "",
+        markdown_table(results),
+        "",
+        f"Ratios at {RATIO_CLIENTS} clients:",
+        "",
+        *ratio_lines(results),
+    ]
+    if notes := [*(f"- {p}" for p in problems), *error_lines(results)]:
+        parts += ["", "Problems:", "", *notes]
+    return "\n".join(parts) + "\n"
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m trio_pgdog.bench",
+        description="pgbench -S through PostgreSQL, PgBouncer and trio_pgdog: TPS and pooler CPU "
+                    "per transaction, compared against the project's targets.")
+    p.add_argument("--transactions", type=int, default=None, metavar="N",
+                   help="transactions per pgbench run, split over the clients "
+                        f"(default {DEFAULT_TRANSACTIONS:,}; with --quick {QUICK_TRANSACTIONS:,})")
+    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--clients", default=",".join(map(str, CLIENT_COUNTS)), metavar="LIST",
+                   help="client counts, comma-separated (default: %(default)s)")
+    p.add_argument("--targets", default=",".join(TARGET_KEYS), metavar="LIST",
+                   help="which of direct,pgbouncer,trio_pgdog to run (default: all)")
+    p.add_argument("--prepared", action="store_true",
+                   help="also run -M prepared against PostgreSQL and trio_pgdog")
+    p.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                   help="give up on one pgbench run after this long (default: %(default)s)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
+    return p.parse_args(argv)
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    unknown = [t for t in targets if t not in TARGET_KEYS]
+    if unknown:
+        raise SystemExit(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGET_KEYS)}")
+    try:
+        clients = tuple(int(c) for c in args.clients.split(","))
+    except ValueError:
+        raise SystemExit(f"--clients: expected numbers separated by commas, got {args.clients!r}") from None
+    transactions = args.transactions or (QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS)
+    if transactions < 1 or min(clients) < 1:
+        raise SystemExit("--transactions and --clients must be at least 1")
+    return Plan(targets, clients, transactions, args.prepared, args.timeout)
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = plan_from_args(args)
+    # SIGTERM unwinds like Ctrl-C, so the cleanup runs for both.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    revision = source_revision()
+    problems: list[str] = []
+    if note := busy_machine_note(os.getloadavg()[0]):
+        progress(note)
+        problems.append(note)
+    try:
+        results = run_plan(plan, problems)
+    except KeyboardInterrupt:
+        progress("interrupted; everything the benchmark started has been stopped and removed")
+        return 130
+    except (BenchError, EmbeddedError) as exc:
+        progress(f"benchmark failed: {exc}")
+        return 1
+    text = report(results, plan, problems, revision)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
