@@ -52,6 +52,7 @@ START_TIMEOUT = 30.0
 # A 1-minute load average above this at the start means something else is using the CPUs.
 BUSY_LOAD = 0.5
 STOP_TIMEOUT = 15.0
+MAX_LOGGED_PROBLEMS = 10
 
 
 class BenchError(Exception):
@@ -236,6 +237,25 @@ def log_tail(path: str, lines: int = 20) -> str:
             return "".join(f.readlines()[-lines:]).rstrip()
     except OSError:
         return ""
+
+
+_LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d [\d:.,]+ (UTC )?(\[\d+\] )?")
+_ADDRESS = re.compile(r"\b(\d{1,3}(?:\.\d{1,3}){3}):\d+\b")
+_PROBLEM_WORDS = ("WARNING", "ERROR", "FATAL", "Traceback")
+
+
+def logged_problems(log_path: str, limit: int = MAX_LOGGED_PROBLEMS) -> list[str]:
+    """A pooler's warnings and errors, each distinct line once with how often it occurred."""
+    counts: dict[str, int] = {}
+    for line in log_tail(log_path, lines=100_000).splitlines():
+        if any(word in line for word in _PROBLEM_WORDS):
+            # Without timestamp and client port, the same event from many clients is one line.
+            key = _ADDRESS.sub(r"\1:PORT", _LOG_PREFIX.sub("", line.strip()))
+            counts[key] = counts.get(key, 0) + 1
+    lines = [f"{line} (x{n})" if n > 1 else line for line, n in counts.items()]
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... and {len(lines) - limit} other distinct lines"]
+    return lines
 
 
 def wait_for_log(proc: subprocess.Popen[bytes], log_path: str, needle: str, what: str) -> None:
@@ -436,6 +456,8 @@ def run_plan(plan: Plan, problems: list[str]) -> list[RunResult]:
                     continue
                 progress(f"{target.name} on port {target.port}")
                 results += benchmark_target(target, plan, plan.modes_for(key))
+                # Read before the work directory (and the log with it) is removed.
+                problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
     return results
 
 
