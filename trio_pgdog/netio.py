@@ -19,6 +19,24 @@ from .protocol import ProtocolError
 from .protocol.messages import MAX_MESSAGE_LENGTH, parse_header
 
 RECV_SIZE = 256 * 1024
+# One receive buffer for the whole process (Trio runs one task at a time and every receive
+# copies its bytes out at once): recv(256 KiB) would allocate, and for sizes this large
+# mmap/munmap, a fresh buffer on every call.
+_SCRATCH = bytearray(RECV_SIZE)
+_SCRATCH_VIEW = memoryview(_SCRATCH)
+
+
+def _recv_once(sock: socket.socket) -> bytes:
+    """One non-blocking receive: bytes, or BlockingIOError; ConnectionClosed at EOF."""
+    try:
+        n = sock.recv_into(_SCRATCH)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise ConnectionClosed(str(exc)) from exc
+    if not n:
+        raise ConnectionClosed("connection closed by peer")
+    return _SCRATCH_VIEW[:n].tobytes()
 
 
 class ConnectionClosed(Exception):
@@ -49,14 +67,9 @@ class Conn:
     def recv_nowait(self) -> bytes | None:
         """Bytes already in the kernel buffer, None if there are none; ConnectionClosed at EOF."""
         try:
-            data = self.sock.recv(RECV_SIZE)
+            return _recv_once(self.sock)
         except BlockingIOError:
             return None
-        except OSError as exc:
-            raise ConnectionClosed(str(exc)) from exc
-        if not data:
-            raise ConnectionClosed("connection closed by peer")
-        return data
 
     def unread(self, data: bytes) -> None:
         """Push bytes back so the next recv/read returns them first."""
@@ -68,7 +81,16 @@ class Conn:
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of `data`, waiting only while the kernel buffer is full."""
-        view = memoryview(data)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise ConnectionClosed(str(exc)) from exc
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        await trio.lowlevel.wait_writable(self.sock)
         while view:
             try:
                 sent = self.sock.send(view)
@@ -91,13 +113,9 @@ class Conn:
         while True:
             await trio.lowlevel.wait_readable(self.sock)
             try:
-                data = self.sock.recv(RECV_SIZE)
+                data = _recv_once(self.sock)
             except BlockingIOError:
                 continue
-            except OSError as exc:
-                raise ConnectionClosed(str(exc)) from exc
-            if not data:
-                raise ConnectionClosed("connection closed by peer")
             return data
 
     async def read_message(self, max_length: int = MAX_MESSAGE_LENGTH) -> tuple[bytes, bytes]:

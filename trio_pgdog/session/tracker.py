@@ -56,6 +56,31 @@ class Expect:
         return self.ends is _ENDS_READY
 
 
+# Shared, never mutated entries for messages forwarded unchanged.
+_E_PARSE, _E_BIND = Expect(_ENDS_PARSE), Expect(_ENDS_BIND)
+_E_DESCRIBE, _E_CLOSE = Expect(_ENDS_DESCRIBE), Expect(_ENDS_CLOSE)
+_E_EXECUTE, _E_READY = Expect(_ENDS_EXECUTE), Expect()
+_NAMED = Expect()  # marker: the message may name a statement
+# Execute, Sync, Query earn a response; Flush and COPY data do not.
+_PLAIN: dict[int, Expect | None] = {
+    0x45: _E_EXECUTE, 0x53: _E_READY, 0x51: _E_READY, 0x48: None, 0x64: None, 0x63: None, 0x66: None,
+    0x50: _NAMED, 0x42: _NAMED, 0x44: _NAMED, 0x43: _NAMED,
+}
+_UNNAMED: dict[int, Expect] = {0x50: _E_PARSE, 0x42: _E_BIND, 0x44: _E_DESCRIBE, 0x43: _E_CLOSE}
+
+
+def _names_statement(kind: int, buf: bytes, pos: int, nxt: int) -> bool:
+    """Does this Parse/Bind/Describe/Close name a prepared statement (not unnamed, not a portal)?"""
+    body = pos + 5
+    if kind == 0x50:
+        return body < nxt and buf[body] != 0
+    if kind == 0x42:
+        portal_end = buf.find(0, body, nxt)
+        return 0 <= portal_end < nxt - 1 and buf[portal_end + 1] != 0
+    # Describe/Close 'S' with a name. Malformed messages count as unnamed: PostgreSQL rejects them.
+    return body + 1 < nxt and buf[body] == 0x53 and buf[body + 1] != 0
+
+
 class Tracker:
     """Per-client rewriting state for one session (sans-IO)."""
 
@@ -81,27 +106,48 @@ class Tracker:
         self.queue.extend(Expect() for _ in range(count))
 
     def from_client(self, data: bytes, server: ServerStatements) -> tuple[bytes, bytes]:
-        """(bytes for the server, bytes for the client now) for a chunk of client bytes."""
+        """(bytes for the server, bytes for the client now) for a chunk of client bytes.
+
+        Messages that need no renaming (the common unnamed statements and portals) are
+        forwarded as runs of the original bytes; only named ones are rebuilt.
+        """
         buf = self._cbuf + data if self._cbuf else data
         out: list[bytes] = []
-        pos, end = 0, len(buf)
+        queue = self.queue
+        pos = start = 0
+        end = len(buf)
         while pos + 5 <= end:
+            kind = buf[pos]
             length = _LEN(buf, pos + 1)[0]
             if length < 4 or length > MAX_MESSAGE_LENGTH:
                 raise ProtocolError(f"invalid message length {length}")
             nxt = pos + 1 + length
             if nxt > end:
                 break
-            self._client_message(buf[pos], buf, pos, nxt, out, server)
+            expect = _PLAIN.get(kind)  # unknown types pass through; PostgreSQL answers them
+            if expect is _NAMED and not _names_statement(kind, buf, pos, nxt):
+                expect = _UNNAMED.get(kind)
+            if expect is _NAMED:
+                out.append(buf[start:pos])
+                self._client_message(kind, buf, pos, nxt, out, server)
+                start = nxt
+            elif kind == 0x53:  # Sync: answered even after an error, and ends the skipping
+                self.skipping = False
+                queue.append(expect)
+            elif expect is not None and not self.skipping:
+                queue.append(expect)
             pos = nxt
         self._cbuf = buf[pos:]
+        if start == 0 and pos == end:
+            return buf, self._drain_synthetic()
+        out.append(buf[start:pos])
         return b"".join(out), self._drain_synthetic()
 
     def answer_locally(self, data: bytes) -> bytes | None:
         """Answers for a batch of only Parse (of statements some server accepted), Close
         statement, Flush and Sync messages, which need no server yet; None otherwise."""
-        if self._cbuf or self.queue:
-            return None
+        if self._cbuf or self.queue or data[:1] != b"P" or data[5:6] == b"\x00":
+            return None  # cheap test first: such a batch starts with a named Parse
         messages = _split_complete(data)
         if messages is None or not messages or messages[-1][0] != 0x53:
             return None
@@ -128,13 +174,10 @@ class Tracker:
 
     def _client_message(self, kind: int, buf: bytes, pos: int, nxt: int, out: list[bytes],
                         server: ServerStatements) -> None:
+        """A Parse, Bind, Describe or Close that names a statement: rename it."""
         body = buf[pos + 5 : nxt]
         if kind == 0x50:  # Parse
             name, rest = ext.parse_name(body)
-            if not name:
-                out.append(buf[pos:nxt])
-                self._expect(_ENDS_PARSE)
-                return
             shared = self.registry.name_for(rest)
             self.statements[name] = (shared, rest)
             if shared in server:
@@ -143,40 +186,24 @@ class Tracker:
                 self._prepare(shared, rest, out, server, hidden=False)
         elif kind == 0x42:  # Bind
             portal, name, rest = ext.bind_statement(body)
-            known = self.statements.get(name) if name else None
-            if known is None:
+            known = self.statements.get(name)
+            if known is None:  # never prepared here: PostgreSQL reports it
                 out.append(buf[pos:nxt])
             else:
                 self._ensure(known, out, server)
                 out.append(ext.build_bind(portal, known[0], rest))
             self._expect(_ENDS_BIND)
-        elif kind == 0x44:  # Describe
-            which, name = ext.target(body)
-            known = self.statements.get(name) if which == b"S" and name else None
+        elif kind == 0x44:  # Describe statement
+            known = self.statements.get(ext.target(body)[1])
             if known is None:
                 out.append(buf[pos:nxt])
             else:
                 self._ensure(known, out, server)
                 out.append(ext.build_target(b"D", b"S", known[0]))
             self._expect(_ENDS_DESCRIBE)
-        elif kind == 0x43:  # Close
-            which, name = ext.target(body)
-            if which == b"S" and name:
-                # Shared statements stay on the server for other clients; forget the client's name.
-                self.statements.pop(name, None)
-                self._expect(synthetic=CLOSE_COMPLETE)
-            else:
-                out.append(buf[pos:nxt])
-                self._expect(_ENDS_CLOSE)
-        else:
-            out.append(buf[pos:nxt])
-            if kind == 0x45:  # Execute
-                self._expect(_ENDS_EXECUTE)
-            elif kind == 0x53:  # Sync: PostgreSQL stops skipping here
-                self.skipping = False
-                self.queue.append(Expect())
-            elif kind == 0x51:  # Query
-                self.queue.append(Expect())
+        else:  # Close statement: shared statements stay on the server for other clients
+            self.statements.pop(ext.target(body)[1], None)
+            self._expect(synthetic=CLOSE_COMPLETE)
 
     def _expect(self, ends: frozenset[int] = _ENDS_READY, *, synthetic: bytes | None = None) -> None:
         if not self.skipping:  # PostgreSQL ignores everything up to Sync after an error
