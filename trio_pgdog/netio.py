@@ -62,7 +62,13 @@ class Conn:
             data = bytes(self._buf)
             self._buf.clear()
             return data
-        return await self._recv_raw()
+        sock = self.sock
+        while True:  # _recv_raw inlined: this is the hot path
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return _recv_once(sock)
+            except BlockingIOError:
+                continue
 
     def recv_nowait(self) -> bytes | None:
         """Bytes already in the kernel buffer, None if there are none; ConnectionClosed at EOF."""
@@ -79,14 +85,20 @@ class Conn:
     def buffered(self) -> bool:
         return bool(self._buf)
 
-    async def send(self, data: bytes | bytearray | memoryview) -> None:
-        """Send all of `data`, waiting only while the kernel buffer is full."""
+    def send_nowait(self, data: bytes) -> int:
+        """Send what the kernel takes now; how many bytes that was."""
         try:
-            sent = self.sock.send(data)
+            return self.sock.send(data)
         except BlockingIOError:
-            sent = 0
+            return 0
         except OSError as exc:
             raise ConnectionClosed(str(exc)) from exc
+
+    async def send(self, data: bytes | bytearray | memoryview, sent: int = 0) -> None:
+        """Send all of `data` (the first `sent` bytes already went), waiting only while the
+        kernel buffer is full."""
+        if not sent:
+            sent = self.send_nowait(data)  # type: ignore[arg-type]
         if sent == len(data):
             return
         view = memoryview(data)[sent:]

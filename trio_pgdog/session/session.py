@@ -232,18 +232,23 @@ class ClientSession:
                     if local is not None:
                         await self.client.send(local)
                         return
-                try:
-                    self.server = await self._current_pool().checkout()
-                except ProxyError as exc:
-                    await self._fail_batch(exc)
-                    return
-            if self.transaction_mode:
+                self.server = self.pool.take_idle()  # type: ignore[union-attr]
+                if self.server is None:
+                    try:
+                        self.server = await self._current_pool().checkout()
+                    except ProxyError as exc:
+                        await self._fail_batch(exc)
+                        return
+            if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
                 data = await self._transaction_rewrite(data, at_boundary, at_sync)
             self.pending += cscan.syncs
             if cscan.copy_end:
                 self.copy_in = False
+            conn = self.server.conn
             try:
-                await self.server.conn.send(data)
+                sent = conn.send_nowait(data)
+                if sent != len(data):
+                    await conn.send(data, sent)
             except ConnectionClosed:
                 await self._server_lost(b"")
         if cscan.terminate >= 0:
@@ -299,9 +304,12 @@ class ClientSession:
                 await self._server_lost(data, m.parse_error_fields(tracker.fatal_body))
                 return
             copy_in = tracker.copy_in
+        client = self.client
         try:
             if data:
-                await self.client.send(data)
+                sent = client.send_nowait(data)
+                if sent != len(data):
+                    await client.send(data, sent)
         except ConnectionClosed:
             raise ClientGone from None
         if copy_in:
