@@ -39,6 +39,9 @@ class ServerConnection:
         self.last_used = now
         self.broken = False
         self.statements = ServerStatements(statements_limit)  # shared names prepared here
+        self.synced_key: frozenset | None = None  # the ClientParams.key these settings match
+        self.extra: set[str] = set()  # unreported settings the proxy SET here
+        self.reported: set[str] = set()  # parameters reported by the last execute()
 
     def __repr__(self) -> str:
         return f"<server #{self.id} {self.host}:{self.port} pid={self.pid}>"
@@ -83,9 +86,15 @@ class ServerConnection:
         """Run one simple-protocol statement to completion; raise ServerError if it failed."""
         await self.conn.send(m.query(sql))
         error: dict[str, str] | None = None
+        self.reported = set()
         while True:
             kind, body = await self.conn.read_message()
-            if kind == b"E":
+            if kind == b"S":
+                name, value = m.parse_parameter_status(body)
+                self.params[name] = value
+                self.reported.add(name)
+                self.synced_key = None
+            elif kind == b"E":
                 error = m.parse_error_fields(body)
             elif kind == b"Z":
                 self.status = body[:1]

@@ -20,8 +20,8 @@ _COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
 # First bytes of a Query that may be PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment).
 _SPECIAL_FIRST = frozenset(bytes([c]) for c in b"pPdDlL-/ \t\r\n")
 # Server message types whose body the session reads.
-READY, COPY_IN, COPY_BOTH, ERROR = ord("Z"), ord("G"), ord("W"), ord("E")
-_SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR))
+READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER = ord("Z"), ord("G"), ord("W"), ord("E"), ord("S")
+_SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER))
 _FATAL = (b"SFATAL\x00", b"SPANIC\x00")
 
 
@@ -112,7 +112,7 @@ class ServerScan:
     server is about to close); the returned bytes stop before it and `fatal_body` is its body.
     """
 
-    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "ready")
+    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "params", "ready")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -121,10 +121,13 @@ class ServerScan:
         self.copy_in = False
         self.fatal = False
         self.fatal_body = b""
+        self.params: list[bytes] = []  # ParameterStatus bodies in this chunk
 
     def feed(self, data: bytes) -> bytes:
         self.ready = []
         self.copy_in = False
+        if self.params:
+            self.params = []
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -147,6 +150,8 @@ class ServerScan:
                         self.fatal_body = data[pos + 5 : nxt]
                         self._skip = 0
                         return data[:pos]
+                elif kind == PARAMETER:
+                    self.params.append(data[pos + 5 : nxt])
                 else:
                     self.copy_in = True
             pos = nxt

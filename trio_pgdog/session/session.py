@@ -18,10 +18,11 @@ import trio
 from ..auth import client as client_auth
 from ..netio import Conn, ConnectionClosed, Poller
 from ..pool.server import ServerConnection, try_execute
-from ..protocol import ProtocolError, ProxyError
+from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import messages as m
 from ..router.keywords import leading_keywords
+from .params import ClientParams
 from .scan import ClientScan, ServerScan
 from .startup import Cancel, Startup, read_startup
 from .tracker import Tracker
@@ -64,6 +65,7 @@ class ClientSession:
         self.cscan = ClientScan()
         self.sscan = ServerScan()
         self.tracker: Tracker | None = None  # set once a transaction-mode client goes extended
+        self.settings = ClientParams({}, {})  # the client's session parameters
         self._poller: Poller | None = None
         self._idle_waitable: object | None = None
 
@@ -137,9 +139,10 @@ class ClientSession:
                                        user.password)
         self.pool = pool
         self.transaction_mode = pool.settings.pooler_mode == "transaction"
-        params = dict(await pool.startup_params())
-        if "application_name" in startup.params:
-            params["application_name"] = startup.params["application_name"]
+        defaults = await pool.startup_params()
+        self.settings = ClientParams(defaults, startup.params)
+        params = dict(defaults)
+        params.update((k, v) for k, v in self.settings.wanted.items() if k in defaults)
         self.pid, self.secret = app.register(self)
         out = [m.auth_ok()]
         out += [m.parameter_status(k, v) for k, v in params.items()]
@@ -239,6 +242,10 @@ class ClientSession:
                     except ProxyError as exc:
                         await self._fail_batch(exc)
                         return
+            server = self.server
+            sync = self.settings.sync_sql(server)
+            if sync is not None and not await self._sync_settings(server, sync):
+                return
             if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
                 data = await self._transaction_rewrite(data, at_boundary, at_sync)
             self.pending += cscan.syncs
@@ -267,6 +274,27 @@ class ClientSession:
             if now:
                 await self.client.send(now)
         return data
+
+    async def _sync_settings(self, server: ServerConnection, sql: str) -> bool:
+        """Give a freshly checked-out server this client's settings before its transaction;
+        False if the server died doing it (the client was told)."""
+        try:
+            with trio.fail_after(_CLEANUP_TIMEOUT):
+                await server.execute(sql)
+            self.settings.synced(server, server.reported)
+        except ServerError as exc:
+            log.warning("client %s (%s@%s): server refused its settings (%s): %s", self.addr,
+                        self.user, self.database, sql, exc)
+            self.settings.give_up(server)
+        except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError) as exc:
+            log.warning("client %s (%s@%s): server connection failed while applying settings: %s",
+                        self.addr, self.user, self.database, exc)
+            self.server = None
+            self.pool.checkin(server, reusable=False)  # type: ignore[union-attr]
+            await self._fail_batch(ProxyError(codes.CONNECTION_FAILURE,
+                                              f"server connection lost: {exc or 'timeout'}"))
+            return False
+        return True
 
     def _current_pool(self) -> Pool:
         """The client's pool; after a reload replaced it, the new one (users.toml decides)."""
@@ -314,6 +342,9 @@ class ClientSession:
             raise ClientGone from None
         if copy_in:
             self.copy_in = True
+        params = sscan.params if tracker is None else tracker.params
+        if params:
+            self.settings.reported(params, server)
         if not ready:
             return
         self.pending -= len(ready)

@@ -35,7 +35,7 @@ _ENDS_DESCRIBE = frozenset(b"Tn")
 _ENDS_EXECUTE = frozenset(b"CIs")
 _ENDS_READY = frozenset(b"Z")
 
-_READY, _ERROR, _COPY_IN = ord("Z"), ord("E"), ord("G")
+_READY, _ERROR, _COPY_IN, _PARAMETER = ord("Z"), ord("E"), ord("G"), ord("S")
 _FATAL = (b"SFATAL\x00", b"SPANIC\x00")
 
 
@@ -90,6 +90,7 @@ class Tracker:
         self.queue: deque[Expect] = deque()
         self.skipping = False      # the server is ignoring messages up to the next Sync
         self.copy_in = False       # the last server chunk started COPY FROM STDIN
+        self.params: list[bytes] = []  # ParameterStatus bodies in the last server chunk
         self.fatal_body = b""      # the server's FATAL ErrorResponse body, once seen
         self._cbuf = b""
         self._sbuf = b""
@@ -242,6 +243,7 @@ class Tracker:
         `fatal_body` holds it. `copy_in` is set when the server starts COPY FROM STDIN.
         """
         self.copy_in = False
+        self.params: list[bytes] = []  # ParameterStatus bodies, hidden ones included
         buf = self._sbuf + data if self._sbuf else data
         out: list[bytes] = []
         ready: list[bytes] = []
@@ -281,6 +283,8 @@ class Tracker:
                     self.registry.known_good.add(head.statement)
             elif kind == _COPY_IN:
                 self.copy_in = True
+            elif kind == _PARAMETER:
+                self.params.append(buf[pos + 5 : nxt])
             pos = nxt
             if queue and queue[0].synthetic is not None:
                 out.append(buf[start:pos])

@@ -1,0 +1,77 @@
+"""Session parameters follow each client across server connections in transaction mode."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from trio_pgdog.session.params import parse_options
+
+
+def _show(conn: psycopg.Connection, name: str) -> str:
+    return conn.execute(f"SELECT current_setting('{name}')").fetchone()[0]
+
+
+def test_startup_parameters_are_applied_on_every_transaction(proxy_factory):
+    proxy = proxy_factory(default_pool_size=1)  # both clients share one server connection
+    tokyo = proxy.connect(application_name="alpha", options="-c TimeZone=Asia/Tokyo")
+    plain = proxy.connect(application_name="beta")
+    with tokyo, plain:
+        default_tz = _show(plain, "TimeZone")
+        assert default_tz != "Asia/Tokyo"
+        for _ in range(3):
+            assert _show(tokyo, "TimeZone") == "Asia/Tokyo"
+            assert _show(tokyo, "application_name") == "alpha"
+            assert _show(plain, "TimeZone") == default_tz
+            assert _show(plain, "application_name") == "beta"
+        assert tokyo.execute("select pg_backend_pid()").fetchone() == \
+            plain.execute("select pg_backend_pid()").fetchone()
+
+
+def test_unreported_startup_settings_follow_the_client(proxy_factory, pg):
+    pg.sql("CREATE SCHEMA IF NOT EXISTS params_s AUTHORIZATION app; "
+           "CREATE TABLE IF NOT EXISTS params_s.only_here (x int); "
+           "GRANT SELECT ON params_s.only_here TO PUBLIC", dbname="appdb")
+    proxy = proxy_factory(default_pool_size=1)
+    with proxy.connect(options="-c search_path=params_s,public -c statement_timeout=1234") as a, \
+            proxy.connect() as b:
+        for _ in range(2):
+            assert a.execute("select count(*) from only_here").fetchone() == (0,)
+            assert _show(a, "statement_timeout") == "1234ms"
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                b.execute("select count(*) from only_here")
+            assert _show(b, "statement_timeout") == "0"
+
+
+def test_set_is_remembered_set_local_and_rollback_are_not(proxy_factory):
+    proxy = proxy_factory(default_pool_size=1)
+    with proxy.connect() as a, proxy.connect() as b:
+        default_style = _show(b, "DateStyle")
+        a.execute("SET DateStyle TO 'German'")
+        assert _show(b, "DateStyle") == default_style   # b's transaction on the same server
+        assert _show(a, "DateStyle").startswith("German")
+        assert a.info.parameter_status("DateStyle").startswith("German")  # ParameterStatus
+
+        with a.transaction():
+            a.execute("SET LOCAL TimeZone TO 'Pacific/Auckland'")
+            assert _show(a, "TimeZone") == "Pacific/Auckland"
+        assert _show(a, "TimeZone") != "Pacific/Auckland"
+
+        with pytest.raises(psycopg.errors.DivisionByZero), a.transaction():
+            a.execute("SET IntervalStyle TO 'iso_8601'")
+            a.execute("select 1/0")
+        assert _show(a, "IntervalStyle") != "iso_8601"
+
+        with a.transaction():
+            a.execute("SET TimeZone TO 'Europe/Paris'")
+        assert _show(b, "TimeZone") != "Europe/Paris"
+        assert _show(a, "TimeZone") == "Europe/Paris"
+
+        a.execute("RESET ALL")
+        assert _show(a, "DateStyle") == default_style
+        assert _show(a, "TimeZone") == _show(b, "TimeZone")
+
+
+def test_parse_options_reads_libpq_style_settings():
+    assert parse_options(r"-c search_path=a,b --work-mem=4MB -cx=1 -c y=with\ space") == {
+        "search_path": "a,b", "work_mem": "4MB", "x": "1", "y": "with space"}

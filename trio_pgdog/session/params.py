@@ -1,0 +1,129 @@
+"""Session parameters in transaction pooling: each client's settings follow it across servers.
+
+A client's startup parameters (application_name, TimeZone, DateStyle, search_path, ...) and
+the reported parameters it changes with SET are remembered per client. When its next
+transaction lands on a server connection whose settings differ, the proxy first runs the
+SET/RESET statements that make them equal. PostgreSQL reports every change of a reported
+parameter (ParameterStatus), including SET LOCAL and rollbacks undoing a SET, so following
+those reports keeps the client's view exact without parsing SQL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..protocol import messages as m
+
+if TYPE_CHECKING:
+    from ..pool.server import ServerConnection
+
+# Parameters PostgreSQL reports and a client may change: every client expects the server
+# default for those it did not set.
+TRACKED = frozenset({
+    "application_name", "client_encoding", "DateStyle", "IntervalStyle", "TimeZone",
+    "standard_conforming_strings", "search_path", "default_transaction_read_only",
+})
+# Startup packet keys that are not settings.
+_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """Settings in a startup `options` string: `-c name=value` and `--name=value`, with
+    backslash escaping spaces as libpq does."""
+    words, word, escaped = [], "", False
+    for ch in options:
+        if escaped:
+            word, escaped = word + ch, False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if word:
+                words.append(word)
+            word = ""
+        else:
+            word += ch
+    if word:
+        words.append(word)
+    settings: dict[str, str] = {}
+    it = iter(words)
+    for w in it:
+        if w == "-c":
+            pair = next(it, "")
+        else:
+            pair = w[2:] if w.startswith(("--", "-c")) else ""
+        name, sep, value = pair.partition("=")
+        if sep and name:
+            settings[name.replace("-", "_")] = value
+    return settings
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class ClientParams:
+    """What one client believes its session settings are (`wanted`), and `key`, a cheap
+    fingerprint a server connection remembers once it matches."""
+
+    def __init__(self, server_defaults: dict[str, str], startup: dict[str, str]):
+        self.wanted = {k: v for k, v in server_defaults.items() if k in TRACKED}
+        self.wanted.update((k, v) for k, v in startup.items()
+                           if k not in _NOT_SETTINGS and not k.startswith("_pq_."))
+        self.wanted.update(parse_options(startup.get("options", "")))
+        self.key = frozenset(self.wanted.items())
+
+    def reported(self, bodies: list[bytes], server: ServerConnection) -> None:
+        """ParameterStatus messages from the server this client is using."""
+        for body in bodies:
+            name, value = m.parse_parameter_status(body)
+            server.params[name] = value
+            if name in TRACKED or name in self.wanted:
+                self.wanted[name] = value
+        self.key = frozenset(self.wanted.items())
+        server.synced_key = self.key
+
+    def sync_sql(self, server: ServerConnection) -> str | None:
+        """Statements that give `server` this client's settings, or None if it has them."""
+        if server.synced_key == self.key:
+            return None
+        stale = server.extra - self.wanted.keys()
+        statements = [f"RESET {_ident(k)}" for k in sorted(stale)]
+        # set_config takes the value as the raw string a startup packet carries: a list
+        # such as search_path 'a, b' stays a list (SET ... TO 'a, b' would make one name).
+        changes = [f"set_config({_literal(k)}, {_literal(v)}, false)"
+                   for k, v in self.wanted.items() if server.params.get(k) != v]
+        if changes:
+            statements.append("SELECT " + ", ".join(changes))
+        if not statements:
+            server.synced_key = self.key
+            return None
+        return "; ".join(statements)
+
+    def synced(self, server: ServerConnection, reported: set[str]) -> None:
+        """After sync_sql ran: adopt the server's spelling of reported values (DateStyle 'ISO'
+        becomes 'ISO, MDY'), and remember the settings the server does not report."""
+        for k in server.extra - self.wanted.keys():
+            server.params.pop(k, None)
+        server.extra &= self.wanted.keys()
+        for k, v in self.wanted.items():
+            if k in reported:
+                self.wanted[k] = server.params[k]
+            elif server.params.get(k) != v:
+                server.params[k] = v
+                server.extra.add(k)
+        self.key = frozenset(self.wanted.items())
+        server.synced_key = self.key
+
+    def give_up(self, server: ServerConnection) -> None:
+        """The server refused the settings: take its values instead of retrying forever."""
+        for k in list(self.wanted):
+            if k in server.params:
+                self.wanted[k] = server.params[k]
+            else:
+                del self.wanted[k]
+        self.key = frozenset(self.wanted.items())
+        server.synced_key = self.key
