@@ -181,11 +181,6 @@ async def _queue_a_query_then_vanish(port: int, sql: str) -> None:
         await trio.sleep(0.3)  # long enough to be queued behind the busy pool
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a client waiting in Pool.checkout() is not watched for EOF; when a connection frees "
-    "up, the session of a client that already closed its socket still gets it and runs the "
-    "queued query (here pg_sleep(3)) before noticing the client is gone, so the next client "
-    "waits behind it (session.Session._from_client awaits checkout() without watching the client)"))
 def test_client_vanishing_while_queued_is_dropped_from_the_queue(pg, proxy_factory):
     proxy = proxy_factory(default_pool_size=1, checkout_timeout=5000)
     with proxy.connect() as holder:

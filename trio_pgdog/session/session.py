@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 import trio
@@ -86,6 +87,12 @@ class ClientSession:
             log.info("client %s (%s@%s): %s: %s", self.addr, self.user or "?", self.database or "?",
                      exc.sqlstate, exc.message)
             await self._send_error(exc)
+        except Exception as exc:  # a bug of ours: this client gets an error, nobody else notices
+            log.error("client %s (%s@%s): internal error, connection closed: %r", self.addr,
+                      self.user or "?", self.database or "?", exc)
+            log.debug("internal error details", exc_info=True)
+            await self._send_error(ProxyError(codes.INTERNAL_ERROR,
+                                              f"trio_pgdog internal error: {exc!r}", fatal=True))
         finally:
             await self._release_server()
             self.app.forget(self)
@@ -238,7 +245,7 @@ class ClientSession:
                 self.server = self.pool.take_idle()  # type: ignore[union-attr]
                 if self.server is None:
                     try:
-                        self.server = await self._current_pool().checkout()
+                        self.server = await self._checkout_watching_client()
                     except ProxyError as exc:
                         await self._fail_batch(exc)
                         return
@@ -274,6 +281,39 @@ class ClientSession:
             if now:
                 await self.client.send(now)
         return data
+
+    async def _checkout_watching_client(self) -> ServerConnection:
+        """Wait for a server connection, giving up the place in line if the client hangs up
+        meanwhile (its query must not run for nobody)."""
+        pool = self._current_pool()
+        gone = False
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal gone
+            await trio.lowlevel.wait_readable(self.client.sock)
+            try:
+                gone = not self.client.sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return
+            except OSError:
+                gone = True
+            if gone:
+                scope.cancel()
+
+        server = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, nursery.cancel_scope)
+                server = await pool.checkout()
+                nursery.cancel_scope.cancel()
+        except ExceptionGroup as group:  # only checkout can fail; the watcher never raises
+            raise group.exceptions[0] from None
+        if gone:
+            if server is not None:
+                pool.checkin(server)
+            raise ClientGone
+        assert server is not None
+        return server
 
     async def _sync_settings(self, server: ServerConnection, sql: str) -> bool:
         """Give a freshly checked-out server this client's settings before its transaction;
