@@ -75,3 +75,27 @@ def test_set_is_remembered_set_local_and_rollback_are_not(proxy_factory):
 def test_parse_options_reads_libpq_style_settings():
     assert parse_options(r"-c search_path=a,b --work-mem=4MB -cx=1 -c y=with\ space") == {
         "search_path": "a,b", "work_mem": "4MB", "x": "1", "y": "with space"}
+
+
+def test_sql_set_of_unreported_settings_follows_the_client(proxy_factory, pg):
+    pg.sql("CREATE SCHEMA IF NOT EXISTS params_t AUTHORIZATION app", dbname="appdb")
+    proxy = proxy_factory(default_pool_size=1)
+    with proxy.connect() as a, proxy.connect() as b:
+        default_path = _show(b, "search_path")
+        a.execute("SET search_path TO params_t, public")
+        a.execute("SET statement_timeout = '7s'")
+        for _ in range(2):
+            assert _show(a, "search_path") == "params_t, public"
+            assert _show(a, "statement_timeout") == "7s"
+            assert _show(b, "search_path") == default_path  # same server, b's own view
+            assert _show(b, "statement_timeout") == "0"
+        with pytest.raises(psycopg.errors.DivisionByZero), a.transaction():
+            a.execute("SET work_mem = '8MB'")
+            a.execute("select 1/0")
+        assert _show(a, "work_mem") != "8MB"   # rolled back with its transaction
+        with a.transaction():
+            a.execute("SET LOCAL statement_timeout = '1s'")
+        assert _show(a, "statement_timeout") == "7s"
+        a.execute("RESET ALL")
+        assert _show(a, "search_path") == default_path
+        assert _show(a, "statement_timeout") == "0"

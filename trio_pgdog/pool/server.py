@@ -102,6 +102,24 @@ class ServerConnection:
         if error is not None:
             raise ServerError(error)
 
+    async def query_row(self, sql: str) -> list[str | None]:
+        """The first row of a simple-protocol query, as text (None for NULL)."""
+        await self.conn.send(m.query(sql))
+        row: list[str | None] | None = None
+        error: dict[str, str] | None = None
+        while True:
+            kind, body = await self.conn.read_message()
+            if kind == b"D" and row is None:
+                row = m.parse_data_row(body)
+            elif kind == b"E":
+                error = m.parse_error_fields(body)
+            elif kind == b"Z":
+                self.status = body[:1]
+                break
+        if error is not None:
+            raise ServerError(error)
+        return row or []
+
     def close(self) -> None:
         """Say goodbye without waiting (the socket is non-blocking) and close."""
         if self.conn.closed:

@@ -167,5 +167,20 @@ def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:
     return mech.decode("ascii", "replace"), data
 
 
+def parse_data_row(body: bytes) -> list[str | None]:
+    """A DataRow's columns as text; None for NULL."""
+    (count,) = struct.unpack_from("!h", body)
+    pos, values = 2, []
+    for _ in range(count):
+        (n,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if n < 0:
+            values.append(None)
+        else:
+            values.append(body[pos : pos + n].decode("utf-8", "replace"))
+            pos += n
+    return values
+
+
 def unpack_i32(data: bytes, offset: int = 0) -> int:
     return _I32.unpack_from(data, offset)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 _SKIP = re.compile(rb"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*", re.S)
-_WORD = re.compile(rb"[A-Za-z_]+")
+_WORD = re.compile(rb"[A-Za-z_][A-Za-z_0-9.$]*")
 
 
 def leading_keywords(sql: bytes, count: int = 2) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
+from ..router.keywords import leading_keywords
 
 if TYPE_CHECKING:
     from ..pool.server import ServerConnection
@@ -57,6 +58,30 @@ def parse_options(options: str) -> dict[str, str]:
     return settings
 
 
+_SET_ALIASES = {"TIME": "timezone", "SCHEMA": "search_path", "NAMES": "client_encoding",
+                "ROLE": "role"}
+_NOT_REMEMBERED = frozenset({"LOCAL", "TRANSACTION", "CONSTRAINTS"})
+
+
+def set_targets(sql: bytes, reported: frozenset[str]) -> set[str] | None:
+    """Settings a SET/RESET statement may change (lower case) that are not in `reported`
+    (ParameterStatus tells about those); None for all of them (RESET ALL)."""
+    words = leading_keywords(sql, 3)
+    if len(words) < 2 or words[0] not in ("SET", "RESET"):
+        return set()
+    target = words[1]
+    if target == "ALL" and words[0] == "RESET":
+        return None
+    if target in _NOT_REMEMBERED:
+        return set()
+    if target == "SESSION":
+        target = words[2] if len(words) > 2 else ""
+        if target in ("CHARACTERISTICS", "AUTHORIZATION", ""):
+            return set()
+    name = _SET_ALIASES.get(target, target.lower())
+    return set() if name in reported else {name}
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -70,6 +95,8 @@ class ClientParams:
     fingerprint a server connection remembers once it matches."""
 
     def __init__(self, server_defaults: dict[str, str], startup: dict[str, str]):
+        # What this server version reports (search_path only from PostgreSQL 18 on, say).
+        self.reported_names = frozenset(k.lower() for k in server_defaults)
         self.wanted = {k: v for k, v in server_defaults.items() if k in TRACKED}
         self.wanted.update((k, v) for k, v in startup.items()
                            if k not in _NOT_SETTINGS and not k.startswith("_pq_."))
@@ -115,6 +142,23 @@ class ClientParams:
             elif server.params.get(k) != v:
                 server.params[k] = v
                 server.extra.add(k)
+        self.key = frozenset(self.wanted.items())
+        server.synced_key = self.key
+
+    def unreported(self) -> set[str]:
+        """The client's settings PostgreSQL does not report back."""
+        return {k for k in self.wanted if k.lower() not in self.reported_names}
+
+    def refreshed(self, server: ServerConnection, values: dict[str, str | None]) -> None:
+        """Values read back from the server after a transaction that ran SET/RESET."""
+        for name, value in values.items():
+            if value is None:  # not a setting after all (PostgreSQL refused the SET)
+                self.wanted.pop(name, None)
+                server.params.pop(name, None)
+                server.extra.discard(name)
+            else:
+                self.wanted[name] = server.params[name] = value
+                server.extra.add(name)
         self.key = frozenset(self.wanted.items())
         server.synced_key = self.key
 

@@ -14,7 +14,7 @@ from ..protocol.messages import MAX_MESSAGE_LENGTH
 _LEN = struct.Struct("!i").unpack_from
 
 # Client message types that matter to the session (as ints: indexing bytes yields ints).
-QUERY, SYNC, TERMINATE = ord("Q"), ord("S"), ord("X")
+QUERY, SYNC, TERMINATE, PARSE = ord("Q"), ord("S"), ord("X"), ord("P")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 _COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
 # First bytes of a Query that may be PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment).
@@ -25,6 +25,16 @@ _SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER))
 _FATAL = (b"SFATAL\x00", b"SPANIC\x00")
 
 
+def _starts_set(data: bytes, at: int) -> bool:
+    """Does the SQL at `at` start with SET or RESET? (A SELECT costs one slice.)"""
+    first = data[at : at + 1]
+    if first in b"sS" and first:
+        return data[at : at + 4].upper() in (b"SET ", b"SET\t", b"SET\n")
+    if first in b"rR" and first:
+        return data[at : at + 6].upper() in (b"RESET ", b"RESET\t", b"RESET\n")
+    return False
+
+
 class ClientScan:
     """Counts what a chunk of client bytes asks of the server.
 
@@ -32,12 +42,13 @@ class ClientScan:
     `copy_end` = a CopyDone/CopyFail was seen; `terminate` = offset of a Terminate
     message in the chunk, or -1; `extended` = extended-protocol messages were seen;
     `special` = a Query may start with PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment or
-    space before its first keyword): the session takes a closer look. Across feeds:
+    space before its first keyword): the session takes a closer look; `sets` = a Query or
+    unnamed Parse starts with SET or RESET. Across feeds:
     `in_batch` = extended-protocol messages were sent since the last Sync, so the server
     may answer (after a Flush) or wait.
     """
 
-    __slots__ = ("_carry", "_skip", "copy_end", "extended", "in_batch", "special", "syncs",
+    __slots__ = ("_carry", "_skip", "copy_end", "extended", "in_batch", "sets", "special", "syncs",
                  "terminate")
 
     def __init__(self) -> None:
@@ -48,6 +59,7 @@ class ClientScan:
         self.copy_end = False
         self.extended = False
         self.special = False
+        self.sets = False
         self.terminate = -1
 
     @property
@@ -60,6 +72,7 @@ class ClientScan:
         self.copy_end = False
         self.extended = False
         self.special = False
+        self.sets = False
         self.terminate = -1
         carried = len(self._carry)
         if carried:
@@ -80,6 +93,8 @@ class ClientScan:
                 self.syncs += 1
                 if data[pos + 5 : pos + 6] in _SPECIAL_FIRST:
                     self.special = True
+                elif _starts_set(data, pos + 5):
+                    self.sets = True
             elif kind in _COPY_STREAM:
                 if kind != COPY_DATA:
                     self.copy_end = True
@@ -90,6 +105,8 @@ class ClientScan:
             else:
                 self.in_batch = True
                 self.extended = True
+                if kind == PARSE and _starts_set(data, pos + 6) and data[pos + 5] == 0:
+                    self.sets = True
             pos += 1 + length
         if pos >= end:
             self._skip = pos - end

@@ -23,7 +23,7 @@ from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import messages as m
 from ..router.keywords import leading_keywords
-from .params import ClientParams
+from .params import ClientParams, set_targets
 from .scan import ClientScan, ServerScan
 from .startup import Cancel, Startup, read_startup
 from .tracker import Tracker
@@ -67,6 +67,7 @@ class ClientSession:
         self.sscan = ServerScan()
         self.tracker: Tracker | None = None  # set once a transaction-mode client goes extended
         self.settings = ClientParams({}, {})  # the client's session parameters
+        self.recheck: set[str] | None = set()  # settings a SET may have changed; None: all
         self._poller: Poller | None = None
         self._idle_waitable: object | None = None
 
@@ -253,6 +254,8 @@ class ClientSession:
             sync = self.settings.sync_sql(server)
             if sync is not None and not await self._sync_settings(server, sync):
                 return
+            if cscan.sets and self.transaction_mode and at_boundary:
+                self._note_sets(data)
             if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
                 data = await self._transaction_rewrite(data, at_boundary, at_sync)
             self.pending += cscan.syncs
@@ -273,7 +276,9 @@ class ClientSession:
         server = self.server
         assert server is not None
         if self.cscan.special and at_boundary:
-            data = _guard_session_sql(data, server)
+            data, discarded_all = _guard_session_sql(data, server)
+            if discarded_all:
+                self.recheck = None  # every setting is back to its default
         if self.tracker is None and self.cscan.extended and at_sync:
             self._ensure_tracker()
         if self.tracker is not None:
@@ -283,36 +288,20 @@ class ClientSession:
         return data
 
     async def _checkout_watching_client(self) -> ServerConnection:
-        """Wait for a server connection, giving up the place in line if the client hangs up
-        meanwhile (its query must not run for nobody)."""
+        """Wait for a server connection; if the client hung up meanwhile, pass the connection
+        on at once instead of running its query for nobody. (Checked once, after the wait:
+        watching the socket during the wait would cost a task per checkout.)"""
         pool = self._current_pool()
-        gone = False
-
-        async def watch(scope: trio.CancelScope) -> None:
-            nonlocal gone
-            await trio.lowlevel.wait_readable(self.client.sock)
-            try:
-                gone = not self.client.sock.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
-                return
-            except OSError:
-                gone = True
-            if gone:
-                scope.cancel()
-
-        server = None
+        server = await pool.checkout()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch, nursery.cancel_scope)
-                server = await pool.checkout()
-                nursery.cancel_scope.cancel()
-        except ExceptionGroup as group:  # only checkout can fail; the watcher never raises
-            raise group.exceptions[0] from None
-        if gone:
-            if server is not None:
-                pool.checkin(server)
+            alive = self.client.sock.recv(1, socket.MSG_PEEK) != b""
+        except BlockingIOError:
+            alive = True
+        except OSError:
+            alive = False
+        if not alive:
+            pool.checkin(server)
             raise ClientGone
-        assert server is not None
         return server
 
     async def _sync_settings(self, server: ServerConnection, sql: str) -> bool:
@@ -334,6 +323,37 @@ class ClientSession:
             await self._fail_batch(ProxyError(codes.CONNECTION_FAILURE,
                                               f"server connection lost: {exc or 'timeout'}"))
             return False
+        return True
+
+    def _note_sets(self, data: bytes) -> None:
+        """Remember which unreported settings the SET/RESET statements in `data` change."""
+        for kind, sql in _statements(data):
+            if kind == b"Q" or kind == b"P":
+                targets = set_targets(sql, self.settings.reported_names)
+                if targets is None or self.recheck is None:
+                    self.recheck = None
+                else:
+                    self.recheck |= targets
+
+    async def _refresh_settings(self, server: ServerConnection) -> bool:
+        """After a transaction that ran SET/RESET of settings PostgreSQL does not report, read
+        their values back (a rollback may have undone them) so they follow the client."""
+        names = sorted(self.settings.unreported() if self.recheck is None else self.recheck)
+        self.recheck = set()
+        if not names:
+            return True
+        sql = "SELECT " + ", ".join(f"current_setting({_quote(n)}, true)" for n in names)
+        try:
+            with trio.fail_after(_CLEANUP_TIMEOUT):
+                values = await server.query_row(sql)
+        except ServerError as exc:
+            log.warning("client %s: could not read back its settings: %s", self.addr, exc)
+            return True
+        except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError):
+            self.server = None
+            self.pool.checkin(server, reusable=False)  # type: ignore[union-attr]
+            return False
+        self.settings.refreshed(server, dict(zip(names, values, strict=False)))
         return True
 
     def _current_pool(self) -> Pool:
@@ -394,6 +414,8 @@ class ClientSession:
         if (not self.pending and self.transaction_mode and server.status == b"I"
                 and not self.copy_in and not self.cscan.in_batch and not self.cscan.mid_message
                 and (tracker is None or tracker.idle)):
+            if self.recheck != set() and not await self._refresh_settings(server):
+                return
             self.server = None
             self.pool.checkin(server)  # type: ignore[union-attr]
 
@@ -487,7 +509,7 @@ _REFUSED = {
 }
 
 
-def _guard_session_sql(data: bytes, server: ServerConnection) -> bytes:
+def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bool]:
     """SQL-level PREPARE and LISTEN cannot work in transaction mode (the next EXECUTE may run
     on another server or find another client's statement; notifications would reach another
     client): the server raises a clear error instead, so client and server agree on the
@@ -495,6 +517,7 @@ def _guard_session_sql(data: bytes, server: ServerConnection) -> bytes:
     shared statements, which the proxy then forgets."""
     out: list[bytes] = []
     pos = start = 0
+    discarded_all = False
     while pos + 5 <= len(data):
         kind, length = m.parse_header(data, pos)
         nxt = pos + 1 + length
@@ -508,14 +531,34 @@ def _guard_session_sql(data: bytes, server: ServerConnection) -> bytes:
                 start = nxt
             elif words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"]):
                 server.statements.clear()
+                discarded_all = discarded_all or words[:2] == ["DISCARD", "ALL"]
         pos = nxt
     out.append(data[start:])
-    return b"".join(out)
+    return b"".join(out), discarded_all
+
+
+def _statements(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, SQL) of the complete Query and unnamed Parse messages in `data`."""
+    found: list[tuple[bytes, bytes]] = []
+    pos = 0
+    while pos + 5 <= len(data):
+        kind, length = m.parse_header(data, pos)
+        nxt = pos + 1 + length
+        if nxt > len(data) or length < 4:
+            break
+        if kind == b"Q":
+            found.append((kind, data[pos + 5 : nxt]))
+        elif kind == b"P" and data[pos + 5 : pos + 6] == b"\x00":
+            found.append((kind, data[pos + 6 : nxt]))
+        pos = nxt
+    return found
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _raise_sql(message: str, hint: str) -> str:
     """A statement that makes PostgreSQL itself report `message` as SQLSTATE 0A000."""
-    def quote(text: str) -> str:
-        return "'" + text.replace("'", "''") + "'"
     return ("DO $pgdog$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', "
-            f"MESSAGE = {quote(message)}, HINT = {quote(hint)}; END$pgdog$")
+            f"MESSAGE = {_quote(message)}, HINT = {_quote(hint)}; END$pgdog$")
