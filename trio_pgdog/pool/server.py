@@ -83,34 +83,25 @@ class ServerConnection:
                 raise ProtocolError(f"unexpected message {kind!r} from server during startup")
 
     async def execute(self, sql: str) -> None:
-        """Run one simple-protocol statement to completion; raise ServerError if it failed."""
+        """Run simple-protocol SQL to completion; raise ServerError if it failed."""
+        await self.query_row(sql)
+
+    async def query_row(self, sql: str) -> list[str | None]:
+        """Run simple-protocol SQL to completion and return its first row as text (None for
+        NULL; [] if no rows). ParameterStatus reports update `params` and `reported`."""
         await self.conn.send(m.query(sql))
+        row: list[str | None] | None = None
         error: dict[str, str] | None = None
         self.reported = set()
         while True:
             kind, body = await self.conn.read_message()
-            if kind == b"S":
+            if kind == b"D" and row is None:
+                row = m.parse_data_row(body)
+            elif kind == b"S":
                 name, value = m.parse_parameter_status(body)
                 self.params[name] = value
                 self.reported.add(name)
                 self.synced_key = None
-            elif kind == b"E":
-                error = m.parse_error_fields(body)
-            elif kind == b"Z":
-                self.status = body[:1]
-                break
-        if error is not None:
-            raise ServerError(error)
-
-    async def query_row(self, sql: str) -> list[str | None]:
-        """The first row of a simple-protocol query, as text (None for NULL)."""
-        await self.conn.send(m.query(sql))
-        row: list[str | None] | None = None
-        error: dict[str, str] | None = None
-        while True:
-            kind, body = await self.conn.read_message()
-            if kind == b"D" and row is None:
-                row = m.parse_data_row(body)
             elif kind == b"E":
                 error = m.parse_error_fields(body)
             elif kind == b"Z":
