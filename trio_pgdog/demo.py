@@ -1,11 +1,14 @@
-"""`python -m trio_pgdog demo`: the proxy in front of a throw-away PostgreSQL."""
+"""`python -m trio_pgdog demo`: the proxy in front of a throw-away primary and streaming replica."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterable
 
 from .config import load_config
 from .embedded import Cluster, EmbeddedError
@@ -13,21 +16,34 @@ from .embedded import Cluster, EmbeddedError
 log = logging.getLogger(__name__)
 
 DEMO_USER = DEMO_PASSWORD = DEMO_DATABASE = "pgdog"
+# How long a fresh replica may take to accept connections and replay up to the base backup.
+REPLICA_READY_TIMEOUT = 60.0
 
 
-def demo_configs(proxy_port: int, pg_port: int) -> tuple[str, str]:
-    """pgdog.toml and users.toml for a proxy on `proxy_port` in front of 127.0.0.1:`pg_port`."""
+def _database_entry(port: int, role: str) -> str:
+    return f"""
+[[databases]]
+name = "{DEMO_DATABASE}"
+host = "127.0.0.1"
+port = {port}
+role = "{role}"
+"""
+
+
+def demo_configs(proxy_port: int, pg_port: int, replica_ports: Iterable[int] = ()) -> tuple[str, str]:
+    """pgdog.toml and users.toml for a proxy on `proxy_port` in front of 127.0.0.1:`pg_port`.
+
+    Each port in `replica_ports` adds a `role = "replica"` entry of the same logical database.
+    """
     pgdog = f"""[general]
 host = "127.0.0.1"
 port = {proxy_port}
 pooler_mode = "transaction"
 default_pool_size = 10
-
-[[databases]]
-name = "{DEMO_DATABASE}"
-host = "127.0.0.1"
-port = {pg_port}
 """
+    pgdog += _database_entry(pg_port, "primary")
+    for replica_port in replica_ports:
+        pgdog += _database_entry(replica_port, "replica")
     users = f"""[[users]]
 name = "{DEMO_USER}"
 database = "{DEMO_DATABASE}"
@@ -36,22 +52,73 @@ password = "{DEMO_PASSWORD}"
     return pgdog, users
 
 
+def _replica_ready(replica: Cluster) -> bool:
+    """True once `replica` is in recovery and the demo user can log in to the demo database."""
+    try:
+        if replica.sql("SELECT pg_is_in_recovery()") != "t":
+            return False
+    except EmbeddedError:
+        return False
+    # A real password login over TCP, as the proxy will do it: proves the role, its password
+    # and the database have been replayed, and that pg_hba lets the user in.
+    done = replica.runner.run(
+        "psql", "-X", "-A", "-t", "-q", "-c", "SELECT 1",
+        "-d", replica.dsn(DEMO_USER, DEMO_PASSWORD, DEMO_DATABASE),
+        cwd=replica.base_dir, timeout=30,
+    )  # fmt: skip
+    return done.returncode == 0 and done.stdout.strip() == "1"
+
+
+def wait_replica_ready(replica: Cluster, timeout: float = REPLICA_READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not _replica_ready(replica):
+        if time.monotonic() > deadline:
+            raise EmbeddedError(
+                f"replica on port {replica.port} was not ready after {timeout:g}s\n"
+                f"--- last lines of {replica.log_file} ---\n{replica.log_tail()}"
+            )
+        time.sleep(0.1)
+
+
 def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _banner(port: int, primary: Cluster, replica: Cluster, paths: list[str]) -> str:
+    url = f"postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_DATABASE}"
+    return (
+        f"\ntrio_pgdog demo: PostgreSQL {primary.port} behind the proxy on port {port}, "
+        f"with a streaming replica on port {replica.port}.\n"
+        f"Connect with:\n\n    psql {url}\n\n"
+        f"Reads outside transactions are spread over the replica ({replica.port}); writes, "
+        f"explicit transactions and\nSELECT ... FOR UPDATE go to the primary ({primary.port}). "
+        "See which server answered:\n\n"
+        f'    psql {url} -c "select inet_server_port(), pg_is_in_recovery()"\n'
+        f'    psql {url} -c "/* pgdog_role: primary */ select inet_server_port(), '
+        'pg_is_in_recovery()"\n\n'
+        f"Config files: {paths[0]}, {paths[1]}\n"
+        "Press Ctrl-C to stop (the temporary clusters are removed).\n"
+    )
 
 
 def run_demo(port: int) -> int:
     from .cli import serve
 
-    # Until trio.run takes over signals, SIGTERM must unwind too so the cluster is removed.
+    # Until trio.run takes over signals, SIGTERM must unwind too so the clusters are removed.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with Cluster.create() as cluster:
+        with contextlib.ExitStack() as clusters:
+            # Entered one by one, so whatever was created is destroyed on any way out.
+            cluster = clusters.enter_context(Cluster.create())
             log.info("starting a throw-away PostgreSQL in %s", cluster.base_dir)
             cluster.start()
             cluster.add_user(DEMO_USER, DEMO_PASSWORD)
             cluster.add_database(DEMO_DATABASE, owner=DEMO_USER)
-            pgdog_text, users_text = demo_configs(port, cluster.port)
+            replica = clusters.enter_context(cluster.create_replica())
+            log.info("starting a streaming replica of it in %s", replica.base_dir)
+            replica.start()
+            wait_replica_ready(replica)
+            pgdog_text, users_text = demo_configs(port, cluster.port, [replica.port])
             paths = []
             for name, text in (("pgdog.toml", pgdog_text), ("users.toml", users_text)):
                 path = os.path.join(cluster.base_dir, name)
@@ -59,11 +126,7 @@ def run_demo(port: int) -> int:
                     f.write(text)
                 paths.append(path)
             config = load_config(*paths)
-            print(f"\ntrio_pgdog demo: PostgreSQL {cluster.port} behind the proxy on port {port}.\n"
-                  f"Connect with:\n\n    psql postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}"
-                  f"/{DEMO_DATABASE}\n\nConfig files: {paths[0]}, {paths[1]}\n"
-                  "Press Ctrl-C to stop (the temporary cluster is removed).\n",
-                  file=sys.stderr, flush=True)
+            print(_banner(port, cluster, replica, paths), file=sys.stderr, flush=True)
             return serve(config)
     except EmbeddedError as exc:
         log.error("demo: %s", exc)
@@ -72,4 +135,4 @@ def run_demo(port: int) -> int:
         log.info("demo interrupted")
         return 0
     finally:
-        log.info("demo stopped; temporary PostgreSQL removed")
+        log.info("demo stopped; temporary PostgreSQL primary and replica removed")
