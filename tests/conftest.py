@@ -6,6 +6,7 @@ The cluster comes from trio_pgdog.embedded (the code `demo` uses). Each proxy is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -288,3 +289,69 @@ def proxy_factory(pg: Cluster, tmp_path: Path) -> Iterator:
 def proxy(proxy_factory) -> ProxyProcess:
     """A transaction-pooling proxy for user `app` on `appdb` with default settings."""
     return proxy_factory()
+
+
+# --- a primary with two streaming replicas (read/write splitting, load balancing) ----------
+
+REPLICA_USER, REPLICA_PASSWORD = "app", PG_USERS["app"][0]
+
+
+def _replica_serves_app(replica: Cluster) -> bool:
+    """The replica is in recovery and `app` can log in to `appdb` on it with its password."""
+    if replica.sql("SELECT pg_is_in_recovery()") != "t":
+        return False
+    try:
+        with psycopg.connect(replica.dsn(REPLICA_USER, REPLICA_PASSWORD, APP_DB),
+                             connect_timeout=5) as conn:
+            return conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    except psycopg.OperationalError:
+        return False
+
+
+def wait_replicated(primary: Cluster, replicas: list[Cluster], timeout: float = 30) -> None:
+    """Wait until every replica accepts `app` and has replayed the primary's current WAL."""
+    lsn = primary.sql("SELECT pg_current_wal_lsn()")
+    for replica in replicas:
+        def caught_up(replica: Cluster = replica) -> bool:
+            if not replica.is_running() or not _replica_serves_app(replica):
+                return False
+            return replica.sql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t"
+
+        wait_for(caught_up, timeout=timeout, what=f"replica {replica.port} to replay up to {lsn}",
+                 interval=0.1)
+
+
+def restart_replicas(primary: Cluster, replicas: list[Cluster]) -> None:
+    """Start any replica a test stopped, and wait until all of them have caught up."""
+    for replica in replicas:
+        replica.start()
+    wait_replicated(primary, replicas)
+
+
+@pytest.fixture(scope="session")
+def pg_replicas() -> Iterator[tuple[Cluster, list[Cluster]]]:
+    """(primary, [replica1, replica2]): a primary of its own (not `pg`) with two streaming replicas.
+
+    User `app` (scram, password as in PG_USERS) owns database `appdb`, which holds table
+    `rw_t(id int primary key, v text)`, created before the base backups were taken.
+    """
+    with contextlib.ExitStack() as stack:
+        primary = stack.enter_context(Cluster.create())
+        primary.start()
+        primary.add_user(REPLICA_USER, REPLICA_PASSWORD, auth="scram-sha-256")
+        primary.add_database(APP_DB, owner=REPLICA_USER)
+        primary.sql("CREATE TABLE rw_t (id int PRIMARY KEY, v text); "
+                    f"ALTER TABLE rw_t OWNER TO {REPLICA_USER}", dbname=APP_DB)
+        replicas = [stack.enter_context(primary.create_replica()) for _ in range(2)]
+        restart_replicas(primary, replicas)
+        yield primary, replicas
+
+
+def replica_pgdog_toml(primary: Cluster, replicas: list[Cluster], port: int, **general: object) -> str:
+    """pgdog.toml for logical database `appdb`: `primary` plus `replicas`; `general` overrides."""
+    settings = {"host": "127.0.0.1", "port": port, **general}
+    lines = ["[general]"] + [f"{k} = {_toml(v)}" for k, v in settings.items()]
+    for cluster, role in [(primary, "primary")] + [(r, "replica") for r in replicas]:
+        lines += ["", "[[databases]]", f'name = "{APP_DB}"', 'host = "127.0.0.1"',
+                  f"port = {cluster.port}", f'role = "{role}"']
+    return "\n".join(lines) + "\n"
