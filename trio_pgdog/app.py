@@ -15,6 +15,7 @@ from .config import Config, ConfigError, load_config
 from .netio import Conn, connect_tcp, set_nodelay
 from .pool.manager import PoolManager
 from .protocol import messages as m
+from .router.cache import ParseCache
 from .session.prepared import StatementRegistry
 from .session.session import ClientSession
 from .session.startup import Cancel
@@ -30,6 +31,7 @@ class Proxy:
         self.pools = PoolManager()
         self.sessions: dict[int, ClientSession] = {}  # by the pid in their BackendKeyData
         self.statements = StatementRegistry()  # shared prepared-statement names
+        self.parse_cache = ParseCache()  # statement facts per distinct SQL text, for routing
         self.shutting_down = False
         self.listening: list[tuple[str, int]] = []
         self._no_sessions = trio.Event()

@@ -19,6 +19,7 @@ from .errors import InvalidValue
 POOLER_MODES = ("transaction", "session")
 ROLES = ("primary", "replica")
 AUTH_TYPES = ("scram", "md5", "trust")
+LOAD_BALANCING_STRATEGIES = ("round_robin", "random", "least_active_connections")
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -88,6 +89,13 @@ class General:
     # How the proxy authenticates its clients (not how it logs in to servers).
     auth_type: str = attrs.field(default="scram", validator=one_of(AUTH_TYPES))
     prepared_statements_limit: int = attrs.field(default=500, validator=at_least(1))
+    # Replicas: how reads are spread, and how long a failed host gets no traffic.
+    load_balancing_strategy: str = attrs.field(default="round_robin",
+                                               validator=one_of(LOAD_BALANCING_STRATEGIES))
+    read_write_split: bool = True
+    ban_timeout: int = attrs.field(default=300_000, validator=at_least(0))
+    healthcheck_interval: int = attrs.field(default=30_000, validator=at_least(0))
+    healthcheck_timeout: int = attrs.field(default=5_000, validator=at_least(0))
 
 
 def _same_as_name(db: Database) -> str:

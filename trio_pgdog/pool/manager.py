@@ -1,4 +1,4 @@
-"""All pools of the running configuration, one per (user, database)."""
+"""All pools of the running configuration: one per (user, database, host)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,13 @@ import logging
 import trio
 
 from ..config import Config, Database, User
+from .hosts import HostGroup
 from .pool import Pool, PoolSettings
 
 log = logging.getLogger(__name__)
 
 
-def _primary(entries: tuple[Database, ...]) -> Database:
-    for db in entries:
-        if db.role == "primary":
-            return db
-    return entries[0]
-
-
-def pool_settings(config: Config, user: User) -> PoolSettings | None:
-    entries = config.databases_named(user.database)
-    if not entries:
-        return None
-    db = _primary(entries)
+def pool_settings(config: Config, user: User, db: Database) -> PoolSettings:
     g = config.general
     return PoolSettings(
         host=db.host,
@@ -43,31 +33,56 @@ def pool_settings(config: Config, user: User) -> PoolSettings | None:
 
 
 class PoolManager:
-    """Owns the pools; each pool's maintenance runs in the nursery given to `start`."""
+    """Owns the pools (one per user, database and host) and groups them per (user, logical
+    database); each pool's maintenance runs in the nursery given to `apply`."""
 
     def __init__(self) -> None:
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pools: dict[tuple[str, str, str, int], Pool] = {}
+        self.groups: dict[tuple[str, str], HostGroup] = {}
 
-    def get(self, user: str, database: str) -> Pool | None:
-        return self.pools.get((user, database))
+    def get(self, user: str, database: str) -> HostGroup | None:
+        return self.groups.get((user, database))
 
     async def apply(self, config: Config, nursery: trio.Nursery) -> None:
-        """Create pools for `config`; keep pools whose settings did not change; close the rest."""
-        wanted: dict[tuple[str, str], PoolSettings] = {}
+        """Build pools and groups for `config`; pools whose settings did not change keep
+        their connections; the rest are closed (in-use connections when they come back)."""
+        wanted: dict[tuple[str, str, str, int], tuple[PoolSettings, Database]] = {}
         for user in config.users:
-            settings = pool_settings(config, user)
-            if settings is not None:
-                wanted[(user.name, user.database)] = settings
+            for db in config.databases_named(user.database):
+                key = (user.name, user.database, db.host, db.port)
+                wanted[key] = (pool_settings(config, user, db), db)
         for key, pool in list(self.pools.items()):
-            if wanted.get(key) != pool.settings:
+            if key not in wanted or wanted[key][0] != pool.settings:
                 log.info("pool %s: removed or changed, draining", pool.name)
                 pool.close()
                 del self.pools[key]
-        for key, settings in wanted.items():
+        for key, (settings, _db) in wanted.items():
             if key not in self.pools:
-                pool = Pool(f"{key[0]}@{key[1]}", settings)
+                pool = Pool(f"{key[0]}@{key[1]}({key[2]}:{key[3]})", settings)
                 self.pools[key] = pool
                 await nursery.start(pool.run)
+        self._regroup(config, wanted)
+
+    def _regroup(self, config: Config, wanted: dict) -> None:
+        g = config.general
+        groups: dict[tuple[str, str], HostGroup] = {}
+        for (user, database, host, port), (_settings, db) in wanted.items():
+            group = groups.get((user, database))
+            if group is None:
+                group = groups[(user, database)] = HostGroup(
+                    f"{user}@{database}", None, [], strategy=g.load_balancing_strategy,
+                    ban_timeout=g.ban_timeout / 1000, read_write_split=g.read_write_split)
+            pool = self.pools[(user, database, host, port)]
+            if db.role == "primary" and group.primary is None:
+                group.primary = pool
+            else:
+                group.replicas.append(pool)
+        for group in groups.values():
+            group.finish()
+        for key, old in self.groups.items():
+            if groups.get(key) is not old:
+                old.stale = True
+        self.groups = groups
 
     def close(self) -> None:
         for pool in self.pools.values():

@@ -62,6 +62,7 @@ class Pool:
         self.waiters: deque[_Waiter] = deque()
         self.server_params: dict[str, str] | None = None
         self.closed = False
+        self.banned_until = float("-inf")  # trio time until which the host gets no traffic
         self._wake = trio.Event()
         self._deadline = float("inf")  # when the janitor next wakes by itself
         self._scope: trio.CancelScope | None = None
@@ -148,6 +149,7 @@ class Pool:
         except BaseException:
             self._slot_freed()
             raise
+        server.pool = self
         if self.server_params is None:
             self.server_params = dict(server.params)
         return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -14,6 +15,9 @@ from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import messages as m
 from ..session.prepared import DEFAULT_SERVER_LIMIT, ServerStatements
+
+if TYPE_CHECKING:
+    from .pool import Pool
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -38,6 +42,7 @@ class ServerConnection:
         self.created_at = now
         self.last_used = now
         self.broken = False
+        self.pool: Pool | None = None  # the pool this connection belongs to
         self.statements = ServerStatements(statements_limit)  # shared names prepared here
         self.synced_key: frozenset | None = None  # the ClientParams.key these settings match
         self.extra: set[str] = set()  # unreported settings the proxy SET here

@@ -18,11 +18,14 @@ import trio
 
 from ..auth import client as client_auth
 from ..netio import Conn, ConnectionClosed, Poller
+from ..pool.hosts import PRIMARY, REPLICA, HostGroup
 from ..pool.server import ServerConnection, try_execute
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
+from ..protocol import extended as ext
 from ..protocol import messages as m
 from ..router.keywords import leading_keywords
+from .overrides import answer_role_set
 from .params import ClientParams, set_targets
 from .scan import ClientScan, ServerScan
 from .startup import Cancel, Startup, read_startup
@@ -54,7 +57,10 @@ class ClientSession:
         self.addr = addr
         self.user = ""
         self.database = ""
-        self.pool: Pool | None = None
+        self.group: HostGroup | None = None
+        self.role_override: str | None = None  # SET pgdog.role: "primary" or "replica"
+        # The chunk that started a read on a fresh server, until the server answers.
+        self._replay: tuple[bytes, bool, bool, int] | None = None
         self.server: ServerConnection | None = None
         self.pid = 0
         self.secret = 0
@@ -138,16 +144,16 @@ class ClientSession:
                              f'database "{self.database}" does not exist in trio_pgdog '
                              "(no [[databases]] entry with that name)", fatal=True)
         user = app.config.find_user(self.user, self.database)
-        pool = app.pools.get(self.user, self.database)
-        if user is None or pool is None:
+        group = app.pools.get(self.user, self.database)
+        if user is None or group is None:
             raise ProxyError(codes.INVALID_AUTHORIZATION,
                              f'no such user "{self.user}" for database "{self.database}" '
                              "(add it to users.toml)", fatal=True)
         await client_auth.authenticate(self.client, app.config.general.auth_type, user.name,
                                        user.password)
-        self.pool = pool
-        self.transaction_mode = pool.settings.pooler_mode == "transaction"
-        defaults = await pool.startup_params()
+        self.group = group
+        self.transaction_mode = group.any_pool.settings.pooler_mode == "transaction"
+        defaults = await group.startup_params()
         self.settings = ClientParams(defaults, startup.params)
         params = dict(defaults)
         params.update((k, v) for k, v in self.settings.wanted.items() if k in defaults)
@@ -237,39 +243,80 @@ class ClientSession:
         if self.discarding:
             await self._discard_client_data()
         else:
+            if cscan.sets and at_sync and not cscan.in_batch and await self._role_override(
+                    data, self.server.status if self.server is not None else b"I"):
+                return
             if self.server is None:
                 if self.transaction_mode and cscan.extended and at_sync and not cscan.in_batch:
                     local = self._ensure_tracker().answer_locally(data)
                     if local is not None:
                         await self.client.send(local)
                         return
-                self.server = self.pool.take_idle()  # type: ignore[union-attr]
-                if self.server is None:
-                    try:
-                        self.server = await self._checkout_watching_client()
-                    except ProxyError as exc:
-                        await self._fail_batch(exc)
-                        return
-            server = self.server
-            sync = self.settings.sync_sql(server)
-            if sync is not None and not await self._sync_settings(server, sync):
-                return
-            if cscan.sets and self.transaction_mode and at_boundary:
-                self._note_sets(data)
-            if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
-                data = await self._transaction_rewrite(data, at_boundary, at_sync)
-            self.pending += cscan.syncs
-            if cscan.copy_end:
-                self.copy_in = False
-            conn = self.server.conn
-            try:
-                sent = conn.send_nowait(data)
-                if sent != len(data):
-                    await conn.send(data, sent)
-            except ConnectionClosed:
-                await self._server_lost(b"")
+                group = self._current_group()
+                role = self._route(data) if group.splits else PRIMARY
+                if not await self._attach(role):
+                    return
+                if role == REPLICA and self.transaction_mode and not cscan.in_batch:
+                    # A read may be retried on another host if this one fails before
+                    # answering anything (never a write: it may have been done).
+                    self._replay = (data, at_boundary, at_sync, self.pending)
+            await self._send_to_server(data, at_boundary, at_sync)
         if cscan.terminate >= 0:
             raise ClientGone
+
+    async def _retry_read(self) -> bool:
+        """A read's server died before answering: run it on another host instead."""
+        replay, self._replay = self._replay, None
+        server = self.server
+        if replay is None or server is None:
+            return False
+        data, at_boundary, at_sync, pending = replay
+        log.info("client %s (%s@%s): %s:%d failed before answering; retrying the read "
+                 "elsewhere", self.addr, self.user, self.database, server.host, server.port)
+        self.server = None
+        self.sscan.reset()
+        if self.tracker is not None:
+            self.tracker.reset_server_side()
+        _give_back(server, reusable=False)
+        self.pending = pending
+        if await self._attach(REPLICA):
+            await self._send_to_server(data, at_boundary, at_sync)
+        return True
+
+    async def _attach(self, role: str) -> bool:
+        """Take a server connection for a transaction needing `role`; False if the client
+        was told why there is none."""
+        pools = self._current_group().choose(role)
+        self.server = pools[0].take_idle()
+        if self.server is None:
+            try:
+                self.server = await self._checkout_watching_client(pools)
+            except ProxyError as exc:
+                await self._fail_batch(exc)
+                return False
+        return True
+
+    async def _send_to_server(self, data: bytes, at_boundary: bool, at_sync: bool) -> None:
+        cscan = self.cscan
+        server = self.server
+        assert server is not None
+        sync = self.settings.sync_sql(server)
+        if sync is not None and not await self._sync_settings(server, sync):
+            return
+        if cscan.sets and self.transaction_mode and at_boundary:
+            self._note_sets(data)
+        if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
+            data = await self._transaction_rewrite(data, at_boundary, at_sync)
+        self.pending += cscan.syncs
+        if cscan.copy_end:
+            self.copy_in = False
+        conn = server.conn
+        try:
+            sent = conn.send_nowait(data)
+            if sent != len(data):
+                await conn.send(data, sent)
+        except ConnectionClosed:
+            await self._server_lost(b"")
 
     async def _transaction_rewrite(self, data: bytes, at_boundary: bool, at_sync: bool) -> bytes:
         """Make session-level statement state safe to share: see session/prepared.py."""
@@ -284,15 +331,15 @@ class ClientSession:
         if self.tracker is not None:
             data, now = self.tracker.from_client(data, server.statements)
             if now:
+                self._replay = None  # the client has answers now: no silent retry
                 await self.client.send(now)
         return data
 
-    async def _checkout_watching_client(self) -> ServerConnection:
+    async def _checkout_watching_client(self, pools: list[Pool]) -> ServerConnection:
         """Wait for a server connection; if the client hung up meanwhile, pass the connection
         on at once instead of running its query for nobody. (Checked once, after the wait:
         watching the socket during the wait would cost a task per checkout.)"""
-        pool = self._current_pool()
-        server = await pool.checkout()
+        server = await self._current_group().checkout(pools)
         try:
             alive = self.client.sock.recv(1, socket.MSG_PEEK) != b""
         except BlockingIOError:
@@ -300,7 +347,7 @@ class ClientSession:
         except OSError:
             alive = False
         if not alive:
-            pool.checkin(server)
+            _give_back(server)
             raise ClientGone
         return server
 
@@ -312,18 +359,25 @@ class ClientSession:
                 await server.execute(sql)
             self.settings.synced(server, server.reported)
         except ServerError as exc:
+            if exc.fields.get("S") in ("FATAL", "PANIC"):  # the server is going away
+                return await self._settings_server_lost(server, exc)
             log.warning("client %s (%s@%s): server refused its settings (%s): %s", self.addr,
                         self.user, self.database, sql, exc)
             self.settings.give_up(server)
         except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError) as exc:
-            log.warning("client %s (%s@%s): server connection failed while applying settings: %s",
-                        self.addr, self.user, self.database, exc)
-            self.server = None
-            self.pool.checkin(server, reusable=False)  # type: ignore[union-attr]
-            await self._fail_batch(ProxyError(codes.CONNECTION_FAILURE,
-                                              f"server connection lost: {exc or 'timeout'}"))
-            return False
+            return await self._settings_server_lost(server, exc)
         return True
+
+    async def _settings_server_lost(self, server: ServerConnection, exc: BaseException) -> bool:
+        log.warning("client %s (%s@%s): server connection failed while applying settings: %s",
+                    self.addr, self.user, self.database, exc)
+        if await self._retry_read():
+            return False
+        self.server = None
+        _give_back(server, reusable=False)
+        await self._fail_batch(ProxyError(codes.CONNECTION_FAILURE,
+                                          f"server connection lost: {exc or 'timeout'}"))
+        return False
 
     def _note_sets(self, data: bytes) -> None:
         """Remember which unreported settings the SET/RESET statements in `data` change."""
@@ -351,23 +405,46 @@ class ClientSession:
             return True
         except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError):
             self.server = None
-            self.pool.checkin(server, reusable=False)  # type: ignore[union-attr]
+            _give_back(server, reusable=False)
             return False
         self.settings.refreshed(server, dict(zip(names, values, strict=False)))
         return True
 
-    def _current_pool(self) -> Pool:
-        """The client's pool; after a reload replaced it, the new one (users.toml decides)."""
-        pool = self.pool
-        assert pool is not None
-        if pool.closed:
+    def _current_group(self) -> HostGroup:
+        """The client's hosts; after a reload replaced them, the new ones (users.toml decides)."""
+        group = self.group
+        assert group is not None
+        if group.stale:
             replacement = self.app.pools.get(self.user, self.database)
             if replacement is None:
                 raise ProxyError(codes.INVALID_AUTHORIZATION,
                                  f'user "{self.user}" for database "{self.database}" was removed '
                                  "from the configuration", fatal=True)
-            self.pool = pool = replacement
-        return pool
+            self.group = group = replacement
+        return group
+
+    def _route(self, data: bytes) -> str:
+        """primary or replica for a transaction starting with `data` (design.md, routing)."""
+        if self.role_override is not None:
+            return self.role_override
+        sql = _first_sql(data, self.tracker)
+        if sql is None:
+            return PRIMARY
+        facts = self.app.parse_cache.get(sql)
+        if facts.role_hint is not None:
+            return facts.role_hint
+        return REPLICA if facts.read_only_transaction_start or not facts.writes else PRIMARY
+
+    async def _role_override(self, data: bytes, status: bytes) -> bool:
+        """Answer `SET pgdog.role ...` locally; True if `data` was that."""
+        answer = answer_role_set(data, status)
+        if answer is None:
+            return False
+        reply, role = answer
+        if role is not None:
+            self.role_override = None if role == "auto" else role
+        await self.client.send(reply)
+        return True
 
     def _ensure_tracker(self) -> Tracker:
         if self.tracker is None:
@@ -395,6 +472,8 @@ class ClientSession:
         client = self.client
         try:
             if data:
+                if data[0] != 0x4E or not _only_notices(data):
+                    self._replay = None  # the client has seen an answer: no silent retry now
                 sent = client.send_nowait(data)
                 if sent != len(data):
                     await client.send(data, sent)
@@ -417,7 +496,7 @@ class ClientSession:
             if self.recheck != set() and not await self._refresh_settings(server):
                 return
             self.server = None
-            self.pool.checkin(server)  # type: ignore[union-attr]
+            _give_back(server)
 
     # --- errors on the data path ----------------------------------------------------------------
 
@@ -438,13 +517,15 @@ class ClientSession:
 
     async def _server_lost(self, before: bytes, said: dict[str, str] | None = None) -> None:
         """The server closed (or announced FATAL, `said`) while this client was using it."""
+        if not before and await self._retry_read():
+            return
         server = self.server
-        assert server is not None and self.pool is not None
+        assert server is not None
         self.server = None
         self.sscan.reset()
         if self.tracker is not None:
             self.tracker.reset_server_side()
-        self.pool.checkin(server, reusable=False)
+        _give_back(server, reusable=False)
         self.copy_in = False
         why = f"{server.host}:{server.port} closed the connection"
         if said:  # PostgreSQL's own reason, e.g. an admin's pg_terminate_backend()
@@ -482,21 +563,21 @@ class ClientSession:
     async def _release_server(self) -> None:
         """Give the server back clean when the client leaves: roll back, reset, or drop it."""
         server, self.server = self.server, None
-        if server is None or self.pool is None:
+        if server is None:
             return
         clean = not (self.pending or self.copy_in or self.cscan.in_batch or self.cscan.mid_message)
-        if not clean or self.pool.closed:
+        if not clean or server.pool is None or server.pool.closed:
             if not clean:
                 log.info("client %s (%s@%s): gone in the middle of a query; closing its server "
                          "connection %r", self.addr, self.user, self.database, server)
-            self.pool.checkin(server, reusable=False)
+            _give_back(server, reusable=False)
             return
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
             if server.status != b"I":
                 await try_execute(server, "ROLLBACK", _CLEANUP_TIMEOUT)
             if not self.transaction_mode and not server.broken:
                 await try_execute(server, "DISCARD ALL", _CLEANUP_TIMEOUT)
-        self.pool.checkin(server)
+        _give_back(server)
 
 
 _REFUSED = {
@@ -535,6 +616,44 @@ def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bo
         pos = nxt
     out.append(data[start:])
     return b"".join(out), discarded_all
+
+
+def _only_notices(data: bytes) -> bool:
+    """Is `data` nothing but NoticeResponses (e.g. PostgreSQL's shutdown warning)?"""
+    pos = 0
+    while pos + 5 <= len(data):
+        if data[pos] != 0x4E:
+            return False
+        pos += 1 + m.unpack_i32(data, pos + 1)
+    return pos == len(data)
+
+
+def _give_back(server: ServerConnection, reusable: bool = True) -> None:
+    """Return a server connection to the pool it came from."""
+    if server.pool is not None:
+        server.pool.checkin(server, reusable)
+    else:
+        server.close()
+
+
+def _first_sql(data: bytes, tracker: Tracker | None) -> bytes | None:
+    """The SQL of the first statement in `data`: a Query, a Parse, or a Bind of a statement
+    the client prepared earlier; None if there is none."""
+    if len(data) < 6:
+        return None
+    kind = data[0]
+    end = 1 + m.unpack_i32(data, 1)
+    if kind == 0x51:  # Query
+        return data[5:end].rstrip(b"\x00")
+    if kind == 0x50:  # Parse: name, then the query
+        name_end = data.find(b"\x00", 5, end)
+        return data[name_end + 1 : data.find(b"\x00", name_end + 1, end)] if name_end >= 0 else None
+    if kind == 0x42 and tracker is not None:  # Bind of a named statement
+        portal_end = data.find(b"\x00", 5, end)
+        name = data[portal_end + 1 : data.find(b"\x00", portal_end + 1, end)]
+        known = tracker.statements.get(name)
+        return ext.parse_query_text(known[1]).encode() if known else None
+    return None
 
 
 def _statements(data: bytes) -> list[tuple[bytes, bytes]]:
