@@ -457,3 +457,29 @@ def _accepts(dsn: str) -> bool:
     except psycopg.OperationalError:
         time.sleep(0.1)
         return False
+
+
+def test_background_health_check_bans_an_idle_dead_replica(topology, start):
+    primary, replicas = topology
+    first, second = replicas
+    # min_pool_size keeps an idle connection to every host: what the checker tests.
+    proxy = start(ban_timeout=60000, healthcheck_interval=300, healthcheck_timeout=1000,
+                  min_pool_size=1)
+    seen, failures = _reads(proxy, 4)
+    assert failures == 0
+    mark = len(proxy.log.splitlines())
+    try:
+        first.stop("immediate")
+
+        def banned_by_check() -> bool:
+            return any("health check" in line and str(first.port) in line
+                       for line in _new_lines(proxy, mark))
+
+        # No client sends anything: the background check alone finds the dead host.
+        wait_for(banned_by_check, timeout=10, what="a health-check ban", interval=0.1)
+        seen, failures = _reads(proxy, 6)
+        assert failures == 0, proxy.log
+        assert {p for p, _ in seen} == {second.port}
+    finally:
+        restart_replicas(primary, replicas)
+    assert "Traceback" not in proxy.log

@@ -36,6 +36,8 @@ class HostGroup:
     def finish(self) -> None:
         """Derive what choose() needs once the pools are in place."""
         primary, replicas = self.primary, self.replicas
+        for pool in replicas:
+            pool.on_failure = self.ban
         self.splits = bool(replicas) and self.read_write_split and primary is not None
         self._primary_only = [primary] if primary is not None else list(replicas[:1])
 

@@ -29,6 +29,8 @@ def pool_settings(config: Config, user: User, db: Database) -> PoolSettings:
         idle_timeout=g.idle_timeout / 1000,
         server_lifetime=g.server_lifetime / 1000,
         statements_limit=g.prepared_statements_limit,
+        healthcheck_interval=g.healthcheck_interval / 1000,
+        healthcheck_timeout=g.healthcheck_timeout / 1000,
     )
 
 

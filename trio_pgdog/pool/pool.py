@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 import trio
 
 from ..protocol import ProxyError
 from ..protocol import errors as codes
-from .server import CONNECT_ERRORS, ServerConnection, describe_connect_error
+from .server import CONNECT_ERRORS, ServerConnection, check_server, describe_connect_error
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class PoolSettings:
     idle_timeout: float
     server_lifetime: float
     statements_limit: int = 500
+    healthcheck_interval: float = 30.0
+    healthcheck_timeout: float = 5.0
 
     def startup_params(self) -> dict[str, str]:
         return {"user": self.user, "database": self.database, "application_name": "trio_pgdog"}
@@ -63,8 +66,10 @@ class Pool:
         self.server_params: dict[str, str] | None = None
         self.closed = False
         self.banned_until = float("-inf")  # trio time until which the host gets no traffic
+        self.on_failure: Callable[[Pool, str], None] | None = None  # the host group bans
         self._wake = trio.Event()
         self._deadline = float("inf")  # when the janitor next wakes by itself
+        self._last_check = trio.current_time()
         self._scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
@@ -80,7 +85,10 @@ class Pool:
         """The warmest idle connection without waiting, if one is free (checkout's fast path)."""
         while self.idle and not self.closed:
             server = self.idle.pop()
-            if trio.current_time() - server.created_at < self.settings.server_lifetime:
+            now = trio.current_time()
+            if now - server.created_at < self.settings.server_lifetime:
+                # Idle for a whole health-check interval: the caller checks it before use.
+                server.needs_check = now - server.last_used >= self.settings.healthcheck_interval
                 return server
             self._discard(server)  # expired while idle, before the janitor got to it
         return None
@@ -225,9 +233,31 @@ class Pool:
             else:
                 deadline = trio.current_time() + backoff
                 backoff = min(backoff * 2, _MAX_PREFILL_BACKOFF)
+            deadline = min(deadline, self._last_check + self.settings.healthcheck_interval)
             self._deadline = deadline
             with trio.move_on_at(deadline):
                 await self._wake.wait()
+            if trio.current_time() >= self._last_check + self.settings.healthcheck_interval:
+                await self._healthcheck()
+
+    async def _healthcheck(self) -> None:
+        """Check idle connections unused for a whole interval; a failure closes the connection
+        and tells the host group, which bans the host."""
+        self._last_check = now = trio.current_time()
+        due = [s for s in self.idle if now - s.last_used >= self.settings.healthcheck_interval]
+        for server in due:
+            if server not in self.idle:
+                continue  # handed out meanwhile
+            self.idle.remove(server)
+            if await check_server(server, self.settings.healthcheck_timeout):
+                self.checkin(server)
+            else:
+                self._discard(server)
+                self.report_failure("health check failed")
+
+    def report_failure(self, why: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(self, why)
 
     async def _prefill(self) -> bool:
         """Open connections up to min_pool_size; False if the server could not be reached."""

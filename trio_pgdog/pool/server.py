@@ -43,6 +43,7 @@ class ServerConnection:
         self.last_used = now
         self.broken = False
         self.pool: Pool | None = None  # the pool this connection belongs to
+        self.needs_check = False  # idle so long that it is checked before use
         self.statements = ServerStatements(statements_limit)  # shared names prepared here
         self.synced_key: frozenset | None = None  # the ClientParams.key these settings match
         self.extra: set[str] = set()  # unreported settings the proxy SET here
@@ -134,6 +135,18 @@ async def try_execute(server: ServerConnection, sql: str, timeout: float) -> boo
         except (ServerError, ConnectionClosed, ProtocolError, ProxyError, OSError) as exc:
             log.info("%r: %s failed: %s", server, sql, exc)
     server.broken = True
+    return False
+
+
+async def check_server(server: ServerConnection, timeout: float) -> bool:
+    """A health check: an empty query answered within `timeout`."""
+    server.needs_check = False
+    with trio.move_on_after(timeout):
+        try:
+            await server.execute(";")
+            return server.status == b"I"
+        except (ServerError, ConnectionClosed, ProtocolError, OSError):
+            return False
     return False
 
 

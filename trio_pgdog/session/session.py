@@ -19,7 +19,7 @@ import trio
 from ..auth import client as client_auth
 from ..netio import Conn, ConnectionClosed, Poller
 from ..pool.hosts import PRIMARY, REPLICA, HostGroup
-from ..pool.server import ServerConnection, try_execute
+from ..pool.server import ServerConnection, check_server, try_execute
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import extended as ext
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Server connections tried for one transaction when health checks before use keep failing.
+_ATTACH_ATTEMPTS = 3
 # How long a departing client's server may take to roll back / reset before it is dropped.
 _CLEANUP_TIMEOUT = 5.0
 
@@ -286,15 +288,25 @@ class ClientSession:
     async def _attach(self, role: str) -> bool:
         """Take a server connection for a transaction needing `role`; False if the client
         was told why there is none."""
-        pools = self._current_group().choose(role)
-        self.server = pools[0].take_idle()
-        if self.server is None:
-            try:
-                self.server = await self._checkout_watching_client(pools)
-            except ProxyError as exc:
-                await self._fail_batch(exc)
-                return False
-        return True
+        for _attempt in range(_ATTACH_ATTEMPTS):
+            pools = self._current_group().choose(role)
+            server = pools[0].take_idle()
+            if server is None:
+                try:
+                    server = await self._checkout_watching_client(pools)
+                except ProxyError as exc:
+                    await self._fail_batch(exc)
+                    return False
+            if not server.needs_check or await check_server(
+                    server, server.pool.settings.healthcheck_timeout):  # type: ignore[union-attr]
+                self.server = server
+                return True
+            # Idle too long and dead: drop it (the host may get banned) and pick again.
+            _give_back(server, reusable=False)
+            server.pool.report_failure("health check before use failed")  # type: ignore[union-attr]
+        await self._fail_batch(ProxyError(codes.CONNECTION_FAILURE,
+                                          f"no healthy server connection for {self.database}"))
+        return False
 
     async def _send_to_server(self, data: bytes, at_boundary: bool, at_sync: bool) -> None:
         cscan = self.cscan
