@@ -271,3 +271,25 @@ def test_cache_skips_huge_texts_and_clears() -> None:
 def test_cache_rejects_empty_bound() -> None:
     with pytest.raises(ValueError):
         ParseCache(max_entries=0)
+
+
+@pytest.mark.parametrize("sql", [
+    b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+    b"select nextval('s')", b"select * from t for update", b"select 1; delete from t",
+    b"select x into y from t", b"/* pgdog_role: primary */ select 1", b"SELECT 'for'",
+    b"with x as (delete from t returning *) select * from x", b"select lo_unlink(1)",
+    b" select 1 -- ; nextval", b"select pg_advisory_lock(1)", b"SELECT * FROM t FOR SHARE",
+])
+def test_plain_select_shortcut_never_calls_a_write_a_read(sql):
+    from trio_pgdog.router.fastpath import plain_select
+
+    if plain_select(sql):
+        assert not classify(sql).writes
+
+
+def test_plain_select_shortcut_takes_literal_only_selects():
+    from trio_pgdog.router.fastpath import plain_select
+
+    assert plain_select(b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;")
+    assert plain_select(b"select a, b from t join u using (id) where x > 3 order by a")
+    assert not plain_select(b"select nextval('s')")

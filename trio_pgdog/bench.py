@@ -38,7 +38,11 @@ PREPARED = "prepared"
 MAX_CONNECTIONS = 300
 
 DIRECT, PGBOUNCER, TRIO_PGDOG = "PostgreSQL", "PgBouncer", "trio_pgdog"
-TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG}
+# The same proxy with a "replica" (the same server under another host name) and read/write
+# splitting on: every statement is classified, so the difference is the router's cost.
+TRIO_PGDOG_SPLIT = "trio_pgdog r/w split"
+TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG,
+               "trio_pgdog_split": TRIO_PGDOG_SPLIT}
 
 # The project's targets, compared at this client count (docs/benchmarks.md).
 RATIO_CLIENTS = 16
@@ -348,7 +352,7 @@ def start_pgbouncer(stack: contextlib.ExitStack, cluster: Cluster, binary: str) 
     return Target(PGBOUNCER, port, proc, log_path)
 
 
-def trio_pgdog_files(cluster: Cluster, port: int, workdir: str) -> tuple[str, str]:
+def trio_pgdog_files(cluster: Cluster, port: int, workdir: str, split: bool = False) -> tuple[str, str]:
     pgdog_toml = f"""[general]
 host = "127.0.0.1"
 port = {port}
@@ -360,6 +364,15 @@ auth_type = "scram"
 name = "{DATABASE}"
 host = "127.0.0.1"
 port = {cluster.port}
+role = "primary"
+"""
+    if split:
+        pgdog_toml += f"""
+[[databases]]
+name = "{DATABASE}"
+host = "localhost"
+port = {cluster.port}
+role = "replica"
 """
     users_toml = f"""[[users]]
 name = "{USER}"
@@ -373,16 +386,16 @@ password = "{PASSWORD}"
     return paths
 
 
-def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster) -> Target:
+def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, split: bool = False) -> Target:
     workdir = make_workdir(stack, cluster, "trio_pgdog-bench-proxy-")
     port = free_port()
-    config, users = trio_pgdog_files(cluster, port, workdir)
+    config, users = trio_pgdog_files(cluster, port, workdir, split)
     log_path = os.path.join(workdir, "proxy.log")
     # The proxy exactly as a user runs it, so its CPU time is the whole process's.
     argv = [sys.executable, "-m", "trio_pgdog", "--config", config, "--users", users]
     proc = spawn(stack, argv, log_path, cwd=workdir, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     wait_for_log(proc, log_path, f"listening on 127.0.0.1:{port}", "trio_pgdog")
-    return Target(TRIO_PGDOG, port, proc, log_path)
+    return Target(TRIO_PGDOG_SPLIT if split else TRIO_PGDOG, port, proc, log_path)
 
 
 def find_pgbouncer() -> str | None:
@@ -396,7 +409,7 @@ def start_target(key: str, stack: contextlib.ExitStack, cluster: Cluster, pgboun
     if key == "pgbouncer":
         assert pgbouncer is not None
         return start_pgbouncer(stack, cluster, pgbouncer)
-    return start_trio_pgdog(stack, cluster)
+    return start_trio_pgdog(stack, cluster, split=key == "trio_pgdog_split")
 
 
 # --- the plan --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import extended as ext
 from ..protocol import messages as m
+from ..router.fastpath import plain_select
 from ..router.keywords import leading_keywords
 from .overrides import answer_role_set
 from .params import ClientParams, set_targets
@@ -442,6 +443,8 @@ class ClientSession:
         sql = _first_sql(data, self.tracker)
         if sql is None:
             return PRIMARY
+        if plain_select(sql):  # no parse for the commonest read, whatever its literals
+            return REPLICA
         facts = self.app.parse_cache.get(sql)
         if facts.role_hint is not None:
             return facts.role_hint
