@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from conftest import (
     APP_DB,
+    PG_USERS,
     ProxyProcess,
     replica_pgdog_toml,
     restart_replicas,
@@ -483,3 +484,89 @@ def test_background_health_check_bans_an_idle_dead_replica(topology, start):
     finally:
         restart_replicas(primary, replicas)
     assert "Traceback" not in proxy.log
+
+
+# --- pgbench through the replicas ---------------------------------------------------------------
+
+def _pgbench(proxy: ProxyProcess, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {"PGPASSWORD": PG_USERS["app"][0], "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "app",
+                           *args, APP_DB], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _commits(cluster: Cluster) -> int:
+    return int(cluster.sql(f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{APP_DB}'"))
+
+
+@pytest.fixture
+def pgbench_tables(topology) -> None:
+    primary, replicas = topology
+    init = subprocess.run(["pgbench", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "app",
+                           "-i", "-q", "-s", "1", APP_DB],
+                          env={"PGPASSWORD": PG_USERS["app"][0], "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stderr
+    wait_replicated(primary, replicas)
+
+
+def test_pgbench_reads_spread_evenly_over_the_replicas(topology, start, pgbench_tables):
+    _primary, replicas = topology
+    proxy = start()
+    before = [_commits(r) for r in replicas]
+    run = _pgbench(proxy, "-n", "-S", "-c", "8", "-j", "2", "-t", "250")
+    assert run.returncode == 0, run.stderr
+    assert "number of failed transactions: 0" in run.stdout
+    def done() -> list[int]:
+        return [_commits(r) - b for r, b in zip(replicas, before, strict=True)]
+
+    # Idle backends flush their statistics up to 10 s late (PostgreSQL 15).
+    wait_for(lambda: sum(done()) >= 2000, timeout=20, what="replica statistics", interval=0.5)
+    done = done()
+    assert all(0.4 <= d / sum(done) <= 0.6 for d in done), done
+
+
+def test_a_replica_dying_under_pgbench_costs_no_transaction(topology, start, pgbench_tables):
+    primary, replicas = topology
+    proxy = start(ban_timeout=60000, healthcheck_interval=500, healthcheck_timeout=1000)
+    env = {"PGPASSWORD": PG_USERS["app"][0], "PATH": "/usr/bin:/bin"}
+    bench = subprocess.Popen(["pgbench", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "app",
+                              "-n", "-S", "-c", "8", "-j", "2", "-T", "6", APP_DB],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        replicas[0].stop("immediate")
+        out, err = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        restart_replicas(primary, replicas)
+    # Reads a dying replica had not answered yet are retried on the other one; a query it
+    # was half-way through answering may fail (pgbench then stops that one client), no more.
+    aborted = err.count("aborted in command")
+    assert aborted <= 1, err
+    processed = int(re.search(r"actually processed: (\d+)", out).group(1))
+    assert processed > 1000, out
+    assert f"banning 127.0.0.1:{replicas[0].port}" in proxy.log
+    assert "Traceback" not in proxy.log
+
+
+def test_writes_fail_fast_while_the_primary_is_down_and_reads_go_on(topology, start):
+    primary, _replicas = topology
+    proxy = start(connect_timeout=1000)
+    with proxy.connect() as conn:
+        assert where(conn)[1] is True
+        primary.stop("fast")
+        try:
+            began = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as info:
+                conn.execute("INSERT INTO rw_t VALUES (900, 'x')")
+            assert time.monotonic() - began < 3
+            assert info.value.sqlstate == "08006"
+            assert where(conn)[1] is True  # reads still served by the replicas
+        finally:
+            primary.start()
+    wait_for(lambda: _accepts(primary.dsn("app", PG_USERS["app"][0], APP_DB)), timeout=30,
+             what="the primary to accept connections again")
+    with proxy.connect() as conn:
+        assert where(conn, "INSERT INTO rw_t VALUES (901, 'y') ON CONFLICT (id) DO UPDATE SET v = 'y' "
+                           "RETURNING inet_server_port(), pg_is_in_recovery()") == (primary.port, False)

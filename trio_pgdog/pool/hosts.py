@@ -76,7 +76,9 @@ class HostGroup:
             try:
                 return await pool.checkout()
             except ProxyError as exc:
-                if exc.sqlstate != codes.CONNECTION_FAILURE or pool is self.primary:
+                # A busy pool is not a sick host; any failure to connect (refused, shutting
+                # down, login refused) is, for a replica.
+                if exc.sqlstate == codes.TOO_MANY_CONNECTIONS or pool is self.primary:
                     raise
                 self.ban(pool, exc.message)
                 if i == len(pools) - 1:

@@ -282,15 +282,17 @@ class ClientSession:
             self.tracker.reset_server_side()
         _give_back(server, reusable=False)
         self.pending = pending
-        if await self._attach(REPLICA):
+        if await self._attach(REPLICA, avoid=server.pool):
             await self._send_to_server(data, at_boundary, at_sync)
         return True
 
-    async def _attach(self, role: str) -> bool:
-        """Take a server connection for a transaction needing `role`; False if the client
-        was told why there is none."""
+    async def _attach(self, role: str, avoid: Pool | None = None) -> bool:
+        """Take a server connection for a transaction needing `role` (not from `avoid`, a
+        host that just failed); False if the client was told why there is none."""
         for _attempt in range(_ATTACH_ATTEMPTS):
             pools = self._current_group().choose(role)
+            if avoid is not None and len(pools) > 1:
+                pools = [p for p in pools if p is not avoid] or pools
             server = pools[0].take_idle()
             if server is None:
                 try:
