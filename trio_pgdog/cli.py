@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -60,6 +61,9 @@ def serve(config) -> int:
     if not config.users:
         log.warning("no users configured (%s missing or empty): every login will be refused",
                     config.users_path or "users.toml")
+    # Everything imported so far (pglast's AST classes among it) lives as long as the process:
+    # keep it out of the garbage collector's way so collections stay cheap on the data path.
+    gc.freeze()
     try:
         trio.run(Proxy(config).run)
     except OSError as exc:

@@ -257,8 +257,15 @@ class ClientSession:
                         return
                 group = self._current_group()
                 role = self._route(data) if group.splits else PRIMARY
-                if not await self._attach(role):
-                    return
+                # Fast path (one host, a warm idle connection): no coroutine, no loop.
+                server = None if group.splits else group.choose(PRIMARY)[0].take_idle()
+                if server is not None and not server.needs_check:
+                    self.server = server
+                else:
+                    if server is not None:
+                        _give_back(server)  # due for a check: _attach does it properly
+                    if not await self._attach(role):
+                        return
                 if role == REPLICA and self.transaction_mode and not cscan.in_batch:
                     # A read may be retried on another host if this one fails before
                     # answering anything (never a write: it may have been done).
