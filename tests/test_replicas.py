@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -26,7 +26,6 @@ from conftest import (
     ProxyProcess,
     replica_pgdog_toml,
     restart_replicas,
-    start_proxy,
     users_toml,
     wait_for,
     wait_replicated,
@@ -50,24 +49,15 @@ def topology(pg_replicas) -> tuple[Cluster, list[Cluster]]:
 
 
 @pytest.fixture
-def start(topology, tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+def start(topology, proxy_factory) -> Callable[..., ProxyProcess]:
     """start(**general) -> a proxy in front of the primary and both replicas."""
     primary, replicas = topology
-    started: list[ProxyProcess] = []
 
     def _start(**general: object) -> ProxyProcess:
-        port = free_port()
-        text = replica_pgdog_toml(primary, replicas, port, **general)
-        proxy = start_proxy(tmp_path / f"proxy{len(started)}", text, users_toml(), port)
-        started.append(proxy)
-        return proxy
+        return proxy_factory(
+            pgdog_text=lambda port: replica_pgdog_toml(primary, replicas, port, **general))
 
-    yield _start
-    for proxy in started:
-        try:
-            proxy.stop(timeout=15)
-        except subprocess.TimeoutExpired:
-            proxy.stop(signal.SIGKILL)
+    return _start
 
 
 def where(conn: psycopg.Connection, sql: str = WHERE, params: tuple | None = None) -> tuple[int, bool]:

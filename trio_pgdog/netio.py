@@ -63,7 +63,7 @@ class Conn:
             self._buf.clear()
             return data
         sock = self.sock
-        while True:  # _recv_raw inlined: this is the hot path
+        while True:
             await trio.lowlevel.wait_readable(sock)
             try:
                 return _recv_once(sock)
@@ -76,10 +76,6 @@ class Conn:
             return _recv_once(self.sock)
         except BlockingIOError:
             return None
-
-    def unread(self, data: bytes) -> None:
-        """Push bytes back so the next recv/read returns them first."""
-        self._buf[:0] = data
 
     @property
     def buffered(self) -> bool:
@@ -116,19 +112,15 @@ class Conn:
 
     async def read_exactly(self, n: int) -> bytes:
         while len(self._buf) < n:
-            self._buf += await self._recv_raw()
+            # recv() hands back a non-empty buffer first: empty it so recv reads the socket.
+            have, self._buf = self._buf, bytearray()
+            try:
+                have += await self.recv()
+            finally:
+                self._buf = have  # kept on EOF too: the caller may report a partial message
         data = bytes(self._buf[:n])
         del self._buf[:n]
         return data
-
-    async def _recv_raw(self) -> bytes:
-        while True:
-            await trio.lowlevel.wait_readable(self.sock)
-            try:
-                data = _recv_once(self.sock)
-            except BlockingIOError:
-                continue
-            return data
 
     async def read_message(self, max_length: int = MAX_MESSAGE_LENGTH) -> tuple[bytes, bytes]:
         """One typed message (type byte, body); used outside the forwarding hot path."""

@@ -49,10 +49,6 @@ def error_response(sqlstate: str, text: str, *, severity: str = "ERROR", hint: s
     return message(kind, body + b"\x00")
 
 
-def notice_response(text: str, *, severity: str = "NOTICE", sqlstate: str = "00000") -> bytes:
-    return error_response(sqlstate, text, severity=severity, kind=b"N")
-
-
 def auth_request(code: int, payload: bytes = b"") -> bytes:
     return message(b"R", _I32.pack(code) + payload)
 

@@ -283,15 +283,19 @@ class ClientSession:
         data, at_boundary, at_sync, pending = replay
         log.info("client %s (%s@%s): %s:%d failed before answering; retrying the read "
                  "elsewhere", self.addr, self.user, self.database, server.host, server.port)
+        self._drop_server(server)
+        self.pending = pending
+        if await self._attach(REPLICA, avoid=server.pool):
+            await self._send_to_server(data, at_boundary, at_sync)
+        return True
+
+    def _drop_server(self, server: ServerConnection) -> None:
+        """Forget a server connection that failed: nothing more is read from it."""
         self.server = None
         self.sscan.reset()
         if self.tracker is not None:
             self.tracker.reset_server_side()
         _give_back(server, reusable=False)
-        self.pending = pending
-        if await self._attach(REPLICA, avoid=server.pool):
-            await self._send_to_server(data, at_boundary, at_sync)
-        return True
 
     async def _attach(self, role: str, avoid: Pool | None = None) -> bool:
         """Take a server connection for a transaction needing `role` (not from `avoid`, a
@@ -395,8 +399,7 @@ class ClientSession:
                     self.addr, self.user, self.database, exc)
         if await self._retry_read():
             return False
-        self.server = None
-        _give_back(server, reusable=False)
+        self._drop_server(server)
         await self._fail_batch(ProxyError(codes.CONNECTION_FAILURE,
                                           f"server connection lost: {exc or 'timeout'}"))
         return False
@@ -426,8 +429,7 @@ class ClientSession:
             log.warning("client %s: could not read back its settings: %s", self.addr, exc)
             return True
         except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError):
-            self.server = None
-            _give_back(server, reusable=False)
+            self._drop_server(server)
             return False
         self.settings.refreshed(server, dict(zip(names, values, strict=False)))
         return True
@@ -545,11 +547,7 @@ class ClientSession:
             return
         server = self.server
         assert server is not None
-        self.server = None
-        self.sscan.reset()
-        if self.tracker is not None:
-            self.tracker.reset_server_side()
-        _give_back(server, reusable=False)
+        self._drop_server(server)
         self.copy_in = False
         why = f"{server.host}:{server.port} closed the connection"
         if said:  # PostgreSQL's own reason, e.g. an admin's pg_terminate_backend()
