@@ -212,7 +212,8 @@ def _build(
         user_values, users_source = _load_file(users_label, users_text, "users")
         values.update(user_values)
         sources.update({section.field: users_source for section in _SECTIONS["users"]})
-    config = Config(**values, pgdog_path=pgdog_path, users_path=users_path)
+    config = Config(**values, hook_order=_hook_order(pgdog_text), pgdog_path=pgdog_path,
+                    users_path=users_path)
 
     def label(field: str, index: int) -> str:
         return sources[field].entry_label(field, index)
@@ -227,6 +228,20 @@ def _build(
     if first is not None:
         raise first
     return config
+
+
+_HOOK_HEADER = re.compile(r"^\s*\[\[?\s*(hooks\s*\.\s*\w+|plugins)\s*[\].]", re.MULTILINE)
+
+
+def _hook_order(pgdog_text: str) -> tuple[str, ...]:
+    """Where each [hooks.*] section and the [[plugins]] array first appear in pgdog.toml
+    (tomlkit groups a super-table's children, so the headers are read off the text)."""
+    order: list[str] = []
+    for match in _HOOK_HEADER.finditer(pgdog_text):
+        name = re.sub(r"\s", "", match.group(1))
+        if name not in order:
+            order.append(name)
+    return tuple(order)
 
 
 def load_config_text(

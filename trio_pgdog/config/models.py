@@ -120,6 +120,95 @@ class Database:
     shard: int = attrs.field(default=0, validator=at_least(0))
 
 
+# --- pgdog.toml: hooks and plugins -------------------------------------------
+
+LOG_FORMATS = ("text", "json")
+
+
+def _pairs(_inst: Any, attribute: attrs.Attribute[Any], value: tuple[tuple[str, ...], ...]) -> None:
+    for i, pair in enumerate(value):
+        if len(pair) != 2 or not all(pair):
+            raise InvalidValue(attribute.name, f"entry {i + 1} must be [name, type], got {list(pair)}")
+
+
+@attrs.frozen
+class InterceptQuery:
+    """One ``[[hooks.intercept.queries]]`` entry: a statement answered by the proxy."""
+
+    query: str = attrs.field(validator=non_empty)
+    # [name, PostgreSQL type name] per column.
+    columns: tuple[tuple[str, ...], ...] = attrs.field(default=(), validator=_pairs)
+    rows: tuple[tuple[str, ...], ...] = ()
+
+
+@attrs.frozen
+class TableAccessHook:
+    """``[hooks.table_access]``: statements touching these tables are refused."""
+
+    enabled: bool = False
+    databases: tuple[str, ...] = ()  # empty: every logical database
+    tables: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class InterceptHook:
+    """``[hooks.intercept]``: statements answered without a server."""
+
+    enabled: bool = False
+    databases: tuple[str, ...] = ()
+    queries: tuple[InterceptQuery, ...] = ()
+
+
+@attrs.frozen
+class QueryLoggerHook:
+    """``[hooks.query_logger]``: one log line per statement."""
+
+    enabled: bool = False
+    databases: tuple[str, ...] = ()
+    format: str = attrs.field(default="text", validator=one_of(LOG_FORMATS))
+    path: str | None = None  # None: standard error
+    parameters: bool = False
+
+
+@attrs.frozen
+class PrewarmerHook:
+    """``[hooks.prewarmer]``: statements run on every new server connection."""
+
+    enabled: bool = False
+    databases: tuple[str, ...] = ()
+    queries: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class PythonHook:
+    """One ``[[hooks.python]]`` entry: a user's hook class, ``"package.module:Class"``."""
+
+    object: str = attrs.field(validator=non_empty)
+    enabled: bool = True
+    databases: tuple[str, ...] = ()
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Hooks:
+    """``[hooks]``: the built-in hooks and the user's Python hooks."""
+
+    table_access: TableAccessHook = attrs.field(factory=TableAccessHook)
+    intercept: InterceptHook = attrs.field(factory=InterceptHook)
+    query_logger: QueryLoggerHook = attrs.field(factory=QueryLoggerHook)
+    prewarmer: PrewarmerHook = attrs.field(factory=PrewarmerHook)
+    python: tuple[PythonHook, ...] = ()
+
+
+@attrs.frozen
+class Plugin:
+    """One ``[[plugins]]`` entry: a native hook library (lib<name>.so or a path)."""
+
+    name: str = attrs.field(validator=non_empty)
+    config: str | None = None  # passed to the plugin's pgdog_configure
+    databases: tuple[str, ...] = ()
+
+
 # --- users.toml -------------------------------------------------------------
 
 
@@ -172,7 +261,12 @@ class Config:
 
     general: General = attrs.field(factory=General, metadata=section("pgdog"))
     databases: tuple[Database, ...] = attrs.field(default=(), metadata=section("pgdog", "servers"))
+    hooks: Hooks = attrs.field(factory=Hooks, metadata=section("pgdog"))
+    plugins: tuple[Plugin, ...] = attrs.field(default=(), metadata=section("pgdog"))
     users: tuple[User, ...] = attrs.field(default=(), metadata=section("users"))
+    # The order of the [hooks.*] sections and [[plugins]] in pgdog.toml ("hooks.intercept",
+    # "plugins", ...): hooks run in the order they are configured.
+    hook_order: tuple[str, ...] = ()
     # Where the files came from (None when loaded from text), so a reload can reread them.
     pgdog_path: str | None = None
     users_path: str | None = None

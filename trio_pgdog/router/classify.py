@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 import attrs
-from pglast.parser import ParseError, parse_sql_json, scan
+from pglast.parser import ParseError, fingerprint, parse_sql_json, scan
 
 __all__ = ["WRITING_FUNCTIONS", "StatementFacts", "classify"]
 
@@ -154,6 +154,9 @@ class StatementFacts:
     tables: tuple[Table, ...]  # (schema or None, name) in parse-tree order, no duplicates
     role_hint: str | None  # "primary" | "replica" from a /* pgdog_role: ... */ comment
     parse_ok: bool
+    # pglast's fingerprint: the same for texts differing only in case, spacing, comments and
+    # literal values; "" when the text does not parse. Hooks match statements on it.
+    fingerprint: str = ""
 
 
 def classify(sql: str | bytes) -> StatementFacts:
@@ -192,6 +195,7 @@ def classify(sql: str | bytes) -> StatementFacts:
         tables=tuple(walker.tables),
         role_hint=hint,
         parse_ok=True,
+        fingerprint=fingerprint(text),
     )
 
 
