@@ -138,7 +138,39 @@ class InterceptQuery:
     query: str = attrs.field(validator=non_empty)
     # [name, PostgreSQL type name] per column.
     columns: tuple[tuple[str, ...], ...] = attrs.field(default=(), validator=_pairs)
-    rows: tuple[tuple[str, ...], ...] = ()
+    # Text cells, one per column in every row.
+    rows: tuple[tuple[str, ...], ...] = attrs.field(default=())
+
+    # The checks the intercept hook would make when built, made at load time instead so that a
+    # bad entry is a configuration error. Imported here: the hooks package imports this module.
+    @query.validator
+    def _one_statement(self, attribute: attrs.Attribute[Any], value: str) -> None:
+        from ..hooks.builtin.intercept import statement_fingerprint
+
+        try:
+            statement_fingerprint(value)
+        except ValueError as exc:
+            raise InvalidValue(attribute.name, str(exc)) from None
+
+    @columns.validator
+    def _known_types(self, attribute: attrs.Attribute[Any], value: tuple[tuple[str, ...], ...]) -> None:
+        from ..protocol.types import require_type_oid
+
+        for i, (_name, type_name) in enumerate(value):
+            try:
+                require_type_oid(type_name)
+            except ValueError as exc:
+                raise InvalidValue(attribute.name, f"entry {i + 1}: {exc}") from None
+
+    @rows.validator
+    def _row_widths(self, attribute: attrs.Attribute[Any], value: tuple[tuple[str, ...], ...]) -> None:
+        for i, row in enumerate(value):
+            if len(row) != len(self.columns):
+                raise InvalidValue(
+                    attribute.name,
+                    f"row {i + 1} has {len(row)} cells but there are {len(self.columns)} columns, "
+                    f"got {list(row)}",
+                )
 
 
 @attrs.frozen

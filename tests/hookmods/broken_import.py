@@ -1,0 +1,3 @@
+"""Fails on import, for tests/test_hooks_builtin.py."""
+
+raise RuntimeError("broken on purpose")
