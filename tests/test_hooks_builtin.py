@@ -566,3 +566,33 @@ def test_python_hook_from_config(hookmods: None) -> None:
     (entry,) = config.hooks.python
     hook = load_python_hook(entry)
     assert hook.pre_query(query("SELECT 'secret'")) is not None  # type: ignore[attr-defined]
+
+
+# --- docs/hooks.md -------------------------------------------------------------
+
+DOCS = Path(__file__).parent.parent / "docs" / "hooks.md"
+
+
+def test_every_toml_example_in_the_guide_loads() -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(blocks) >= 6
+    for block in blocks:
+        config = load_config_text(block, None)
+        assert config.hook_order, block
+    # The intercept example answers as documented.
+    (example,) = [b for b in blocks if "[hooks.intercept]" in b]
+    hook = BUILTINS["intercept"](load_config_text(example, None).hooks.intercept, None)
+    decision = hook.pre_query(query("SELECT  Version()", user="bob", database="shop"))
+    assert decision == Decision.intercept([("version", 25)], [["trio_pgdog on shop for bob"]])
+
+
+def test_the_guides_python_hook_works() -> None:
+    (source,) = [b for b in re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+                 if b.startswith("# mycompany/hooks.py")]
+    namespace: dict[str, object] = {}
+    exec(compile(source, str(DOCS), "exec"), namespace)
+    hook = namespace["ReadOnlyReports"](user="reporting")  # type: ignore[operator]
+    assert hook.pre_query(query("UPDATE t SET a = 1", user="reporting")).action is Action.BLOCK
+    assert hook.pre_query(query("SELECT * FROM t", user="reporting")) == Decision.route(role="replica")
+    assert hook.pre_query(query("BEGIN", user="reporting")) is None
+    assert hook.pre_query(query("UPDATE t SET a = 1", user="app")) is None
