@@ -32,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="start a throw-away PostgreSQL and run the proxy on it")
     demo.add_argument("--port", type=int, default=6432, help="proxy port (default: %(default)s)")
+    check = sub.add_parser("check-plugin", help="load a native plugin, show its events and answers to "
+                                                "sample statements; non-zero exit if anything is wrong")
+    check.add_argument("path", help="the plugin: a path to a .so, or NAME for libNAME.so on the library path")
+    check.add_argument("--config", dest="plugin_config", metavar="FILE", default=None,
+                       help="the value passed to the plugin's pgdog_configure (its `config`)")
+    check.add_argument("--shards", type=int, default=2,
+                       help="shards of the sample database (default: %(default)s)")
+    check.add_argument("--bench", action="store_true",
+                       help="also measure the CPU cost of each route_query call")
     return p
 
 
@@ -48,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args.port)
+    if args.command == "check-plugin":
+        from .hooks.check import check_plugin
+
+        return check_plugin(args.path, args.plugin_config, shards=args.shards, bench=args.bench)
     try:
         config = load_config(args.config, args.users)
     except ConfigError as exc:
