@@ -32,6 +32,7 @@ PG_USERS = {
     "trustuser": (None, "trust"),
 }
 APP_DB = "appdb"
+TESTS_DIR = Path(__file__).parent
 
 
 @pytest.fixture(scope="session")
@@ -233,6 +234,8 @@ def start_proxy(workdir: Path, pgdog_text: str, users_text: str | None, port: in
         users.write_text(users_text)
     log_path = workdir / "proxy.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Test hook modules ([[hooks.python]] object = "hookmods.recorder:Recorder") import from here.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", "trio_pgdog", "--config", str(cfg), "--users", str(users),
          *(extra_args or [])],

@@ -12,8 +12,14 @@ import trio
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .hooks.api import ServerInfo
+from .hooks.registry import HookRegistry, build_registry
 from .netio import Conn, connect_tcp, set_nodelay
 from .pool.manager import PoolManager
+from .pool.pool import Pool
+from .pool.server import CONNECT_ERRORS, ServerConnection
+from .protocol import ProxyError, ServerError
+from .protocol import errors as codes
 from .protocol import messages as m
 from .router.cache import ParseCache
 from .session.prepared import StatementRegistry
@@ -28,7 +34,8 @@ _LISTEN_BACKLOG = 4096
 class Proxy:
     def __init__(self, config: Config):
         self.config = config
-        self.pools = PoolManager()
+        self.pools = PoolManager(on_connect=self._after_connect)
+        self.hooks = HookRegistry()  # loaded in run(), rebuilt on reload
         self.sessions: dict[int, ClientSession] = {}  # by the pid in their BackendKeyData
         self.statements = StatementRegistry()  # shared prepared-statement names
         self.parse_cache = ParseCache()  # statement facts per distinct SQL text, for routing
@@ -81,6 +88,15 @@ class Proxy:
         g = self.config.general
         listener = _listen(g.host, g.port)
         self.listening = [listener.getsockname()[:2]]
+        self.hooks = build_registry(self.config)
+        try:
+            await self._serve(listener, task_status)
+        finally:
+            self.hooks.close()  # native plugins' pgdog_fini, log files
+        log.info("trio_pgdog stopped")
+
+    async def _serve(self, listener: socket.socket, task_status: trio.TaskStatus) -> None:
+        g = self.config.general
         async with trio.open_nursery() as root:
             self._root = root
             await self.pools.apply(self.config, root)
@@ -96,7 +112,27 @@ class Proxy:
                 clients.cancel_scope.cancel()
             self.pools.close()
             root.cancel_scope.cancel()
-        log.info("trio_pgdog stopped")
+
+    async def _after_connect(self, pool: Pool, server: ServerConnection) -> None:
+        """after_connect hooks: their statements run on a new server connection before it
+        enters the pool; one failing refuses the connection (logged)."""
+        hooks = self.hooks.for_database(pool.logical_database)
+        if not hooks.after_connect:
+            return
+        s = pool.settings
+        info = ServerInfo(database=pool.logical_database, user=s.user, host=s.host, port=s.port,
+                          role=pool.role, shard=pool.shard)
+        for label, sql in hooks.statements_for(info):
+            try:
+                with trio.fail_after(s.connect_timeout or None):
+                    await server.execute(sql)
+            except (*CONNECT_ERRORS, trio.TooSlowError) as exc:
+                why = exc.fields.get("M", str(exc)) if isinstance(exc, ServerError) else repr(exc)
+                log.error("pool %s: %s after_connect statement failed, connection discarded: "
+                          "%s (%s)", pool.name, label, why, sql)
+                raise ProxyError(codes.CONNECTION_FAILURE,
+                                 f"new server connection for pool {pool.name} refused: {label} "
+                                 f"after_connect statement failed: {why}") from None
 
     async def _accept(self, listener: socket.socket, clients: trio.Nursery) -> None:
         while True:
@@ -143,6 +179,8 @@ class Proxy:
             log.warning("reload: host/port changes need a restart; still listening on %s:%d",
                         g_old.host, g_old.port)
         self.config = new
+        old_hooks, self.hooks = self.hooks, build_registry(new, self.hooks)
+        old_hooks.close(keep=self.hooks.entries)
         await self.pools.apply(new, self._root)
         log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from ..config import Config, Database, User
 from .hosts import HostGroup
 from .pool import Pool, PoolSettings
+from .server import ServerConnection
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,11 @@ class PoolManager:
     """Owns the pools (one per user, database and host) and groups them per (user, logical
     database); each pool's maintenance runs in the nursery given to `apply`."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_connect: Callable[[Pool, ServerConnection], Awaitable[None]] | None = None
+                 ) -> None:
         self.pools: dict[tuple[str, str, str, int], Pool] = {}
         self.groups: dict[tuple[str, str], HostGroup] = {}
+        self.on_connect = on_connect  # after_connect hooks, for every new server connection
 
     def get(self, user: str, database: str) -> HostGroup | None:
         return self.groups.get((user, database))
@@ -58,9 +62,11 @@ class PoolManager:
                 log.info("pool %s: removed or changed, draining", pool.name)
                 pool.close()
                 del self.pools[key]
-        for key, (settings, _db) in wanted.items():
+        for key, (settings, db) in wanted.items():
             if key not in self.pools:
                 pool = Pool(f"{key[0]}@{key[1]}({key[2]}:{key[3]})", settings)
+                pool.logical_database, pool.role, pool.shard = db.name, db.role, db.shard
+                pool.on_connect = self.on_connect
                 self.pools[key] = pool
                 await nursery.start(pool.run)
         self._regroup(config, wanted)

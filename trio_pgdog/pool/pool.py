@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -67,6 +67,11 @@ class Pool:
         self.closed = False
         self.banned_until = float("-inf")  # trio time until which the host gets no traffic
         self.on_failure: Callable[[Pool, str], None] | None = None  # the host group bans
+        # after_connect hooks: run on each new connection before it is used; raises to refuse.
+        self.on_connect: Callable[[Pool, ServerConnection], Awaitable[None]] | None = None
+        self.logical_database = ""  # the [[databases]] name, its role and shard (for hooks)
+        self.role = "primary"
+        self.shard = 0
         self._wake = trio.Event()
         self._deadline = float("inf")  # when the janitor next wakes by itself
         self._last_check = trio.current_time()
@@ -158,6 +163,13 @@ class Pool:
             self._slot_freed()
             raise
         server.pool = self
+        if self.on_connect is not None:
+            try:
+                await self.on_connect(self, server)
+            except BaseException:
+                server.close()
+                self._slot_freed()
+                raise
         if self.server_params is None:
             self.server_params = dict(server.params)
         return server

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..auth import client as client_auth
+from ..hooks.api import ConnectInfo
+from ..hooks.registry import EMPTY, HookRegistry, HookSet
 from ..netio import Conn, ConnectionClosed, Poller
 from ..pool.hosts import PRIMARY, REPLICA, HostGroup
 from ..pool.server import ServerConnection, check_server, try_execute
@@ -26,9 +28,11 @@ from ..protocol import extended as ext
 from ..protocol import messages as m
 from ..router.fastpath import plain_select
 from ..router.keywords import leading_keywords
+from .hooked import HookedStream
 from .overrides import answer_role_set
 from .params import ClientParams, set_targets
 from .scan import ClientScan, ServerScan
+from .sqltext import quote_literal, raise_sql
 from .startup import Cancel, Startup, read_startup
 from .tracker import Tracker
 
@@ -79,6 +83,11 @@ class ClientSession:
         self.recheck: set[str] | None = set()  # settings a SET may have changed; None: all
         self._poller: Poller | None = None
         self._idle_waitable: object | None = None
+        # Hooks that watch statements put the session on the statement-aware path.
+        self.hooks: HookSet = EMPTY
+        self.hooked: HookedStream | None = None
+        self._registry: HookRegistry | None = None  # the registry `hooks` came from
+        self._hooked_syncs = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -154,6 +163,16 @@ class ClientSession:
                              "(add it to users.toml)", fatal=True)
         await client_auth.authenticate(self.client, app.config.general.auth_type, user.name,
                                        user.password)
+        self._use_hooks()
+        if self.hooks.pre_connect:
+            refused = self.hooks.refuse(ConnectInfo(
+                user=self.user, database=self.database,
+                application_name=startup.params.get("application_name", ""),
+                client_addr=self.addr))
+            if refused is not None:
+                decision, label = refused
+                raise ProxyError(decision.sqlstate or codes.INSUFFICIENT_PRIVILEGE,
+                                 decision.message or f"connection refused by {label}", fatal=True)
         self.group = group
         self.transaction_mode = group.any_pool.settings.pooler_mode == "transaction"
         defaults = await group.startup_params()
@@ -249,14 +268,29 @@ class ClientSession:
             if cscan.sets and at_sync and not cscan.in_batch and await self._role_override(
                     data, self.server.status if self.server is not None else b"I"):
                 return
+            role: str | None = None
+            if self.server is None and self.app.hooks is not self._registry:
+                self._use_hooks()  # a reload changed the hooks: from this transaction on
+            if self.hooked is not None:
+                outcome = self.hooked.from_client(data)
+                if outcome.to_client:
+                    await self._to_client(outcome.to_client)
+                data, role = outcome.to_server, outcome.role
+                at_boundary, at_sync = True, outcome.starts_batch
+                self._hooked_syncs = outcome.syncs
+                if not data:
+                    if cscan.terminate >= 0:
+                        raise ClientGone
+                    return
             if self.server is None:
                 if self.transaction_mode and cscan.extended and at_sync and not cscan.in_batch:
                     local = self._ensure_tracker().answer_locally(data)
                     if local is not None:
-                        await self.client.send(local)
+                        await self._to_client(self._hooked_answer(local))
                         return
                 group = self._current_group()
-                role = self._route(data) if group.splits else PRIMARY
+                if role is None:
+                    role = self._route(data) if group.splits else PRIMARY
                 # Fast path (one host, a warm idle connection): no coroutine, no loop.
                 server = None if group.splits else group.choose(PRIMARY)[0].take_idle()
                 if server is not None and not server.needs_check:
@@ -333,7 +367,12 @@ class ClientSession:
             self._note_sets(data)
         if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
             data = await self._transaction_rewrite(data, at_boundary, at_sync)
-        self.pending += cscan.syncs
+        if self.hooked is None:
+            self.pending += cscan.syncs
+        else:
+            self.pending += self._hooked_syncs
+            self.hooked.host = f"{server.host}:{server.port}"
+            self.hooked.role = server.pool.role if server.pool is not None else ""
         if cscan.copy_end:
             self.copy_in = False
         conn = server.conn
@@ -358,7 +397,7 @@ class ClientSession:
             data, now = self.tracker.from_client(data, server.statements)
             if now:
                 self._replay = None  # the client has answers now: no silent retry
-                await self.client.send(now)
+                await self._to_client(self._hooked_answer(now))
         return data
 
     async def _checkout_watching_client(self, pools: list[Pool]) -> ServerConnection:
@@ -421,7 +460,7 @@ class ClientSession:
         self.recheck = set()
         if not names:
             return True
-        sql = "SELECT " + ", ".join(f"current_setting({_quote(n)}, true)" for n in names)
+        sql = "SELECT " + ", ".join(f"current_setting({quote_literal(n)}, true)" for n in names)
         try:
             with trio.fail_after(_CLEANUP_TIMEOUT):
                 values = await server.query_row(sql)
@@ -472,6 +511,34 @@ class ClientSession:
         await self.client.send(reply)
         return True
 
+    def _use_hooks(self) -> None:
+        """Take the hooks of this client's database from the running registry."""
+        app = self.app
+        self._registry = app.hooks
+        self.hooks = hooks = app.hooks.for_database(self.database)
+        if not hooks.per_statement:
+            self.hooked = None
+            return
+        group = app.pools.get(self.user, self.database)
+        stream = HookedStream(hooks, app.parse_cache, user=self.user, database=self.database,
+                              client_addr=self.addr,
+                              has_replicas=bool(group is not None and group.replicas),
+                              on_error=self._hook_error)
+        if self.hooked is not None:  # statements the client prepared stay known
+            stream.statements = self.hooked.statements
+        self.hooked = stream
+
+    def _hook_error(self, what: str) -> None:
+        log.error("client %s (%s@%s): %s", self.addr, self.user, self.database, what)
+
+    def _hooked_answer(self, data: bytes) -> bytes:
+        """Answers given on the server side's behalf (the Tracker's), seen by the hooks' path."""
+        return data if self.hooked is None else self.hooked.from_server(data)
+
+    async def _to_client(self, data: bytes) -> None:
+        if data:
+            await self.client.send(data)
+
     def _ensure_tracker(self) -> Tracker:
         if self.tracker is None:
             self.tracker = Tracker(self.app.statements)
@@ -495,6 +562,8 @@ class ClientSession:
                 await self._server_lost(data, m.parse_error_fields(tracker.fatal_body))
                 return
             copy_in = tracker.copy_in
+        if self.hooked is not None:
+            data = self.hooked.from_server(data)
         client = self.client
         try:
             if data:
@@ -518,7 +587,8 @@ class ClientSession:
             raise ProtocolError("server sent an unexpected ReadyForQuery")
         if (not self.pending and self.transaction_mode and server.status == b"I"
                 and not self.copy_in and not self.cscan.in_batch and not self.cscan.mid_message
-                and (tracker is None or tracker.idle)):
+                and (tracker is None or tracker.idle)
+                and (self.hooked is None or self.hooked.idle)):
             if self.recheck != set() and not await self._refresh_settings(server):
                 return
             self.server = None
@@ -532,7 +602,11 @@ class ClientSession:
         next Sync if the batch is not complete yet."""
         log.info("client %s (%s@%s): %s", self.addr, self.user, self.database, exc.message)
         out = m.error_response(exc.sqlstate, exc.message, hint=exc.hint)
-        out += m.ready_for_query() * self.cscan.syncs
+        if self.hooked is None:
+            out += m.ready_for_query() * self.cscan.syncs
+        else:  # what the server was to answer, and what the proxy still owed itself
+            out += m.ready_for_query() * (self._hooked_syncs + self.hooked.pending_ready())
+            self.hooked.reset_server_side()
         self.discarding = self.cscan.in_batch or self.cscan.mid_message
         await self.client.send(out)
 
@@ -573,6 +647,9 @@ class ClientSession:
         # A batch without its Sync yet gets its ReadyForQuery when the Sync comes: until
         # then the client's messages are discarded, as PostgreSQL does after an error.
         out += m.ready_for_query() * self.pending
+        if self.hooked is not None:
+            out += m.ready_for_query() * self.hooked.pending_ready()
+            self.hooked.reset_server_side()
         self.pending = 0
         self.discarding = self.cscan.in_batch or self.cscan.mid_message
         if self.discarding:
@@ -630,7 +707,7 @@ def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bo
             words = leading_keywords(data[pos + 5 : nxt])
             refusal = _REFUSED.get(words[0]) if words else None
             if refusal is not None:
-                out += [data[start:pos], m.query(_raise_sql(*refusal))]
+                out += [data[start:pos], m.query(raise_sql("0A000", *refusal))]
                 start = nxt
             elif words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"]):
                 server.statements.clear()
@@ -693,13 +770,3 @@ def _statements(data: bytes) -> list[tuple[bytes, bytes]]:
             found.append((kind, data[pos + 6 : nxt]))
         pos = nxt
     return found
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _raise_sql(message: str, hint: str) -> str:
-    """A statement that makes PostgreSQL itself report `message` as SQLSTATE 0A000."""
-    return ("DO $pgdog$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', "
-            f"MESSAGE = {_quote(message)}, HINT = {_quote(hint)}; END$pgdog$")

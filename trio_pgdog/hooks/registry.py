@@ -1,0 +1,220 @@
+"""The hook registry: hooks in configured order, dispatched per logical database.
+
+Built from the configuration at start-up and rebuilt on reload. A session asks once for the
+`HookSet` of its database; a `HookSet` with no hooks for an event costs nothing on the data
+path (the session checks the tuple is empty). Every call into a hook is guarded: a hook that
+raises is logged and counts as "no decision".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from ..config.models import Config, Plugin
+from .api import EVENTS, Action, ConnectInfo, Decision, QueryDone, QueryInfo, ServerInfo
+
+log = logging.getLogger(__name__)
+
+# One log line per failing hook and event at most this often (seconds): a hook failing on
+# every statement must not flood the log.
+_LOG_EVERY = 10.0
+
+
+@attrs.define
+class Entry:
+    """One loaded hook and where it applies."""
+
+    label: str                     # "hooks.table_access", "plugin my_plugin", ...
+    hook: Any
+    databases: frozenset[str]      # empty: every database
+    events: tuple[str, ...]
+    key: object = None             # what it was built from; equal keys survive a reload
+    _last_error: dict[str, float] = attrs.field(factory=dict)
+
+    def applies_to(self, database: str) -> bool:
+        return not self.databases or database in self.databases
+
+    def failed(self, event: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error.get(event, -_LOG_EVERY) >= _LOG_EVERY:
+            self._last_error[event] = now
+            log.error("%s: %s raised %r; treated as no decision", self.label, event, exc)
+
+
+def hook_events(hook: Any) -> tuple[str, ...]:
+    """The events `hook` implements: its `events` attribute, or the methods it has."""
+    declared = getattr(hook, "events", None)
+    if declared is not None:
+        return tuple(e for e in EVENTS if e in declared)
+    return tuple(e for e in EVENTS if callable(getattr(hook, e, None)))
+
+
+class HookSet:
+    """The hooks of one logical database, per event, in configured order."""
+
+    def __init__(self, entries: Sequence[Entry]):
+        self.entries = tuple(entries)
+        pick = self._calls
+        self.pre_connect = pick("pre_connect")
+        self.after_connect = pick("after_connect")
+        self.pre_query = pick("pre_query")
+        self.post_query = pick("post_query")
+        # The session takes the slower, statement-aware path only when this is true.
+        self.per_statement = bool(self.pre_query or self.post_query)
+
+    def _calls(self, event: str) -> tuple[tuple[Entry, Callable[..., Any]], ...]:
+        return tuple((e, getattr(e.hook, event)) for e in self.entries if event in e.events)
+
+    def decide(self, query: QueryInfo) -> tuple[Decision, str] | None:
+        """The first decisive pre_query answer and the hook that gave it."""
+        for entry, call in self.pre_query:
+            try:
+                decision = call(query)
+            except Exception as exc:
+                entry.failed("pre_query", exc)
+                continue
+            if decision is not None and decision.action != Action.ALLOW:
+                return decision, entry.label
+        return None
+
+    def refuse(self, info: ConnectInfo) -> tuple[Decision, str] | None:
+        """The first pre_connect hook that blocks this client, if any."""
+        for entry, call in self.pre_connect:
+            try:
+                decision = call(info)
+            except Exception as exc:
+                entry.failed("pre_connect", exc)
+                continue
+            if decision is not None and decision.action == Action.BLOCK:
+                return decision, entry.label
+        return None
+
+    def statements_for(self, info: ServerInfo) -> list[tuple[str, str]]:
+        """(hook label, SQL) to run on a new server connection, in hook order."""
+        found: list[tuple[str, str]] = []
+        for entry, call in self.after_connect:
+            try:
+                statements = call(info) or ()
+            except Exception as exc:
+                entry.failed("after_connect", exc)
+                continue
+            found += [(entry.label, sql) for sql in statements if sql]
+        return found
+
+    def done(self, info: QueryDone) -> None:
+        for entry, call in self.post_query:
+            try:
+                call(info)
+            except Exception as exc:
+                entry.failed("post_query", exc)
+
+
+EMPTY = HookSet(())
+
+
+class HookRegistry:
+    """Every configured hook; `for_database` gives a session its `HookSet`."""
+
+    def __init__(self, entries: Sequence[Entry] = ()):
+        self.entries = tuple(entries)
+        self._sets: dict[str, HookSet] = {}
+
+    def for_database(self, database: str) -> HookSet:
+        found = self._sets.get(database)
+        if found is None:
+            chosen = [e for e in self.entries if e.applies_to(database)]
+            found = self._sets[database] = HookSet(chosen) if chosen else EMPTY
+        return found
+
+    def close(self, keep: Sequence[Entry] = ()) -> None:
+        """Unload every hook not in `keep` (a reload keeps unchanged native plugins)."""
+        kept = {id(e.hook) for e in keep}
+        for entry in self.entries:
+            if id(entry.hook) in kept:
+                continue
+            close = getattr(entry.hook, "close", None)
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception as exc:
+                log.error("%s: close() raised %r", entry.label, exc)
+
+
+def build_registry(config: Config, previous: HookRegistry | None = None) -> HookRegistry:
+    """Load the hooks `config` enables, in configured order. A hook that cannot be loaded is
+    logged and left out: the proxy still starts. Native plugins whose entry did not change
+    are taken over from `previous` instead of being loaded again."""
+    base_dir = os.path.dirname(os.path.abspath(config.pgdog_path)) if config.pgdog_path else None
+    reuse = {e.key: e for e in previous.entries} if previous is not None else {}
+    entries: list[Entry] = []
+    for name in _configured_order(config):
+        if name == "plugins":
+            for plugin in config.plugins:
+                entry = reuse.get(plugin) or _load_plugin(plugin, base_dir)
+                if entry is not None:
+                    entries.append(entry)
+        elif name == "hooks.python":
+            for spec in config.hooks.python:
+                if spec.enabled:
+                    entries += _load_python(spec)
+        else:
+            section = getattr(config.hooks, name.removeprefix("hooks."), None)
+            if section is not None and section.enabled:
+                entries += _load_builtin(name, section, base_dir)
+    return HookRegistry(entries)
+
+
+def _configured_order(config: Config) -> list[str]:
+    """hook_order from the file; sections set some other way (tests) go last."""
+    order = list(config.hook_order)
+    for name in ("hooks.table_access", "hooks.intercept", "hooks.query_logger",
+                 "hooks.prewarmer", "hooks.python", "plugins"):
+        if name not in order:
+            order.append(name)
+    return order
+
+
+def _entry(label: str, hook: Any, databases: Sequence[str], key: object = None) -> Entry:
+    events = hook_events(hook)
+    log.info("hook %s loaded: %s%s", label, ", ".join(events) or "no events",
+             f" (databases: {', '.join(databases)})" if databases else "")
+    return Entry(label, hook, frozenset(databases), events, key)
+
+
+def _load_builtin(name: str, section: Any, base_dir: str | None) -> list[Entry]:
+    from .builtin import BUILTINS
+
+    try:
+        hook = BUILTINS[name.removeprefix("hooks.")](section, base_dir)
+    except Exception as exc:
+        log.error("%s not loaded: %s", name, exc)
+        return []
+    return [_entry(name, hook, section.databases)]
+
+
+def _load_python(spec: Any) -> list[Entry]:
+    from .builtin.python_hook import load_python_hook
+    from .errors import HookLoadError
+
+    try:
+        hook = load_python_hook(spec)
+    except HookLoadError as exc:
+        log.error("[[hooks.python]] %s not loaded: %s", spec.object, exc)
+        return []
+    return [_entry(f"python hook {spec.object}", hook, spec.databases)]
+
+
+def _load_plugin(plugin: Plugin, base_dir: str | None) -> Entry | None:
+    from .native import load_plugin
+
+    hook = load_plugin(plugin, base_dir)
+    if hook is None:
+        return None  # load_plugin logged why
+    return Entry(f"plugin {plugin.name}", hook, frozenset(plugin.databases), hook.events, plugin)

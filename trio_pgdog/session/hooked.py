@@ -1,0 +1,574 @@
+"""The statement-aware path, taken only when hooks watch statements (pre_query/post_query).
+
+Client messages are held until a unit is complete — up to a Query, Sync or Flush, the points
+where PostgreSQL itself answers — so that each statement's fate is known before anything
+about it is sent: pre_query hooks run per Query message and per Bind (one execution of a
+prepared statement, with its parameters; a statement prepared without a Bind in the same
+unit is also shown to them once at its Parse, without parameters). Then:
+
+- allow / route: forwarded as sent (route picks the server of a new transaction);
+- rewrite: the new text is prepared (Parse) or sent (Query) instead;
+- intercept: answered here — ParseComplete, BindComplete, RowDescription/NoData,
+  DataRows, CommandComplete, ReadyForQuery — and never sent to a server;
+- block: answered here when no transaction is open; inside one (or after other statements
+  of the same batch ran) the server is made to raise the error itself (session/sqltext.py),
+  so both sides agree the transaction is aborted.
+
+Like the Tracker, this keeps a queue of the responses the client is owed, one entry per
+message that earns one, which lets the proxy's own answers take their place among the
+server's, hides the answers to messages it added, and measures each statement for
+post_query (duration, rows from CommandComplete, SQLSTATE from ErrorResponse).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..hooks.api import ALL_SHARDS, Action, Decision, QueryDone, QueryInfo
+from ..hooks.registry import HookSet
+from ..protocol import ProtocolError
+from ..protocol import extended as ext
+from ..protocol import messages as m
+from ..protocol import results as r
+from ..router.cache import ParseCache
+from .sqltext import raise_sql
+
+QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE = b"QPBDEC"
+SYNC, FLUSH, FUNCTION_CALL = b"SHF"
+# Messages after which PostgreSQL answers, so a unit ends there. COPY data always flows on.
+_UNIT_ENDS = frozenset(b"QSHFdcf")
+
+_ENDS_PARSE, _ENDS_BIND, _ENDS_CLOSE = frozenset(b"1"), frozenset(b"2"), frozenset(b"3")
+_ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), frozenset(b"Z")
+_ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: never owed, never hidden
+_BLOCK_FALLBACK = "42501"
+
+
+class Run:
+    """One statement execution, measured for post_query."""
+
+    __slots__ = ("formats", "params", "rows", "sql", "sqlstate", "start")
+
+    def __init__(self, sql: str, params: tuple[bytes | None, ...] = (),
+                 formats: tuple[int, ...] = ()):
+        self.sql = sql
+        self.params = params
+        self.formats = formats
+        self.rows = 0
+        self.sqlstate = ""
+        self.start = time.perf_counter_ns()
+
+
+class Expect:
+    """A response the client is owed, or one the proxy gives itself (`synthetic`)."""
+
+    __slots__ = ("ends", "hidden", "ready", "run", "synthetic")
+
+    def __init__(self, ends: frozenset[int], *, hidden: bool = False, run: Run | None = None,
+                 synthetic: bytes | None = None, ready: bool = False):
+        self.ends = ends
+        self.hidden = hidden        # the proxy added the message: the client sees no answer
+        self.run = run              # completes a statement: post_query when it ends
+        self.synthetic = synthetic  # the proxy's own answer, sent when its turn comes
+        self.ready = ready          # a synthetic ReadyForQuery: its status is known only then
+
+
+class Statement:
+    """A statement the client prepared, and what the server holds under its name."""
+
+    __slots__ = ("local", "rest", "server_sql", "sql")
+
+    def __init__(self, sql: str, rest: bytes):
+        self.sql = sql
+        self.rest = rest                      # the Parse body after the name
+        self.local: Decision | None = None    # intercepted: never sent to a server
+        self.server_sql: str | None = None    # what the server runs under this name
+
+
+class Portal:
+    __slots__ = ("decision", "run")
+
+    def __init__(self, run: Run, decision: Decision | None = None):
+        self.run = run
+        self.decision = decision  # an intercepted execution: the rows to answer with
+
+
+class Outcome:
+    """What one chunk of client bytes turned into."""
+
+    __slots__ = ("role", "starts_batch", "syncs", "to_client", "to_server")
+
+    def __init__(self) -> None:
+        self.to_server = b""
+        self.to_client = b""   # the proxy's answers, due now
+        self.syncs = 0         # Query/Sync messages forwarded: ReadyForQuery the server owes
+        self.role: str | None = None  # a hook's route for a new transaction
+        self.starts_batch = True
+
+
+class HookedStream:
+    """Per-client state of the statement-aware path (sans-IO)."""
+
+    def __init__(self, hooks: HookSet, cache: ParseCache, *, user: str, database: str,
+                 client_addr: str, has_replicas: bool = False,
+                 on_error: Callable[[str], None] | None = None):
+        self.hooks = hooks
+        self.cache = cache
+        self.user, self.database, self.client_addr = user, database, client_addr
+        self.has_replicas = has_replicas
+        self.on_error = on_error or (lambda _message: None)
+        self.status = b"I"          # the client's transaction status as last reported
+        self.host = ""              # "host:port" of the server in use, for post_query
+        self.role = ""
+        self.queue: deque[Expect] = deque()
+        self.statements: dict[bytes, Statement] = {}
+        self.portals: dict[bytes, Portal] = {}
+        self.skipping = False       # dropping client messages up to Sync after an error
+        self.batch_forwarded = False  # some message of the current batch went to the server
+        self.batch_executed = False   # ... and an Execute among them
+        self._cbuf = b""
+        self._sbuf = b""
+        self._out: list[bytes] = []
+        self._early: dict[int, Decision | None] = {}
+        self._role: str | None = None
+        self._syncs = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self._cbuf and not self._sbuf
+
+    # --- client to server -----------------------------------------------------------------------
+
+    def from_client(self, data: bytes) -> Outcome:
+        buf = self._cbuf + data if self._cbuf else data
+        messages, cut = _split_units(buf)
+        self._cbuf = buf[cut:]
+        outcome = Outcome()
+        outcome.starts_batch = not self.batch_forwarded
+        self._out, self._role, self._syncs = [], None, 0
+        if messages:
+            self._unit(messages)
+        outcome.to_server = b"".join(self._out)
+        outcome.to_client = self._drain()
+        outcome.syncs = self._syncs
+        outcome.role = self._role
+        return outcome
+
+    def _unit(self, messages: list[tuple[int, bytes, bytes]]) -> None:
+        self._early = {}
+        for i, (kind, body, raw) in enumerate(messages):
+            if self.skipping and kind != SYNC:
+                continue
+            if kind == QUERY:
+                self._query(body, raw)
+            elif kind == PARSE:
+                self._parse(body, raw, messages, i)
+            elif kind == BIND:
+                self._bind(body, raw, self._early.pop(i, _UNDECIDED))
+            elif kind == DESCRIBE:
+                self._describe(body, raw)
+            elif kind == EXECUTE:
+                self._execute(body, raw)
+            elif kind == CLOSE:
+                self._close(body, raw)
+            elif kind == SYNC:
+                self._sync(raw)
+            elif kind == FLUSH:
+                if self.batch_forwarded:
+                    self._out.append(raw)
+            elif kind == FUNCTION_CALL:
+                self._forward(raw, Expect(_ENDS_READY))
+                self._syncs += 1
+            else:  # COPY data and anything else: PostgreSQL answers (or complains)
+                self._out.append(raw)
+
+    def _forward(self, raw: bytes, expect: Expect | None = None, *, extended: bool = False) -> None:
+        self._out.append(raw)
+        if expect is not None:
+            self.queue.append(expect)
+        if extended:
+            self.batch_forwarded = True
+
+    def _answer(self, message: bytes, run: Run | None = None, *, ready: bool = False) -> None:
+        self.queue.append(Expect(_ENDS_READY, synthetic=message, run=run, ready=ready))
+
+    # simple protocol
+
+    def _query(self, body: bytes, raw: bytes) -> None:
+        sql = body.rstrip(b"\x00").decode("utf-8", "replace")
+        run = Run(sql)
+        decision = self._decide(sql, (), (), extended=False)
+        action = decision.action if decision is not None else Action.ALLOW
+        if action == Action.INTERCEPT and self.status != b"E":
+            assert decision is not None
+            self._answer(r.select_result(decision.columns, decision.rows, describe=True), run)
+            self._answer(b"", ready=True)
+            return
+        if action == Action.BLOCK and self._can_answer_block():
+            assert decision is not None
+            run.sqlstate = decision.sqlstate
+            self._answer(m.error_response(decision.sqlstate, decision.message), run)
+            self._answer(b"", ready=True)
+            return
+        if action == Action.BLOCK:
+            assert decision is not None
+            raw = m.query(raise_sql(decision.sqlstate, decision.message))
+        elif action == Action.REWRITE:
+            assert decision is not None
+            run.sql = decision.sql
+            raw = m.query(decision.sql)
+        self._forward(raw, Expect(_ENDS_READY, run=run))
+        self._syncs += 1
+
+    # extended protocol
+
+    def _parse(self, body: bytes, raw: bytes, messages: list[tuple[int, bytes, bytes]],
+               index: int) -> None:
+        try:
+            name, rest = ext.parse_name(body)
+            sql = ext.parse_query_text(rest)
+        except ValueError:  # malformed: PostgreSQL reports it
+            self._forward(raw, Expect(_ENDS_PARSE), extended=True)
+            return
+        statement = Statement(sql, rest)
+        self.statements[name] = statement
+        # The statement's first execution in this unit decides its fate; a statement only
+        # prepared here is shown to the hooks without parameters.
+        bind = _first_bind(messages, index, name)
+        if bind is None:
+            decision = self._decide(sql, (), (), extended=True)
+        else:
+            decision = self._decide_bind(sql, messages[bind][1])
+            self._early[bind] = decision
+        action = decision.action if decision is not None else Action.ALLOW
+        if action == Action.INTERCEPT and self.status != b"E":
+            statement.local = decision
+            self._answer(r.PARSE_COMPLETE)
+        elif action == Action.BLOCK:
+            assert decision is not None
+            del self.statements[name]  # a failed Parse creates no statement
+            self._block_extended(decision, Run(sql))
+        elif action == Action.REWRITE:
+            assert decision is not None
+            statement.server_sql = decision.sql
+            new_rest = decision.sql.encode() + rest[rest.index(b"\x00"):]
+            self._forward(ext.build_parse(name, new_rest), Expect(_ENDS_PARSE), extended=True)
+        else:
+            statement.server_sql = sql
+            self._forward(raw, Expect(_ENDS_PARSE), extended=True)
+
+    def _bind(self, body: bytes, raw: bytes, decided: Decision | object | None) -> None:
+        try:
+            portal, name, rest = ext.bind_statement(body)
+        except ValueError:
+            self._forward(raw, Expect(_ENDS_BIND), extended=True)
+            return
+        statement = self.statements.get(name)
+        if statement is None:  # never prepared here: PostgreSQL reports it
+            self.portals.pop(portal, None)
+            self._forward(raw, Expect(_ENDS_BIND), extended=True)
+            return
+        try:
+            params, formats = r.bind_parameters(rest)
+        except ValueError:
+            params, formats = (), ()
+        run = Run(statement.sql, params, formats)
+        if decided is _UNDECIDED:
+            decided = self._decide(statement.sql, params, formats, extended=True)
+        decision: Decision | None = decided  # type: ignore[assignment]
+        action = decision.action if decision is not None else Action.ALLOW
+        if action == Action.INTERCEPT and self.status != b"E":
+            self.portals[portal] = Portal(run, decision)
+            self._answer(r.BIND_COMPLETE)
+            return
+        self.portals[portal] = Portal(run)
+        if action == Action.BLOCK:
+            assert decision is not None
+            self._block_extended(decision, run)
+            return
+        want = decision.sql if action == Action.REWRITE and decision is not None else statement.sql
+        run.sql = want
+        if statement.local is not None or statement.server_sql != want:
+            rest_of_parse = statement.rest[statement.rest.index(b"\x00"):]
+            if statement.server_sql is None:  # intercepted so far: prepare it now
+                self._forward(ext.build_parse(name, want.encode() + rest_of_parse),
+                              Expect(_ENDS_PARSE, hidden=True), extended=True)
+                statement.local, statement.server_sql = None, want
+            else:  # the server holds other text under this name: run `want` unnamed
+                self._forward(ext.build_parse(b"", want.encode() + rest_of_parse),
+                              Expect(_ENDS_PARSE, hidden=True), extended=True)
+                self._clobber_unnamed(want)
+                raw = ext.build_bind(portal, b"", rest)
+        self._forward(raw, Expect(_ENDS_BIND), extended=True)
+
+    def _describe(self, body: bytes, raw: bytes) -> None:
+        try:
+            which, name = ext.target(body)
+        except ValueError:
+            which, name = b"", b""
+        local: Decision | None = None
+        if which == b"S" and (statement := self.statements.get(name)) is not None:
+            local = statement.local
+            if local is not None:
+                types = r.parse_parameter_types(statement.rest)
+                self._answer(r.parameter_description([t or r.TEXT_OID for t in types]))
+        elif which == b"P" and (portal := self.portals.get(name)) is not None:
+            local = portal.decision
+        if local is not None:
+            self._answer(r.row_description(local.columns))
+        else:
+            self._forward(raw, Expect(_ENDS_DESCRIBE), extended=True)
+
+    def _execute(self, body: bytes, raw: bytes) -> None:
+        name = body[: body.find(b"\x00")] if b"\x00" in body else b""
+        portal = self.portals.get(name)
+        if portal is not None and portal.decision is not None:
+            decision = portal.decision
+            self._answer(r.select_result(decision.columns, decision.rows, describe=False),
+                         portal.run)
+            return
+        self.batch_executed = True
+        run = portal.run if portal is not None else Run("")
+        self._forward(raw, Expect(_ENDS_EXECUTE, run=run), extended=True)
+
+    def _close(self, body: bytes, raw: bytes) -> None:
+        try:
+            which, name = ext.target(body)
+        except ValueError:
+            which, name = b"", b""
+        local = False
+        if which == b"S" and (statement := self.statements.pop(name, None)) is not None:
+            local = statement.server_sql is None
+        elif which == b"P" and (portal := self.portals.pop(name, None)) is not None:
+            local = portal.decision is not None
+        if local:
+            self._answer(r.CLOSE_COMPLETE)
+        else:
+            self._forward(raw, Expect(_ENDS_CLOSE), extended=True)
+
+    def _sync(self, raw: bytes) -> None:
+        self.skipping = False
+        if self.batch_forwarded:
+            self._forward(raw, Expect(_ENDS_READY))
+            self._syncs += 1
+        else:
+            self._answer(b"", ready=True)
+        self.batch_forwarded = self.batch_executed = False
+
+    def _block_extended(self, decision: Decision, run: Run) -> None:
+        """Refuse a statement in an extended-protocol batch: an error in its place, then
+        everything up to Sync is skipped, as PostgreSQL does."""
+        self.skipping = True
+        if self._can_answer_block():
+            run.sqlstate = decision.sqlstate
+            self._answer(m.error_response(decision.sqlstate, decision.message), run)
+            return
+        # The server raises it, so an open transaction (or this batch's implicit one) fails
+        # there too. Its ParseComplete and BindComplete are not the client's.
+        sql = raise_sql(decision.sqlstate, decision.message)
+        self._forward(ext.build_parse(b"", sql.encode() + b"\x00\x00\x00"),
+                      Expect(_ENDS_PARSE, hidden=True), extended=True)
+        self._forward(ext.build_bind(b"", b"", b"\x00\x00\x00\x00\x00\x00"),
+                      Expect(_ENDS_BIND, hidden=True), extended=True)
+        self._forward(m.message(b"E", b"\x00\x00\x00\x00\x00"),
+                      Expect(_ENDS_EXECUTE, run=run), extended=True)
+        self._clobber_unnamed(sql)
+        self.batch_executed = True
+
+    def _can_answer_block(self) -> bool:
+        """No transaction open or possibly opened: the proxy may answer a block itself."""
+        return (self.status == b"I" and not self.batch_executed
+                and all(e.synthetic is not None for e in self.queue))
+
+    def _clobber_unnamed(self, sql: str) -> None:
+        """The proxy prepared `sql` as the unnamed statement: the client's is displaced."""
+        unnamed = self.statements.get(b"")
+        if unnamed is not None:
+            unnamed.server_sql = sql
+
+    # decisions
+
+    def _decide_bind(self, sql: str, bind_body: bytes) -> Decision | None:
+        try:
+            _portal, _name, rest = ext.bind_statement(bind_body)
+            params, formats = r.bind_parameters(rest)
+        except ValueError:
+            params, formats = (), ()
+        return self._decide(sql, params, formats, extended=True)
+
+    def _decide(self, sql: str, params: tuple[bytes | None, ...], formats: tuple[int, ...], *,
+                extended: bool) -> Decision | None:
+        if not self.hooks.pre_query:
+            return None
+        info = QueryInfo(sql=sql, facts=self.cache.get(sql), database=self.database,
+                         user=self.user, client_addr=self.client_addr, parameters=params,
+                         parameter_formats=formats, extended=extended,
+                         in_transaction=self.status != b"I", shards=1,
+                         has_primary=True, has_replicas=self.has_replicas)
+        found = self.hooks.decide(info)
+        if found is None:
+            return None
+        decision, label = found
+        problem = _nonsense(decision)
+        if problem is not None:
+            self.on_error(f"{label} answered {problem}")
+            return Decision.block(f"trio_pgdog: hook {label} answered {problem}", "58000")
+        if decision.action == Action.ROUTE and self._role is None:
+            self._role = decision.role
+        return decision
+
+    # --- server to client -----------------------------------------------------------------------
+
+    def from_server(self, data: bytes) -> bytes:
+        """The bytes for the client: hidden answers removed, the proxy's own put in place."""
+        buf = self._sbuf + data if self._sbuf else data
+        out: list[bytes] = []
+        queue = self.queue
+        pos = start = 0
+        end = len(buf)
+        while pos + 5 <= end:
+            kind = buf[pos]
+            length = m.unpack_i32(buf, pos + 1)
+            if length < 4:
+                raise ProtocolError(f"server sent invalid message length {length}")
+            nxt = pos + 1 + length
+            if nxt > end:
+                break
+            head = queue[0] if queue else None
+            if head is not None and head.hidden and kind != 0x45 and kind not in _ASYNC:
+                out.append(buf[start:pos])
+                start = nxt
+            if kind == 0x5A:  # ReadyForQuery
+                self.status = buf[pos + 5 : nxt]
+                if head is not None and head.ends is _ENDS_READY:
+                    queue.popleft()
+                    self._finished(head.run)
+            elif kind == 0x45:  # ErrorResponse
+                self._error(buf[pos + 5 : nxt], head)
+            elif kind == 0x43 and head is not None and head.run is not None:  # CommandComplete
+                head.run.rows += r.result_rows(buf[pos + 5 : nxt])
+                if kind in head.ends:
+                    queue.popleft()
+                    self._finished(head.run)
+            elif head is not None and kind in head.ends:
+                queue.popleft()
+                self._finished(head.run)
+            pos = nxt
+            if queue and queue[0].synthetic is not None:
+                out.append(buf[start:pos])
+                start = pos
+                out.append(self._drain())
+        out.append(buf[start:pos])
+        self._sbuf = buf[pos:]
+        return b"".join(out)
+
+    def _error(self, body: bytes, head: Expect | None) -> None:
+        if head is None:
+            return
+        if head.run is not None:
+            head.run.sqlstate = m.parse_error_fields(body).get("C", "XX000")
+        if head.ends is _ENDS_READY:
+            return  # a Query's error: its ReadyForQuery still comes
+        # An extended-protocol error: PostgreSQL skips to Sync, and so do the answers owed.
+        self.queue.popleft()
+        self._finished(head.run)
+        while self.queue and self.queue[0].ends is not _ENDS_READY:
+            self.queue.popleft()
+        if not self.queue:
+            self.skipping = True  # the batch's Sync is still to come
+
+    def _drain(self) -> bytes:
+        out: list[bytes] = []
+        queue = self.queue
+        while queue and queue[0].synthetic is not None:
+            expect = queue.popleft()
+            out.append(m.ready_for_query(self.status) if expect.ready else expect.synthetic)
+            self._finished(expect.run, local=True)
+        return b"".join(out)
+
+    def _finished(self, run: Run | None, *, local: bool = False) -> None:
+        if run is None or not self.hooks.post_query:
+            return
+        self.hooks.done(QueryDone(
+            sql=run.sql, database=self.database, user=self.user, client_addr=self.client_addr,
+            duration_us=(time.perf_counter_ns() - run.start) // 1000, rows=run.rows,
+            sqlstate=run.sqlstate, host="trio_pgdog" if local else self.host,
+            role="" if local else self.role, shard=0, parameters=run.params,
+            parameter_formats=run.formats))
+
+    def pending_ready(self) -> int:
+        """ReadyForQuery messages the proxy still owes from its own answers."""
+        return sum(1 for e in self.queue if e.ready)
+
+    def reset_server_side(self) -> None:
+        """The server connection failed: nothing more will come from it."""
+        self.queue.clear()
+        self._sbuf = b""
+        self.skipping = False
+        self.batch_forwarded = self.batch_executed = False
+        for statement in self.statements.values():
+            if statement.local is None:
+                statement.server_sql = statement.sql
+
+
+_UNDECIDED = object()
+
+
+def _nonsense(decision: Decision) -> str | None:
+    """What is wrong with a hook's answer, or None if it makes sense."""
+    if decision.action == Action.ROUTE:
+        if decision.role not in (None, "primary", "replica"):
+            return f"an unknown role {decision.role!r}"
+        if decision.shard not in (None, ALL_SHARDS, 0):
+            return f"shard {decision.shard}, but there is only shard 0"
+    elif decision.action == Action.BLOCK:
+        code = decision.sqlstate
+        if len(code) != 5 or not code.isalnum() or (not code.isupper() and not code.isdigit()) \
+                or code.startswith(("00", "01", "02")):
+            return f"an invalid SQLSTATE {code!r}"
+    elif decision.action == Action.INTERCEPT:
+        width = len(decision.columns)
+        if any(len(row) != width for row in decision.rows):
+            return f"rows that do not have {width} columns"
+    elif decision.action == Action.REWRITE and not decision.sql.strip():
+        return "an empty rewrite"
+    return None
+
+
+def _first_bind(messages: list[tuple[int, bytes, bytes]], index: int, name: bytes) -> int | None:
+    """The index of the first Bind of statement `name` after its Parse at `index`, within
+    the unit and before the name is parsed again or closed."""
+    for j in range(index + 1, len(messages)):
+        kind, body, _raw = messages[j]
+        if kind == BIND:
+            try:
+                if ext.bind_statement(body)[1] == name:
+                    return j
+            except ValueError:
+                continue
+        elif kind == PARSE and body.startswith(name + b"\x00"):
+            return None
+    return None
+
+
+def _split_units(buf: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    """The complete units at the start of `buf` as (type, body, raw) messages, and where
+    the held rest (an unfinished unit or message) begins."""
+    messages: list[tuple[int, bytes, bytes]] = []
+    pos, cut, end = 0, 0, len(buf)
+    done = 0
+    while pos + 5 <= end:
+        kind = buf[pos]
+        length = m.unpack_i32(buf, pos + 1)
+        if length < 4 or length > m.MAX_MESSAGE_LENGTH:
+            raise ProtocolError(f"invalid message length {length}")
+        nxt = pos + 1 + length
+        if nxt > end:
+            break
+        messages.append((kind, buf[pos + 5 : nxt], buf[pos:nxt]))
+        pos = nxt
+        if kind in _UNIT_ENDS:
+            cut, done = pos, len(messages)
+    return messages[:done], cut
