@@ -460,16 +460,19 @@ def test_two_primaries_for_one_shard() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[[plugins]]\nname = 'x'\n", "line 1: unknown table [[plugins]]"),
         ("[[sharded_tables]]\nname = 'x'\n", "line 1: unknown table [[sharded_tables]]"),
         ("[admin]\npassword = 'x'\n", "line 1: unknown table [admin]"),
-        ("[general]\n\n[hooks.query_logger]\nenabled = true\n", "line 3: unknown table [hooks]"),
         ("port = 6432\n", "line 1: unknown key 'port'"),
     ],
 )
 def test_unknown_top_level_sections(text: str, expected: str) -> None:
     message = error_of(text)
     assert message.startswith(f"pgdog.toml: {expected} (expected [general], [[databases]]")
+
+
+def test_unknown_hook_section() -> None:
+    text = "[general]\n\n[hooks.query_logger]\nenabled = true\n\n[hooks.bogus]\nenabled = true\n"
+    assert error_of(text).startswith("pgdog.toml: line 6: [hooks] unknown key 'bogus'")
 
 
 def test_unknown_table_in_users_file() -> None:
