@@ -596,3 +596,22 @@ def test_the_guides_python_hook_works() -> None:
     assert hook.pre_query(query("SELECT * FROM t", user="reporting")) == Decision.route(role="replica")
     assert hook.pre_query(query("BEGIN", user="reporting")) is None
     assert hook.pre_query(query("UPDATE t SET a = 1", user="app")) is None
+
+
+@pytest.mark.parametrize("sql", ['SELECT * FROM U&"\\0073ecrets"', "SELECT * FROM SECRETS",
+                                 'SELECT * FROM "secrets"', "select * from public . secrets"])
+def test_table_access_text_shortcut_never_misses_a_reference(sql: str) -> None:
+    hook = TableAccess(TableAccessHook(enabled=True, tables=("secrets",)))
+    decision = hook.pre_query(QueryInfo(sql=sql, database="db", user="u", client_addr="c"))
+    assert decision is not None and decision.sqlstate == "42501"
+
+
+def test_table_access_text_shortcut_skips_the_parse() -> None:
+    hook = TableAccess(TableAccessHook(enabled=True, tables=("secrets",)))
+
+    def no_parse(_sql: str):
+        raise AssertionError("parsed a statement that cannot mention the table")
+
+    info = QueryInfo(sql="SELECT abalance FROM pgbench_accounts WHERE aid = 7", database="db",
+                     user="u", client_addr="c", lookup=no_parse)
+    assert hook.pre_query(info) is None

@@ -41,8 +41,21 @@ DIRECT, PGBOUNCER, TRIO_PGDOG = "PostgreSQL", "PgBouncer", "trio_pgdog"
 # The same proxy with a "replica" (the same server under another host name) and read/write
 # splitting on: every statement is classified, so the difference is the router's cost.
 TRIO_PGDOG_SPLIT = "trio_pgdog r/w split"
+# The same proxy with hooks watching every statement (docs/hooks.md): the difference from
+# TRIO_PGDOG is what the hook path costs per statement. Run at RATIO_CLIENTS only.
+TRIO_PGDOG_LOGGER = "trio_pgdog + query_logger"
+TRIO_PGDOG_TABLE_ACCESS = "trio_pgdog + table_access"
+TRIO_PGDOG_PLUGIN = "trio_pgdog + no-op .so plugin"
+HOOK_TARGETS = {"trio_pgdog_logger": TRIO_PGDOG_LOGGER,
+                "trio_pgdog_table_access": TRIO_PGDOG_TABLE_ACCESS,
+                "trio_pgdog_plugin": TRIO_PGDOG_PLUGIN}
 TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG,
-               "trio_pgdog_split": TRIO_PGDOG_SPLIT}
+               "trio_pgdog_split": TRIO_PGDOG_SPLIT, **HOOK_TARGETS}
+NOOP_PLUGIN = """#include "pgdog_plugin.h"
+PGDOG_PLUGIN_DECLARE()
+PgdogOutput pgdog_route_query(PgdogInput in) { PgdogOutput out = PGDOG_OUTPUT_INIT; (void)in; return out; }
+"""
+HEADER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hooks", "include")
 
 # The project's targets, compared at this client count (docs/benchmarks.md).
 RATIO_CLIENTS = 16
@@ -352,7 +365,7 @@ def start_pgbouncer(stack: contextlib.ExitStack, cluster: Cluster, binary: str) 
     return Target(PGBOUNCER, port, proc, log_path)
 
 
-def trio_pgdog_files(cluster: Cluster, port: int, workdir: str, split: bool = False) -> tuple[str, str]:
+def trio_pgdog_files(cluster: Cluster, port: int, workdir: str, key: str = "trio_pgdog") -> tuple[str, str]:
     pgdog_toml = f"""[general]
 host = "127.0.0.1"
 port = {port}
@@ -366,7 +379,8 @@ host = "127.0.0.1"
 port = {cluster.port}
 role = "primary"
 """
-    if split:
+    pgdog_toml += hook_config(key, workdir)
+    if key == "trio_pgdog_split":
         pgdog_toml += f"""
 [[databases]]
 name = "{DATABASE}"
@@ -386,16 +400,39 @@ password = "{PASSWORD}"
     return paths
 
 
-def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, split: bool = False) -> Target:
+def hook_config(key: str, workdir: str) -> str:
+    """The pgdog.toml lines that enable the hook a hook target measures."""
+    if key == "trio_pgdog_logger":
+        return '\n[hooks.query_logger]\nenabled = true\nformat = "json"\npath = "queries.log"\n'
+    if key == "trio_pgdog_table_access":
+        return '\n[hooks.table_access]\nenabled = true\ntables = ["secrets", "pg_catalog.pg_authid"]\n'
+    if key == "trio_pgdog_plugin":
+        return f'\n[[plugins]]\nname = "{build_noop_plugin(workdir)}"\n'
+    return ""
+
+
+def build_noop_plugin(workdir: str) -> str:
+    """Compile a native plugin whose route_query decides nothing; its path."""
+    source, library = os.path.join(workdir, "noop.c"), os.path.join(workdir, "libnoop.so")
+    with open(source, "w") as f:
+        f.write(NOOP_PLUGIN)
+    done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-I", HEADER_DIR, "-o", library, source],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"could not build the no-op plugin with gcc: {done.stderr.strip()}")
+    return library
+
+
+def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, key: str = "trio_pgdog") -> Target:
     workdir = make_workdir(stack, cluster, "trio_pgdog-bench-proxy-")
     port = free_port()
-    config, users = trio_pgdog_files(cluster, port, workdir, split)
+    config, users = trio_pgdog_files(cluster, port, workdir, key)
     log_path = os.path.join(workdir, "proxy.log")
     # The proxy exactly as a user runs it, so its CPU time is the whole process's.
     argv = [sys.executable, "-m", "trio_pgdog", "--config", config, "--users", users]
     proc = spawn(stack, argv, log_path, cwd=workdir, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     wait_for_log(proc, log_path, f"listening on 127.0.0.1:{port}", "trio_pgdog")
-    return Target(TRIO_PGDOG_SPLIT if split else TRIO_PGDOG, port, proc, log_path)
+    return Target(TARGET_KEYS[key], port, proc, log_path)
 
 
 def find_pgbouncer() -> str | None:
@@ -409,7 +446,7 @@ def start_target(key: str, stack: contextlib.ExitStack, cluster: Cluster, pgboun
     if key == "pgbouncer":
         assert pgbouncer is not None
         return start_pgbouncer(stack, cluster, pgbouncer)
-    return start_trio_pgdog(stack, cluster, split=key == "trio_pgdog_split")
+    return start_trio_pgdog(stack, cluster, key)
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -434,13 +471,14 @@ class Plan:
         return max(1, math.ceil(self.transactions / clients))
 
 
-def benchmark_target(target: Target, plan: Plan, modes: Sequence[str]) -> list[RunResult]:
+def benchmark_target(target: Target, plan: Plan, modes: Sequence[str],
+                     clients_list: Sequence[int] | None = None) -> list[RunResult]:
     # Warm-up, not reported: fills the pool and Python's caches so that the first measured run
     # does not pay for opening server connections.
     run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
     results = []
     for mode in modes:
-        for clients in plan.clients:
+        for clients in plan.clients if clients_list is None else clients_list:
             result = measured_run(target, mode, clients, plan.per_client(clients), plan.timeout)
             progress(format_progress(result))
             results.append(result)
@@ -468,7 +506,9 @@ def run_plan(plan: Plan, problems: list[str]) -> list[RunResult]:
                     problems.append(f"{TARGET_KEYS[key]} did not start: {exc}")
                     continue
                 progress(f"{target.name} on port {target.port}")
-                results += benchmark_target(target, plan, plan.modes_for(key))
+                # Hook targets are compared with plain trio_pgdog at one client count only.
+                only = (RATIO_CLIENTS,) if key in HOOK_TARGETS else None
+                results += benchmark_target(target, plan, plan.modes_for(key), only)
                 # Read before the work directory (and the log with it) is removed.
                 problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
     return results
@@ -530,6 +570,20 @@ def ratio_lines(results: Sequence[RunResult]) -> list[str]:
     return lines
 
 
+def hook_cost_lines(results: Sequence[RunResult]) -> list[str]:
+    """Proxy CPU per statement that each hook adds (pgbench -S: one statement a transaction)."""
+    lines = []
+    for mode in MODES:
+        base = find(results, TRIO_PGDOG, mode, RATIO_CLIENTS)
+        for name in HOOK_TARGETS.values():
+            hooked = find(results, name, mode, RATIO_CLIENTS)
+            if base is None or hooked is None or None in (base.cpu_us_per_txn, hooked.cpu_us_per_txn):
+                continue
+            extra = hooked.cpu_us_per_txn - base.cpu_us_per_txn  # type: ignore[operator]
+            lines.append(f"- {mode}, {RATIO_CLIENTS} clients, {name}: {extra:+.1f} µs per statement")
+    return lines
+
+
 def error_lines(results: Sequence[RunResult]) -> list[str]:
     lines = []
     for r in results:
@@ -572,6 +626,8 @@ def report(results: Sequence[RunResult], plan: Plan, problems: Sequence[str], re
         "",
         *ratio_lines(results),
     ]
+    if hook_lines := hook_cost_lines(results):
+        parts += ["", f"Hook cost over plain {TRIO_PGDOG}, proxy CPU:", "", *hook_lines]
     if notes := [*(f"- {p}" for p in problems), *error_lines(results)]:
         parts += ["", "Problems:", "", *notes]
     return "\n".join(parts) + "\n"
@@ -592,7 +648,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", default=",".join(map(str, CLIENT_COUNTS)), metavar="LIST",
                    help="client counts, comma-separated (default: %(default)s)")
     p.add_argument("--targets", default=",".join(TARGET_KEYS), metavar="LIST",
-                   help="which of direct,pgbouncer,trio_pgdog to run (default: all)")
+                   help=f"which of {','.join(TARGET_KEYS)} to run (default: all)")
     p.add_argument("--prepared", action="store_true",
                    help="also run -M prepared against PostgreSQL and trio_pgdog")
     p.add_argument("--timeout", type=float, default=600, metavar="SECONDS",

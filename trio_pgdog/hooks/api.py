@@ -17,11 +17,11 @@ logged and counts as "no decision" (or, for after_connect, as no statements).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
-from ..router.classify import StatementFacts
+from ..router.classify import StatementFacts, classify
 
 __all__ = [
     "ALL_SHARDS",
@@ -99,27 +99,47 @@ class ServerInfo:
     shard: int
 
 
-@attrs.frozen
 class QueryInfo:
     """pre_query: one statement about to be routed.
 
     Simple protocol: one Query message (its text may hold several statements; `facts`
     covers all of them). Extended protocol: one Bind, i.e. one execution of a prepared
     statement, with its parameters.
+
+    `facts` (kind, tables with schema, writes, fingerprint) come from the router's parse
+    cache, looked up the first time a hook reads them: a hook that never does costs no parse.
     """
 
-    sql: str
-    facts: StatementFacts        # from the router's parse cache: kind, tables, writes
-    database: str
-    user: str
-    client_addr: str
-    parameters: tuple[bytes | None, ...] = ()   # Bind values as sent; None is NULL
-    parameter_formats: tuple[int, ...] = ()     # per parameter: 0 text, 1 binary
-    extended: bool = False
-    in_transaction: bool = False
-    shards: int = 1
-    has_primary: bool = True
-    has_replicas: bool = False
+    __slots__ = ("_facts", "_lookup", "client_addr", "database", "extended", "has_primary",
+                 "has_replicas", "in_transaction", "parameter_formats", "parameters", "shards",
+                 "sql", "user")
+
+    def __init__(self, *, sql: str, database: str, user: str, client_addr: str,
+                 facts: StatementFacts | None = None,
+                 lookup: Callable[[str], StatementFacts] | None = None,
+                 parameters: tuple[bytes | None, ...] = (), parameter_formats: tuple[int, ...] = (),
+                 extended: bool = False, in_transaction: bool = False, shards: int = 1,
+                 has_primary: bool = True, has_replicas: bool = False):
+        self.sql = sql
+        self.database, self.user, self.client_addr = database, user, client_addr
+        self.parameters = parameters            # Bind values as sent; None is NULL
+        self.parameter_formats = parameter_formats  # per parameter: 0 text, 1 binary
+        self.extended = extended
+        self.in_transaction = in_transaction
+        self.shards = shards
+        self.has_primary = has_primary
+        self.has_replicas = has_replicas
+        self._facts = facts
+        self._lookup = lookup
+
+    @property
+    def facts(self) -> StatementFacts:
+        if self._facts is None:
+            self._facts = (self._lookup or classify)(self.sql)
+        return self._facts
+
+    def __repr__(self) -> str:
+        return f"QueryInfo(sql={self.sql!r}, database={self.database!r}, user={self.user!r})"
 
 
 @attrs.frozen

@@ -402,7 +402,7 @@ class HookedStream:
                 extended: bool) -> Decision | None:
         if not self.hooks.pre_query:
             return None
-        info = QueryInfo(sql=sql, facts=self.cache.get(sql), database=self.database,
+        info = QueryInfo(sql=sql, lookup=self.cache.get, database=self.database,
                          user=self.user, client_addr=self.client_addr, parameters=params,
                          parameter_formats=formats, extended=extended,
                          in_transaction=self.status != b"I", shards=1,
