@@ -4,7 +4,9 @@ in the simple and the extended protocol, in transaction and session pooling."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 
 import psycopg
 import pytest
@@ -293,3 +295,54 @@ def test_reload_adds_and_removes_hooks(pg, proxy_factory):
         proxy.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: proxy.log.count("configuration reloaded") == 2, what="second reload")
         assert conn.execute("SELECT count(*) FROM secrets").fetchone() == (1,)
+
+
+LOGGER_AND_BLOCK = """
+[hooks.query_logger]
+enabled = true
+path = "queries.log"
+
+[hooks.table_access]
+enabled = true
+tables = ["secrets"]
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_copy_and_pipelines_pass_through_the_hook_path(pg, proxy_factory, mode):
+    proxy = proxy_factory(pgdog_text=_hooks_toml(pg, LOGGER_AND_BLOCK), users=_users(mode))
+    with proxy.connect() as conn:
+        table = "open_data"
+        with conn.transaction():
+            with conn.cursor().copy(f"COPY {table} (id) FROM STDIN") as copy:
+                for i in range(1000, 1100):
+                    copy.write_row((i,))
+            assert conn.execute(f"SELECT count(*) FROM {table} WHERE id >= 1000").fetchone() == (100,)
+            conn.execute(f"DELETE FROM {table} WHERE id >= 1000")
+        with conn.cursor().copy("COPY (SELECT id FROM open_data ORDER BY id) TO STDOUT") as copy:
+            assert [row for row in copy.rows()] == [("1",), ("2",)]
+        with conn.pipeline():
+            cursors = [conn.execute("SELECT %s::int * 2", (i,)) for i in range(20)]
+        assert [c.fetchone()[0] for c in cursors] == [i * 2 for i in range(20)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.pipeline():
+            conn.execute("SELECT 1")
+            conn.execute("SELECT * FROM secrets")  # psycopg raises at the pipeline's Sync
+        assert conn.execute("SELECT 'after'").fetchone() == ("after",)
+    lines = wait_for(lambda: (proxy.workdir / "queries.log").exists()
+                     and (proxy.workdir / "queries.log").read_text().splitlines(), what="log")
+    assert any("COPY" in line and "rows=100" in line for line in lines)
+    assert any("sqlstate=42501" in line and "secrets" in line for line in lines)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
+def test_pgbench_through_hooks_many_clients_few_servers(pg, proxy_factory, protocol):
+    """Each client gets its own answers through the hook path under load."""
+    proxy = proxy_factory(pgdog_text=_hooks_toml(pg, LOGGER_AND_BLOCK), default_pool_size=3)
+    env = dict(os.environ, PGPASSWORD=PG_USERS["app"][0])
+    done = subprocess.run(
+        ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "app", "-c", "12", "-t", "40",
+         "-M", protocol, "-f", "-", APP_DB],
+        input="\\set id random(1, 2)\nSELECT v FROM open_data WHERE id = :id;\n",
+        env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "number of transactions actually processed: 480/480" in done.stdout
