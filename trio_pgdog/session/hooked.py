@@ -22,6 +22,7 @@ post_query (duration, rows from CommandComplete, SQLSTATE from ErrorResponse).
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -43,7 +44,7 @@ _UNIT_ENDS = frozenset(b"QSHFdcf")
 _ENDS_PARSE, _ENDS_BIND, _ENDS_CLOSE = frozenset(b"1"), frozenset(b"2"), frozenset(b"3")
 _ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), frozenset(b"Z")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: never owed, never hidden
-_BLOCK_FALLBACK = "42501"
+_LEN = struct.Struct("!i").unpack_from
 
 
 class Run:
@@ -430,13 +431,16 @@ class HookedStream:
         end = len(buf)
         while pos + 5 <= end:
             kind = buf[pos]
-            length = m.unpack_i32(buf, pos + 1)
+            length = _LEN(buf, pos + 1)[0]
             if length < 4:
                 raise ProtocolError(f"server sent invalid message length {length}")
             nxt = pos + 1 + length
             if nxt > end:
                 break
             head = queue[0] if queue else None
+            if kind == 0x44 and (head is None or not head.hidden):  # DataRow: the common case
+                pos = nxt
+                continue
             if head is not None and head.hidden and kind != 0x45 and kind not in _ASYNC:
                 out.append(buf[start:pos])
                 start = nxt
@@ -561,7 +565,7 @@ def _split_units(buf: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
     done = 0
     while pos + 5 <= end:
         kind = buf[pos]
-        length = m.unpack_i32(buf, pos + 1)
+        length = _LEN(buf, pos + 1)[0]
         if length < 4 or length > m.MAX_MESSAGE_LENGTH:
             raise ProtocolError(f"invalid message length {length}")
         nxt = pos + 1 + length
