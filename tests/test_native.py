@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from plugin_build import CC, HEADER, INCLUDE, ROOT, TEST_PLUGINS, compile_plugin, run
 
 from trio_pgdog.config.models import Plugin
 from trio_pgdog.hooks import native, native_abi
@@ -33,26 +34,9 @@ from trio_pgdog.hooks.api import (
 from trio_pgdog.hooks.native import NativeHook, load_plugin
 from trio_pgdog.router.classify import classify
 
-ROOT = Path(__file__).resolve().parent.parent
-INCLUDE = ROOT / "hooks" / "include"
-HEADER = INCLUDE / "pgdog_plugin.h"
-TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
 LOGGER = "trio_pgdog.hooks.native"
 
-CC = shutil.which("gcc") or shutil.which("cc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler")
-
-
-def run(*cmd: str | Path, **kw) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, **kw)
-    assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
-    return out
-
-
-def compile_plugin(source: Path, out: Path, *extra: str) -> Path:
-    run(CC, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-fPIC", "-shared", f"-I{INCLUDE}",
-        *extra, "-o", out, source)
-    return out
 
 
 @pytest.fixture(scope="module")
