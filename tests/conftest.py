@@ -35,6 +35,23 @@ APP_DB = "appdb"
 TESTS_DIR = Path(__file__).parent
 
 
+class ExtendedCursor(psycopg.Cursor):
+    """The extended protocol for every statement: psycopg sends one without parameters as a
+    simple Query otherwise."""
+
+    def _execute_send(self, query, *, force_extended: bool = False, binary: bool | None = None):
+        super()._execute_send(query, force_extended=True, binary=binary)
+
+
+# How a client talks: simple Query messages (psycopg's ClientCursor), the extended protocol
+# with unnamed statements, or named prepared statements from the first execution on.
+PROTOCOLS = {
+    "simple": {"cursor_factory": psycopg.ClientCursor},
+    "extended": {"prepare_threshold": None, "cursor_factory": ExtendedCursor},
+    "prepared": {"prepare_threshold": 0},
+}
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[Cluster]:
     with Cluster.create() as cluster:

@@ -10,16 +10,9 @@ import subprocess
 
 import psycopg
 import pytest
-from conftest import APP_DB, PG_USERS, pgdog_toml, proxy_backends, wait_for
+from conftest import APP_DB, PG_USERS, PROTOCOLS, pgdog_toml, proxy_backends, wait_for
 from hookmods.recorder import read_events
 
-# How a client talks: simple Query messages (psycopg's ClientCursor), the extended protocol
-# with unnamed statements, or named prepared statements on every execution.
-PROTOCOLS = {
-    "simple": {"cursor_factory": psycopg.ClientCursor},
-    "extended": {"prepare_threshold": None},
-    "prepared": {"prepare_threshold": 0},
-}
 MODES = ["transaction", "session"]
 
 

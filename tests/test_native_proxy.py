@@ -8,9 +8,6 @@ cargo), primary_only_tables (plugins/) and the test plugins of tests/plugins/: a
 (a decision per query text), by_param.c (a decision per first parameter, so one prepared
 statement gets different decisions) and recorder.c (writes every call to the file named by
 its config, so the test can read what happened inside the proxy's process).
-
-The tests marked xfail(strict=True) are bugs found here, left for the session and registry
-code to fix (each reason says where).
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import pytest
 from conftest import (
     APP_DB,
     PG_USERS,
+    PROTOCOLS,
     login_error,
     pgdog_toml,
     psql,
@@ -44,21 +42,6 @@ from trio_pgdog.hooks.native import ABI_VERSION
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler")
 
 
-class ExtendedCursor(psycopg.Cursor):
-    """The extended protocol for every statement: psycopg sends one without parameters as a
-    simple Query otherwise."""
-
-    def _execute_send(self, query, *, force_extended: bool = False, binary: bool | None = None):
-        super()._execute_send(query, force_extended=True, binary=binary)
-
-
-# How a client talks: simple Query messages (psycopg's ClientCursor), the extended protocol
-# with unnamed statements, or named prepared statements from the first execution on.
-PROTOCOLS = {
-    "simple": {"cursor_factory": psycopg.ClientCursor},
-    "extended": {"prepare_threshold": None, "cursor_factory": ExtendedCursor},
-    "prepared": {"prepare_threshold": 0},
-}
 DROP_BLOCKED = "DROP TABLE is not allowed through this proxy"
 
 
@@ -491,8 +474,6 @@ def test_post_query_data(pg, start, libs, tmp_path):
     assert len(done) == 12  # once per statement, also for prepared statements
 
 
-@pytest.mark.xfail(strict=True, reason="hooked.py: an intercepted statement's Run never gets its "
-                   "row count (post_query says rows=0 although the client got 2 rows)")
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_post_query_rows_of_an_intercepted_statement(start, libs, tmp_path, protocol):
     log_path = tmp_path / "recorder.log"
@@ -503,9 +484,6 @@ def test_post_query_rows_of_an_intercepted_statement(start, libs, tmp_path, prot
     assert [(d[0], d[3]) for d in done] == [("intercept", "2")]
 
 
-@pytest.mark.xfail(strict=True, reason="hooked.py HookedStream._error: an ErrorResponse to a "
-                   "Parse or a Bind drops the Execute's Expect (which carries the Run) from the "
-                   "queue without post_query")
 @pytest.mark.parametrize(("protocol", "sql", "params", "sent", "sqlstate"), [
     # the parameter does not convert to int: the error answers the Bind
     ("extended", "SELECT %s::int /* bind */", ("x",), "SELECT $1::int /* bind */", "22P02"),
@@ -723,9 +701,6 @@ def test_init_once_at_start_and_fini_once_at_shutdown(start, libs, tmp_path):
     assert len(records(log_path, "post_query")) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a reload that changes a plugin's entry loads the new one "
-                   "(pgdog_init, pgdog_configure) before the old one's pgdog_fini; the library is "
-                   "loaded once per process, so that fini tears down the new configuration")
 def test_reload_with_a_changed_config_keeps_the_plugin_working(start, libs, tmp_path):
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     proxy = start(plugin(libs / "librecorder.so", first))

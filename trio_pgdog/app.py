@@ -86,10 +86,12 @@ class Proxy:
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         g = self.config.general
-        listener = _listen(g.host, g.port)
-        self.listening = [listener.getsockname()[:2]]
+        # Plugins load (and pgdog_init runs) before the port opens: a client never meets a
+        # proxy whose hooks are still loading.
         self.hooks = build_registry(self.config)
         try:
+            listener = _listen(g.host, g.port)
+            self.listening = [listener.getsockname()[:2]]
             await self._serve(listener, task_status)
         finally:
             self.hooks.close()  # native plugins' pgdog_fini, log files
@@ -179,8 +181,11 @@ class Proxy:
             log.warning("reload: host/port changes need a restart; still listening on %s:%d",
                         g_old.host, g_old.port)
         self.config = new
-        old_hooks, self.hooks = self.hooks, build_registry(new, self.hooks)
-        old_hooks.close(keep=self.hooks.entries)
+        # Hooks that do not stay are unloaded before their replacements load: a native
+        # plugin's library is loaded once per process, so old and new share its state.
+        kept = [e for e in self.hooks.entries if e.key is not None and e.key in new.plugins]
+        self.hooks.close(keep=kept)
+        self.hooks = build_registry(new, self.hooks)
         await self.pools.apply(new, self._root)
         log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))
 

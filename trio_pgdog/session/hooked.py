@@ -204,6 +204,7 @@ class HookedStream:
         action = decision.action if decision is not None else Action.ALLOW
         if action == Action.INTERCEPT and self.status != b"E":
             assert decision is not None
+            run.rows = len(decision.rows)
             self._answer(r.select_result(decision.columns, decision.rows, describe=True), run)
             self._answer(b"", ready=True)
             return
@@ -327,6 +328,7 @@ class HookedStream:
         portal = self.portals.get(name)
         if portal is not None and portal.decision is not None:
             decision = portal.decision
+            portal.run.rows = len(decision.rows)
             self._answer(r.select_result(decision.columns, decision.rows, describe=False),
                          portal.run)
             return
@@ -471,15 +473,22 @@ class HookedStream:
     def _error(self, body: bytes, head: Expect | None) -> None:
         if head is None:
             return
-        if head.run is not None:
-            head.run.sqlstate = m.parse_error_fields(body).get("C", "XX000")
+        sqlstate = m.parse_error_fields(body).get("C", "XX000")
         if head.ends is _ENDS_READY:
+            if head.run is not None:
+                head.run.sqlstate = sqlstate
             return  # a Query's error: its ReadyForQuery still comes
         # An extended-protocol error: PostgreSQL skips to Sync, and so do the answers owed.
+        # The statement that failed (at its Parse, Bind or Execute) is the first one owed.
+        failed = head.run
         self.queue.popleft()
-        self._finished(head.run)
         while self.queue and self.queue[0].ends is not _ENDS_READY:
-            self.queue.popleft()
+            skipped = self.queue.popleft()
+            if failed is None and skipped.synthetic is None:
+                failed = skipped.run
+        if failed is not None:
+            failed.sqlstate = sqlstate
+            self._finished(failed)
         if not self.queue:
             self.skipping = True  # the batch's Sync is still to come
 
