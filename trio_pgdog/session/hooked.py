@@ -45,6 +45,7 @@ _ENDS_PARSE, _ENDS_BIND, _ENDS_CLOSE = frozenset(b"1"), frozenset(b"2"), frozens
 _ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), frozenset(b"Z")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: never owed, never hidden
 _LEN = struct.Struct("!i").unpack_from
+_ROUTING = (Action.ROUTE, Action.REWRITE)  # answers that may also say where the statement goes
 
 
 class Run:
@@ -418,7 +419,7 @@ class HookedStream:
         if problem is not None:
             self.on_error(f"{label} answered {problem}")
             return Decision.block(f"trio_pgdog: hook {label} answered {problem}", "58000")
-        if decision.action == Action.ROUTE and self._role is None:
+        if decision.action in _ROUTING and self._role is None:
             self._role = decision.role
         return decision
 
@@ -531,7 +532,7 @@ _UNDECIDED = object()
 
 def _nonsense(decision: Decision) -> str | None:
     """What is wrong with a hook's answer, or None if it makes sense."""
-    if decision.action == Action.ROUTE:
+    if decision.action in _ROUTING:
         if decision.role not in (None, "primary", "replica"):
             return f"an unknown role {decision.role!r}"
         if decision.shard not in (None, ALL_SHARDS, 0):
@@ -545,7 +546,7 @@ def _nonsense(decision: Decision) -> str | None:
         width = len(decision.columns)
         if any(len(row) != width for row in decision.rows):
             return f"rows that do not have {width} columns"
-    elif decision.action == Action.REWRITE and not decision.sql.strip():
+    if decision.action == Action.REWRITE and not decision.sql.strip():
         return "an empty rewrite"
     return None
 
