@@ -339,3 +339,15 @@ def test_pgbench_through_hooks_many_clients_few_servers(pg, proxy_factory, proto
         env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "number of transactions actually processed: 480/480" in done.stdout
+
+
+def test_statements_prepared_before_a_reload_are_watched_after_it(pg, proxy_factory):
+    proxy = proxy_factory()
+    config = proxy.workdir / "pgdog.toml"
+    with proxy.connect(prepare_threshold=0) as conn:
+        assert conn.execute("SELECT v FROM secrets WHERE id = %s", (1,)).fetchone() == ("s",)
+        config.write_text(config.read_text() + TABLE_ACCESS)
+        proxy.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in proxy.log, what="reload")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the same prepared statement
+            conn.execute("SELECT v FROM secrets WHERE id = %s", (1,))

@@ -137,6 +137,13 @@ class HookedStream:
         self._role: str | None = None
         self._syncs = 0
 
+    def learn(self, prepared: dict[bytes, tuple[bytes, bytes]]) -> None:
+        """Statements the client prepared before hooks watched it: name -> (server name,
+        Parse body after the name), as the Tracker keeps them."""
+        for name, (_shared, rest) in prepared.items():
+            statement = self.statements[name] = Statement(ext.parse_query_text(rest), rest)
+            statement.server_sql = statement.sql
+
     @property
     def idle(self) -> bool:
         return not self.queue and not self._cbuf and not self._sbuf

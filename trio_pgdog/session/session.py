@@ -526,6 +526,8 @@ class ClientSession:
                               on_error=self._hook_error)
         if self.hooked is not None:  # statements the client prepared stay known
             stream.statements = self.hooked.statements
+        elif self.tracker is not None:  # hooks enabled by a reload: learn them from the Tracker
+            stream.learn(self.tracker.statements)
         self.hooked = stream
 
     def _hook_error(self, what: str) -> None:
