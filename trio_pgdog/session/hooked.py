@@ -133,9 +133,16 @@ class HookedStream:
         self._cbuf = b""
         self._sbuf = b""
         self._out: list[bytes] = []
-        self._early: dict[int, Decision | None] = {}
         self._role: str | None = None
         self._syncs = 0
+        # Per unit: the Bind a Parse's fate follows, and each Bind's decoded parameters.
+        self._first_bind: dict[int, int] = {}
+        self._bind_args: dict[int, tuple[tuple[bytes | None, ...], tuple[int, ...]]] = {}
+        # ReadyForQuery the server owes for units sent as they were, without queue entries.
+        self.lean_ready = 0
+        # Set once the proxy answered for a statement or portal, or displaced the client's
+        # unnamed statement: from then on each message's names are checked.
+        self.stand_ins = False
 
     def learn(self, prepared: dict[bytes, tuple[bytes, bytes]]) -> None:
         """Statements the client prepared before hooks watched it: name -> (server name,
@@ -143,6 +150,11 @@ class HookedStream:
         for name, (_shared, rest) in prepared.items():
             statement = self.statements[name] = Statement(ext.parse_query_text(rest), rest)
             statement.server_sql = statement.sql
+
+    @property
+    def tracking(self) -> bool:
+        """Answers are owed that the server's bytes must be matched against."""
+        return bool(self.queue or self._sbuf)
 
     @property
     def idle(self) -> bool:
@@ -158,24 +170,148 @@ class HookedStream:
         outcome.starts_batch = not self.batch_forwarded
         self._out, self._role, self._syncs = [], None, 0
         if messages:
-            self._unit(messages)
-        outcome.to_server = b"".join(self._out)
-        outcome.to_client = self._drain()
+            decisions, lean = self._plan(messages)
+            if lean:  # nothing to answer, hide or change: the bytes go as they came
+                self._commit_lean(messages)
+                outcome.to_server = buf if cut == len(buf) else buf[:cut]
+            else:
+                self._unit(messages, decisions)
+                outcome.to_server = b"".join(self._out)
+        outcome.to_client = self._drain() if self.queue else b""
         outcome.syncs = self._syncs
         outcome.role = self._role
         return outcome
 
-    def _unit(self, messages: list[tuple[int, bytes, bytes]]) -> None:
-        self._early = {}
+    def _plan(self, messages: list[tuple[int, bytes, bytes]]) -> tuple[list[object], bool]:
+        """Ask the hooks about each statement of the unit, in order (not about those an
+        earlier refusal makes PostgreSQL skip); and whether the unit may go to the server
+        exactly as sent: no hook answer to give, nothing prepared here to stand in for."""
+        decisions: list[object] = [_UNDECIDED] * len(messages)
+        self._first_bind, self._bind_args = {}, {}
+        lean = (not self.hooks.post_query and not self.queue and not self.batch_forwarded
+                and not self.skipping)
+        parsed: dict[bytes, str] = {}   # statements parsed in this unit: name -> SQL
+        skipping, open_batch = self.skipping, False
+        for i, (kind, body, _raw) in enumerate(messages):
+            if skipping:
+                skipping = kind != SYNC
+                continue
+            decision: object = _UNDECIDED
+            if kind == SYNC:
+                open_batch = False
+            elif kind == QUERY:
+                decision = self._decide(body.rstrip(b"\x00").decode("utf-8", "replace"), (), (),
+                                        extended=False)
+            elif kind == PARSE:
+                open_batch = True
+                try:
+                    name, rest = ext.parse_name(body)
+                    sql = ext.parse_query_text(rest)
+                except ValueError:
+                    continue  # malformed: forwarded, PostgreSQL reports it
+                parsed[name] = sql
+                bind = _first_bind(messages, i, name)
+                if bind is None:
+                    decision = self._decide(sql, (), (), extended=True)
+                else:
+                    self._first_bind[i] = bind[0]
+                    args = self._bind_args[bind[0]] = _values(bind[1])
+                    decision = decisions[bind[0]] = self._decide(sql, *args, extended=True)
+            elif kind == BIND:
+                open_batch = True
+                if decisions[i] is not _UNDECIDED:
+                    decision = decisions[i]  # asked at its Parse
+                else:
+                    decision, local = self._plan_bind(body, i, parsed)
+                    lean = lean and not local
+            elif kind in _NAMING:
+                open_batch = True
+                lean = lean and not (self.stand_ins and self._names_local(kind, body, parsed))
+            elif kind == FLUSH:
+                open_batch = True
+            if decision is _UNDECIDED:
+                continue
+            decisions[i] = decision
+            if decision is not None:
+                action = decision.action  # type: ignore[attr-defined]
+                lean = lean and action == Action.ROUTE
+                skipping = action == Action.BLOCK and kind != QUERY
+        return decisions, lean and not open_batch
+
+    def _plan_bind(self, body: bytes, index: int, parsed: dict[bytes, str]) -> tuple[object, bool]:
+        """A Bind that is not its statement's first in the unit: (decision, whether the
+        proxy has something other than the client's statement under its name)."""
+        try:
+            name = ext.bind_statement(body)[1]
+        except ValueError:
+            return _UNDECIDED, False
+        sql, local = parsed.get(name), False
+        if sql is None:
+            statement = self.statements.get(name)
+            if statement is None:
+                return _UNDECIDED, False  # unknown here: PostgreSQL reports it
+            sql = statement.sql
+            local = statement.local is not None or statement.server_sql != statement.sql
+        args = self._bind_args[index] = _bind_args(body)
+        return self._decide(sql, *args, extended=True), local
+
+    def _names_local(self, kind: int, body: bytes, parsed: dict[bytes, str]) -> bool:
+        """Does this Describe, Close or Execute name something only the proxy answers for?"""
+        try:
+            if kind == EXECUTE:
+                which, name = b"P", body[: body.index(b"\x00")]
+            else:
+                which, name = ext.target(body)
+        except ValueError:
+            return False
+        if which == b"P":
+            portal = self.portals.get(name)
+            return portal is not None and portal.decision is not None
+        statement = None if name in parsed else self.statements.get(name)
+        return statement is not None and (statement.local is not None
+                                          or statement.server_sql != statement.sql)
+
+    def _commit_lean(self, messages: list[tuple[int, bytes, bytes]]) -> None:
+        """Remember what a unit sent as it came prepared, bound and closed."""
+        syncs = 0
+        for kind, body, _raw in messages:
+            try:
+                if kind == PARSE:
+                    name, rest = ext.parse_name(body)
+                    statement = self.statements[name] = Statement(ext.parse_query_text(rest), rest)
+                    statement.server_sql = statement.sql
+                elif kind == BIND:
+                    self.portals.pop(ext.bind_statement(body)[0], None)
+                elif kind == CLOSE:
+                    which, name = ext.target(body)
+                    (self.statements if which == b"S" else self.portals).pop(name, None)
+                elif kind in _READY_KINDS:
+                    syncs += 1
+            except ValueError:
+                continue
+        self._syncs = syncs
+        self.lean_ready += syncs
+
+    def server_ready(self, statuses: list[bytes]) -> None:
+        """ReadyForQuery statuses of a server chunk that bypassed `from_server` (nothing
+        tracked was owed)."""
+        if statuses:
+            self.status = statuses[-1]
+            self.lean_ready = max(0, self.lean_ready - len(statuses))
+
+    def _unit(self, messages: list[tuple[int, bytes, bytes]], decisions: list[object]) -> None:
+        if self.lean_ready:  # answers to earlier units come first: owe their ReadyForQuery
+            self.queue.extend(Expect(_ENDS_READY) for _ in range(self.lean_ready))
+            self.lean_ready = 0
         for i, (kind, body, raw) in enumerate(messages):
             if self.skipping and kind != SYNC:
                 continue
             if kind == QUERY:
-                self._query(body, raw)
+                self._query(body, raw, decisions[i])
             elif kind == PARSE:
-                self._parse(body, raw, messages, i)
+                self._parse(body, raw, decisions[self._first_bind.get(i, i)])
             elif kind == BIND:
-                self._bind(body, raw, self._early.pop(i, _UNDECIDED))
+                self._bind(body, raw, decisions[i], self._bind_args.get(i))
             elif kind == DESCRIBE:
                 self._describe(body, raw)
             elif kind == EXECUTE:
@@ -205,10 +341,10 @@ class HookedStream:
 
     # simple protocol
 
-    def _query(self, body: bytes, raw: bytes) -> None:
+    def _query(self, body: bytes, raw: bytes, decided: object) -> None:
         sql = body.rstrip(b"\x00").decode("utf-8", "replace")
         run = Run(sql)
-        decision = self._decide(sql, (), (), extended=False)
+        decision: Decision | None = None if decided is _UNDECIDED else decided  # type: ignore[assignment]
         action = decision.action if decision is not None else Action.ALLOW
         if action == Action.INTERCEPT and self.status != b"E":
             assert decision is not None
@@ -234,8 +370,7 @@ class HookedStream:
 
     # extended protocol
 
-    def _parse(self, body: bytes, raw: bytes, messages: list[tuple[int, bytes, bytes]],
-               index: int) -> None:
+    def _parse(self, body: bytes, raw: bytes, decided: object) -> None:
         try:
             name, rest = ext.parse_name(body)
             sql = ext.parse_query_text(rest)
@@ -244,17 +379,13 @@ class HookedStream:
             return
         statement = Statement(sql, rest)
         self.statements[name] = statement
-        # The statement's first execution in this unit decides its fate; a statement only
-        # prepared here is shown to the hooks without parameters.
-        bind = _first_bind(messages, index, name)
-        if bind is None:
-            decision = self._decide(sql, (), (), extended=True)
-        else:
-            decision = self._decide_bind(sql, messages[bind][1])
-            self._early[bind] = decision
+        # The statement's first execution in this unit decided its fate (_plan); one only
+        # prepared here was shown to the hooks without parameters.
+        decision: Decision | None = None if decided is _UNDECIDED else decided  # type: ignore[assignment]
         action = decision.action if decision is not None else Action.ALLOW
         if action == Action.INTERCEPT and self.status != b"E":
             statement.local = decision
+            self.stand_ins = True
             self._answer(r.PARSE_COMPLETE)
         elif action == Action.BLOCK:
             assert decision is not None
@@ -269,7 +400,8 @@ class HookedStream:
             statement.server_sql = sql
             self._forward(raw, Expect(_ENDS_PARSE), extended=True)
 
-    def _bind(self, body: bytes, raw: bytes, decided: Decision | object | None) -> None:
+    def _bind(self, body: bytes, raw: bytes, decided: object,
+              args: tuple[tuple[bytes | None, ...], tuple[int, ...]] | None) -> None:
         try:
             portal, name, rest = ext.bind_statement(body)
         except ValueError:
@@ -280,17 +412,15 @@ class HookedStream:
             self.portals.pop(portal, None)
             self._forward(raw, Expect(_ENDS_BIND), extended=True)
             return
-        try:
-            params, formats = r.bind_parameters(rest)
-        except ValueError:
-            params, formats = (), ()
+        params, formats = args if args is not None else _bind_args(body)
         run = Run(statement.sql, params, formats)
-        if decided is _UNDECIDED:
+        if decided is _UNDECIDED:  # not asked in _plan (a statement unknown to the proxy then)
             decided = self._decide(statement.sql, params, formats, extended=True)
         decision: Decision | None = decided  # type: ignore[assignment]
         action = decision.action if decision is not None else Action.ALLOW
         if action == Action.INTERCEPT and self.status != b"E":
             self.portals[portal] = Portal(run, decision)
+            self.stand_ins = True
             self._answer(r.BIND_COMPLETE)
             return
         self.portals[portal] = Portal(run)
@@ -395,19 +525,12 @@ class HookedStream:
 
     def _clobber_unnamed(self, sql: str) -> None:
         """The proxy prepared `sql` as the unnamed statement: the client's is displaced."""
+        self.stand_ins = True
         unnamed = self.statements.get(b"")
         if unnamed is not None:
             unnamed.server_sql = sql
 
     # decisions
-
-    def _decide_bind(self, sql: str, bind_body: bytes) -> Decision | None:
-        try:
-            _portal, _name, rest = ext.bind_statement(bind_body)
-            params, formats = r.bind_parameters(rest)
-        except ValueError:
-            params, formats = (), ()
-        return self._decide(sql, params, formats, extended=True)
 
     def _decide(self, sql: str, params: tuple[bytes | None, ...], formats: tuple[int, ...], *,
                 extended: bool) -> Decision | None:
@@ -456,7 +579,9 @@ class HookedStream:
                 start = nxt
             if kind == 0x5A:  # ReadyForQuery
                 self.status = buf[pos + 5 : nxt]
-                if head is not None and head.ends is _ENDS_READY:
+                if head is None and self.lean_ready:
+                    self.lean_ready -= 1
+                elif head is not None and head.ends is _ENDS_READY:
                     queue.popleft()
                     self._finished(head.run)
             elif kind == 0x45:  # ErrorResponse
@@ -527,6 +652,7 @@ class HookedStream:
         """The server connection failed: nothing more will come from it."""
         self.queue.clear()
         self._sbuf = b""
+        self.lean_ready = 0
         self.skipping = False
         self.batch_forwarded = self.batch_executed = False
         for statement in self.statements.values():
@@ -535,6 +661,24 @@ class HookedStream:
 
 
 _UNDECIDED = object()
+_NAMING = frozenset((DESCRIBE, CLOSE, EXECUTE))
+_READY_KINDS = frozenset((QUERY, SYNC, FUNCTION_CALL))  # each earns a ReadyForQuery
+
+
+def _bind_args(body: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
+    """A Bind's parameter values and formats; none if it is malformed (PostgreSQL says so)."""
+    try:
+        return _values(ext.bind_statement(body)[2])
+    except ValueError:
+        return (), ()
+
+
+def _values(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
+    """Parameter values and formats from a Bind body after its names."""
+    try:
+        return r.bind_parameters(rest)
+    except ValueError:
+        return (), ()
 
 
 def _nonsense(decision: Decision) -> str | None:
@@ -558,17 +702,19 @@ def _nonsense(decision: Decision) -> str | None:
     return None
 
 
-def _first_bind(messages: list[tuple[int, bytes, bytes]], index: int, name: bytes) -> int | None:
-    """The index of the first Bind of statement `name` after its Parse at `index`, within
-    the unit and before the name is parsed again or closed."""
+def _first_bind(messages: list[tuple[int, bytes, bytes]], index: int,
+                name: bytes) -> tuple[int, bytes] | None:
+    """(index, the rest after the names) of the first Bind of statement `name` after its
+    Parse at `index`, within the unit and before the name is parsed again."""
     for j in range(index + 1, len(messages)):
         kind, body, _raw = messages[j]
         if kind == BIND:
             try:
-                if ext.bind_statement(body)[1] == name:
-                    return j
+                _portal, statement, rest = ext.bind_statement(body)
             except ValueError:
                 continue
+            if statement == name:
+                return j, rest
         elif kind == PARSE and body.startswith(name + b"\x00"):
             return None
     return None

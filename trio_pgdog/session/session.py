@@ -564,8 +564,12 @@ class ClientSession:
                 await self._server_lost(data, m.parse_error_fields(tracker.fatal_body))
                 return
             copy_in = tracker.copy_in
-        if self.hooked is not None:
-            data = self.hooked.from_server(data)
+        hooked = self.hooked
+        if hooked is not None:
+            if hooked.tracking:
+                data = hooked.from_server(data)
+            else:  # everything went as the client sent it: only the status matters
+                hooked.server_ready(ready)
         client = self.client
         try:
             if data:
