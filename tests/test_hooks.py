@@ -351,3 +351,19 @@ def test_statements_prepared_before_a_reload_are_watched_after_it(pg, proxy_fact
         wait_for(lambda: "configuration reloaded" in proxy.log, what="reload")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the same prepared statement
             conn.execute("SELECT v FROM secrets WHERE id = %s", (1,))
+
+
+async def test_a_hook_answer_waits_for_the_answers_before_it(pg, proxy_factory):
+    """A statement sent as it came is still running when an intercepted one arrives: the
+    proxy's answer goes to the client after the server's, in the order they were asked."""
+    from pgwire import Wire, query
+
+    proxy = proxy_factory(pgdog_text=_hooks_toml(pg, INTERCEPT))
+    async with await Wire.connect(proxy.port) as wire:
+        await wire.login("app", APP_DB, PG_USERS["app"][0])
+        await wire.send(query("SELECT 'first' FROM pg_sleep(0.3)"))
+        await wire.send(query("select version()") + query("SELECT current_database()"))
+        results = [await wire.read_result() for _ in range(3)]
+    assert [r.rows for r in results] == [[[b"first"]], [[b"trio_pgdog on appdb for app"]],
+                                         [[b"appdb"]]]
+    assert [r.status for r in results] == [b"I", b"I", b"I"]
