@@ -163,6 +163,10 @@ class HookedStream:
     # --- client to server -----------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> Outcome:
+        if (data[:1] == b"Q" and not self._cbuf and not self.queue and not self.skipping
+                and not self.batch_forwarded
+                and not self.hooks.post_query and len(data) == 1 + _LEN(data, 1)[0]):
+            return self._one_query(data)  # the commonest chunk, without the general walk
         buf = self._cbuf + data if self._cbuf else data
         messages, cut = _split_units(buf)
         self._cbuf = buf[cut:]
@@ -180,6 +184,22 @@ class HookedStream:
         outcome.to_client = self._drain() if self.queue else b""
         outcome.syncs = self._syncs
         outcome.role = self._role
+        return outcome
+
+    def _one_query(self, data: bytes) -> Outcome:
+        """A chunk that is one whole Query message, nothing owed before it."""
+        outcome = Outcome()
+        self._role = None
+        decision = self._decide(data[5:-1].decode("utf-8", "replace"), (), (), extended=False)
+        if decision is None or decision.action == Action.ROUTE:
+            outcome.to_server, outcome.syncs, outcome.role = data, 1, self._role
+            self.lean_ready += 1
+            return outcome
+        self._out, self._syncs = [], 0
+        self._unit([(data[0], data[5:], data)], [decision])
+        outcome.to_server = b"".join(self._out)
+        outcome.to_client = self._drain()
+        outcome.syncs, outcome.role = self._syncs, self._role
         return outcome
 
     def _plan(self, messages: list[tuple[int, bytes, bytes]]) -> tuple[list[object], bool]:
