@@ -138,6 +138,7 @@ class HookedStream:
         # Per unit: the Bind a Parse's fate follows, and each Bind's decoded parameters.
         self._first_bind: dict[int, int] = {}
         self._bind_args: dict[int, tuple[tuple[bytes | None, ...], tuple[int, ...]]] = {}
+        self._parsed: dict[int, tuple[bytes, str, bytes]] = {}  # Parse index -> (name, SQL, rest)
         # ReadyForQuery the server owes for units sent as they were, without queue entries.
         self.lean_ready = 0
         # Set once the proxy answered for a statement or portal, or displaced the client's
@@ -207,7 +208,7 @@ class HookedStream:
         earlier refusal makes PostgreSQL skip); and whether the unit may go to the server
         exactly as sent: no hook answer to give, nothing prepared here to stand in for."""
         decisions: list[object] = [_UNDECIDED] * len(messages)
-        self._first_bind, self._bind_args = {}, {}
+        self._first_bind, self._bind_args, self._parsed = {}, {}, {}
         lean = (not self.hooks.post_query and not self.queue and not self.batch_forwarded
                 and not self.skipping)
         parsed: dict[bytes, str] = {}   # statements parsed in this unit: name -> SQL
@@ -230,6 +231,7 @@ class HookedStream:
                 except ValueError:
                     continue  # malformed: forwarded, PostgreSQL reports it
                 parsed[name] = sql
+                self._parsed[i] = (name, sql, rest)
                 bind = _first_bind(messages, i, name)
                 if bind is None:
                     decision = self._decide(sql, (), (), extended=True)
@@ -294,21 +296,23 @@ class HookedStream:
     def _commit_lean(self, messages: list[tuple[int, bytes, bytes]]) -> None:
         """Remember what a unit sent as it came prepared, bound and closed."""
         syncs = 0
-        for kind, body, _raw in messages:
-            try:
-                if kind == PARSE:
-                    name, rest = ext.parse_name(body)
-                    statement = self.statements[name] = Statement(ext.parse_query_text(rest), rest)
-                    statement.server_sql = statement.sql
-                elif kind == BIND:
-                    self.portals.pop(ext.bind_statement(body)[0], None)
-                elif kind == CLOSE:
-                    which, name = ext.target(body)
-                    (self.statements if which == b"S" else self.portals).pop(name, None)
-                elif kind in _READY_KINDS:
-                    syncs += 1
-            except ValueError:
-                continue
+        portals = self.portals
+        for i, (kind, body, _raw) in enumerate(messages):
+            if kind == PARSE and i in self._parsed:
+                name, sql, rest = self._parsed[i]
+                statement = self.statements[name] = Statement(sql, rest)
+                statement.server_sql = sql
+            elif kind in _READY_KINDS:
+                syncs += 1
+            elif kind == CLOSE or (kind == BIND and portals):
+                try:
+                    if kind == BIND:
+                        portals.pop(ext.bind_statement(body)[0], None)
+                    else:
+                        which, name = ext.target(body)
+                        (self.statements if which == b"S" else portals).pop(name, None)
+                except ValueError:
+                    continue
         self._syncs = syncs
         self.lean_ready += syncs
 
