@@ -10,6 +10,7 @@ import subprocess
 
 import psycopg
 import pytest
+import trio
 from conftest import APP_DB, PG_USERS, PROTOCOLS, pgdog_toml, proxy_backends, wait_for
 from hookmods.recorder import read_events
 
@@ -367,3 +368,39 @@ async def test_a_hook_answer_waits_for_the_answers_before_it(pg, proxy_factory):
     assert [r.rows for r in results] == [[[b"first"]], [[b"trio_pgdog on appdb for app"]],
                                          [[b"appdb"]]]
     assert [r.status for r in results] == [b"I", b"I", b"I"]
+
+
+async def test_a_batch_without_sync_is_not_held_without_limit(pg, proxy_factory):
+    """Extended-protocol messages beyond the hold limit are handled before their Sync."""
+    from pgwire import Wire, message
+
+    from trio_pgdog.session.hooked import HOLD_LIMIT
+
+    proxy = proxy_factory(pgdog_text=_hooks_toml(pg, TABLE_ACCESS))
+    value = b"x" * (1 << 20)
+    bind = message(b"B", b"\x00\x00\x00\x00\x00\x01" + len(value).to_bytes(4, "big") + value
+                   + b"\x00\x00")
+    execute = message(b"E", b"\x00\x00\x00\x00\x00")
+    async with await Wire.connect(proxy.port) as wire:
+        await wire.login("app", APP_DB, PG_USERS["app"][0])
+        await wire.send(message(b"P", b"\x00SELECT length($1::text)\x00\x00\x00"))
+        count = HOLD_LIMIT // len(value) + 2
+        for _ in range(count):
+            await wire.send(bind + execute)
+
+        def server_has_it() -> bool:
+            return "length($1::text)" in pg.sql("SELECT string_agg(query, ' ') FROM pg_stat_activity",
+                                                 dbname=APP_DB)
+
+        # Before any Sync, PostgreSQL is already running the statements.
+        await trio.to_thread.run_sync(lambda: wait_for(server_has_it, what="statements at the server"))
+        await wire.send(message(b"S"))
+        lengths = []
+        while True:
+            msg = await wire.read_message()
+            assert msg is not None and msg.kind != b"E", msg
+            if msg.kind == b"D":
+                lengths.append(msg.body)
+            if msg.kind == b"Z":
+                break
+    assert len(lengths) == count

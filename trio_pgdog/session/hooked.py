@@ -45,6 +45,7 @@ _ENDS_PARSE, _ENDS_BIND, _ENDS_CLOSE = frozenset(b"1"), frozenset(b"2"), frozens
 _ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), frozenset(b"Z")
 _ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: never owed, never hidden
 _LEN = struct.Struct("!i").unpack_from
+HOLD_LIMIT = 8 << 20  # bytes of complete messages held while waiting for a Sync or Flush
 _ROUTING = (Action.ROUTE, Action.REWRITE)  # answers that may also say where the statement goes
 
 
@@ -762,4 +763,8 @@ def _split_units(buf: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
         pos = nxt
         if kind in _UNIT_ENDS:
             cut, done = pos, len(messages)
+    if pos - cut > HOLD_LIMIT:
+        # A client streaming messages without a Sync must not make the proxy hold them all:
+        # what has come is handled now, as PostgreSQL would handle it.
+        cut, done = pos, len(messages)
     return messages[:done], cut
