@@ -274,8 +274,9 @@ def test_pre_connect_refusal(pg, proxy_factory, tmp_path):
     assert "application badapp is not welcome" in proxy.log  # one line for the refusal
 
 
-def test_reload_adds_and_removes_hooks(pg, proxy_factory):
-    proxy = proxy_factory()
+@pytest.mark.parametrize("mode", MODES)
+def test_reload_adds_and_removes_hooks(pg, proxy_factory, mode):
+    proxy = proxy_factory(users=_users(mode))
     config = proxy.workdir / "pgdog.toml"
     base = config.read_text()
     with proxy.connect() as conn:

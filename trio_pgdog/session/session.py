@@ -269,8 +269,9 @@ class ClientSession:
                     data, self.server.status if self.server is not None else b"I"):
                 return
             role: str | None = None
-            if self.server is None and self.app.hooks is not self._registry:
-                self._use_hooks()  # a reload changed the hooks: from this transaction on
+            if self.app.hooks is not self._registry and at_sync and not self.pending and (
+                    self.hooked is None or self.hooked.idle):
+                self._use_hooks()  # a reload changed the hooks: from this statement on
             if self.hooked is not None:
                 outcome = self.hooked.from_client(data)
                 if outcome.to_client:
@@ -524,10 +525,14 @@ class ClientSession:
                               client_addr=self.addr,
                               has_replicas=bool(group is not None and group.replicas),
                               on_error=self._hook_error)
-        if self.hooked is not None:  # statements the client prepared stay known
-            stream.statements = self.hooked.statements
-        elif self.tracker is not None:  # hooks enabled by a reload: learn them from the Tracker
-            stream.learn(self.tracker.statements)
+        old = self.hooked
+        if old is not None:  # what the client prepared and bound stays known
+            stream.statements, stream.portals = old.statements, old.portals
+            stream.stand_ins, stream.status = old.stand_ins, old.status
+        else:
+            stream.status = self.server.status if self.server is not None else b"I"
+            if self.tracker is not None:  # hooks enabled by a reload: learn them from the Tracker
+                stream.learn(self.tracker.statements)
         self.hooked = stream
 
     def _hook_error(self, what: str) -> None:
