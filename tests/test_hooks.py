@@ -405,3 +405,22 @@ async def test_a_batch_without_sync_is_not_held_without_limit(pg, proxy_factory)
             if msg.kind == b"Z":
                 break
     assert len(lengths) == count
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_table_access_blocks_copy(pg, proxy_factory, protocol):
+    proxy = proxy_factory(pgdog_text=_hooks_toml(pg, TABLE_ACCESS))
+    with proxy.connect(**PROTOCOLS[protocol]) as conn:
+        for sql in ("COPY secrets TO STDOUT", "COPY (SELECT v FROM secrets) TO STDOUT",
+                    "COPY secrets FROM STDIN"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.cursor().copy(sql):
+                pass
+        with conn.cursor().copy("COPY (SELECT id FROM open_data ORDER BY id) TO STDOUT") as copy:
+            assert list(copy.rows()) == [("1",), ("2",)]
+
+
+def test_hooks_apply_only_to_their_databases(pg, proxy_factory):
+    other = TABLE_ACCESS.replace("enabled = true", 'enabled = true\ndatabases = ["otherdb"]')
+    proxy = proxy_factory(pgdog_text=_hooks_toml(pg, other))
+    with proxy.connect() as conn:  # appdb: not listed, so nothing is refused
+        assert conn.execute("SELECT count(*) FROM secrets").fetchone() == (1,)
