@@ -166,8 +166,7 @@ class HookedStream:
 
     def from_client(self, data: bytes) -> Outcome:
         if (data[:1] == b"Q" and not self._cbuf and not self.queue and not self.skipping
-                and not self.batch_forwarded
-                and not self.hooks.post_query and len(data) == 1 + _LEN(data, 1)[0]):
+                and not self.batch_forwarded and len(data) == 1 + _LEN(data, 1)[0]):
             return self._one_query(data)  # the commonest chunk, without the general walk
         buf = self._cbuf + data if self._cbuf else data
         messages, cut = _split_units(buf)
@@ -193,7 +192,7 @@ class HookedStream:
         outcome = Outcome()
         self._role = None
         decision = self._decide(data[5:-1].decode("utf-8", "replace"), (), (), extended=False)
-        if decision is None or decision.action == Action.ROUTE:
+        if (decision is None or decision.action == Action.ROUTE) and not self.hooks.post_query:
             outcome.to_server, outcome.syncs, outcome.role = data, 1, self._role
             self.lean_ready += 1
             return outcome
