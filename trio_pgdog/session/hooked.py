@@ -167,7 +167,13 @@ class HookedStream:
     def from_client(self, data: bytes) -> Outcome:
         if (data[:1] == b"Q" and not self._cbuf and not self.queue and not self.skipping
                 and not self.batch_forwarded and len(data) == 1 + _LEN(data, 1)[0]):
-            return self._one_query(data)  # the commonest chunk, without the general walk
+            return self._one_query(data)  # the commonest chunks, without the general walk
+        if (data[:1] in _BATCH_STARTS and not self._cbuf and not self.queue and not self.skipping
+                and not self.batch_forwarded and not self.stand_ins and not self.hooks.post_query
+                and data[-5:] == _SYNC_MESSAGE):
+            outcome = self._one_batch(data)
+            if outcome is not None:
+                return outcome
         buf = self._cbuf + data if self._cbuf else data
         messages, cut = _split_units(buf)
         self._cbuf = buf[cut:]
@@ -200,6 +206,53 @@ class HookedStream:
         self._unit([(data[0], data[5:], data)], [decision])
         outcome.to_server = b"".join(self._out)
         outcome.to_client = self._drain()
+        outcome.syncs, outcome.role = self._syncs, self._role
+        return outcome
+
+    def _one_batch(self, data: bytes) -> Outcome | None:
+        """One execution as most drivers send it: [Parse] Bind [Describe] Execute Sync, of one
+        statement. None when `data` is anything else (the general walk takes it)."""
+        spans = _batch_spans(data)
+        if spans is None:
+            return None
+        kinds = [kind for kind, _start, _end in spans]
+        index = kinds.index(BIND)
+        try:
+            portal, name, rest = ext.bind_statement(data[spans[index][1] : spans[index][2]])
+            if kinds[0] == PARSE:
+                parsed_name, parse_rest = ext.parse_name(data[spans[0][1] : spans[0][2]])
+                sql = ext.parse_query_text(parse_rest)
+                if parsed_name != name:
+                    return None
+            else:
+                statement = self.statements.get(name)
+                if statement is None:
+                    return None
+                sql = statement.sql
+        except ValueError:
+            return None
+        args = _values(rest)
+        self._role = None
+        decision = self._decide(sql, *args, extended=True)
+        outcome = Outcome()
+        if decision is None or decision.action == Action.ROUTE:
+            if kinds[0] == PARSE:
+                statement = self.statements[name] = Statement(sql, parse_rest)
+                statement.server_sql = sql
+            self.portals.pop(portal, None)
+            outcome.to_server, outcome.syncs, outcome.role = data, 1, self._role
+            self.lean_ready += 1
+            return outcome
+        # A hook decided: the general path answers, with this decision (asked once).
+        messages, _cut = _split_units(data)
+        decisions: list[object] = [_UNDECIDED] * len(messages)
+        decisions[index] = decision
+        self._first_bind = {0: index} if kinds[0] == PARSE else {}
+        self._bind_args = {index: args}
+        self._out, self._syncs = [], 0
+        self._unit(messages, decisions)
+        outcome.to_server = b"".join(self._out)
+        outcome.to_client = self._drain() if self.queue else b""
         outcome.syncs, outcome.role = self._syncs, self._role
         return outcome
 
@@ -418,6 +471,7 @@ class HookedStream:
         elif action == Action.REWRITE:
             assert decision is not None
             statement.server_sql = decision.sql
+            self.stand_ins = True
             new_rest = decision.sql.encode() + rest[rest.index(b"\x00"):]
             self._forward(ext.build_parse(name, new_rest), Expect(_ENDS_PARSE), extended=True)
         else:
@@ -460,6 +514,7 @@ class HookedStream:
                 self._forward(ext.build_parse(name, want.encode() + rest_of_parse),
                               Expect(_ENDS_PARSE, hidden=True), extended=True)
                 statement.local, statement.server_sql = None, want
+                self.stand_ins = self.stand_ins or want != statement.sql
             else:  # the server holds other text under this name: run `want` unnamed
                 self._forward(ext.build_parse(b"", want.encode() + rest_of_parse),
                               Expect(_ENDS_PARSE, hidden=True), extended=True)
@@ -685,6 +740,26 @@ class HookedStream:
 
 
 _UNDECIDED = object()
+_BATCH_STARTS = (b"P", b"B")
+_SYNC_MESSAGE = b"S\x00\x00\x00\x04"
+# [Parse] Bind [Describe] Execute Sync: what a driver sends for one execution.
+_BATCH_SHAPES = frozenset((b"PBDES", b"PBES", b"BDES", b"BES"))
+
+
+def _batch_spans(data: bytes) -> list[tuple[int, int, int]] | None:
+    """(type, body start, end) of each message if `data` is exactly one of _BATCH_SHAPES."""
+    spans: list[tuple[int, int, int]] = []
+    pos, end = 0, len(data)
+    while pos + 5 <= end and len(spans) < 5:
+        length = _LEN(data, pos + 1)[0]
+        nxt = pos + 1 + length
+        if length < 4 or nxt > end:
+            return None
+        spans.append((data[pos], pos + 5, nxt))
+        pos = nxt
+    if pos != end or bytes(kind for kind, _s, _e in spans) not in _BATCH_SHAPES:
+        return None
+    return spans
 _NAMING = frozenset((DESCRIBE, CLOSE, EXECUTE))
 _READY_KINDS = frozenset((QUERY, SYNC, FUNCTION_CALL))  # each earns a ReadyForQuery
 
