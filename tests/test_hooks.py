@@ -375,7 +375,7 @@ async def test_a_batch_without_sync_is_not_held_without_limit(pg, proxy_factory)
     """Extended-protocol messages beyond the hold limit are handled before their Sync."""
     from pgwire import Wire, message
 
-    from trio_pgdog.session.hooked import HOLD_LIMIT
+    from trio_pgdog.session.units import HOLD_LIMIT
 
     proxy = proxy_factory(pgdog_text=_hooks_toml(pg, TABLE_ACCESS))
     value = b"x" * (1 << 20)

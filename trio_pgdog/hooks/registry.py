@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ..config.models import Config, Plugin
-from .api import EVENTS, Action, ConnectInfo, Decision, QueryDone, QueryInfo, ServerInfo
+from .api import ALL_SHARDS, EVENTS, Action, ConnectInfo, Decision, QueryDone, QueryInfo, ServerInfo
 
 log = logging.getLogger(__name__)
 
@@ -218,3 +218,25 @@ def _load_plugin(plugin: Plugin, base_dir: str | None) -> Entry | None:
     if hook is None:
         return None  # load_plugin logged why
     return Entry(f"plugin {plugin.name}", hook, frozenset(plugin.databases), hook.events, plugin)
+
+
+def nonsense(decision: Decision) -> str | None:
+    """What is wrong with a pre_query answer, or None if it makes sense. Shards: only 0 until
+    sharding exists; a route may come with a rewrite."""
+    if decision.action in (Action.ROUTE, Action.REWRITE):
+        if decision.role not in (None, "primary", "replica"):
+            return f"an unknown role {decision.role!r}"
+        if decision.shard not in (None, ALL_SHARDS, 0):
+            return f"shard {decision.shard}, but there is only shard 0"
+    elif decision.action == Action.BLOCK:
+        code = decision.sqlstate
+        if len(code) != 5 or not code.isalnum() or (not code.isupper() and not code.isdigit()) \
+                or code.startswith(("00", "01", "02")):
+            return f"an invalid SQLSTATE {code!r}"
+    elif decision.action == Action.INTERCEPT:
+        width = len(decision.columns)
+        if any(len(row) != width for row in decision.rows):
+            return f"rows that do not have {width} columns"
+    if decision.action == Action.REWRITE and not decision.sql.strip():
+        return "an empty rewrite"
+    return None

@@ -27,26 +27,42 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ..hooks.api import ALL_SHARDS, Action, Decision, QueryDone, QueryInfo
-from ..hooks.registry import HookSet
+from ..hooks.api import Action, Decision, QueryDone, QueryInfo
+from ..hooks.registry import HookSet, nonsense
 from ..protocol import ProtocolError
 from ..protocol import extended as ext
 from ..protocol import messages as m
 from ..protocol import results as r
 from ..router.cache import ParseCache
 from .sqltext import raise_sql
-
-QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE = b"QPBDEC"
-SYNC, FLUSH, FUNCTION_CALL = b"SHF"
-# Messages after which PostgreSQL answers, so a unit ends there. COPY data always flows on.
-_UNIT_ENDS = frozenset(b"QSHFdcf")
+from .units import (
+    BATCH_STARTS,
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    FLUSH,
+    FUNCTION_CALL,
+    NAMING,
+    PARSE,
+    QUERY,
+    READY_KINDS,
+    SYNC,
+    SYNC_MESSAGE,
+    batch_spans,
+    bind_args,
+    bind_values,
+    first_bind,
+    split_units,
+)
 
 _ENDS_PARSE, _ENDS_BIND, _ENDS_CLOSE = frozenset(b"1"), frozenset(b"2"), frozenset(b"3")
 _ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), frozenset(b"Z")
-_ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: never owed, never hidden
 _LEN = struct.Struct("!i").unpack_from
-HOLD_LIMIT = 8 << 20  # bytes of complete messages held while waiting for a Sync or Flush
 _ROUTING = (Action.ROUTE, Action.REWRITE)  # answers that may also say where the statement goes
+_UNDECIDED = object()  # a message the hooks were not asked about
+_ASYNC = frozenset(b"NAS")  # notices, notifications, parameter status: never owed, never hidden
+
 
 
 class Run:
@@ -168,14 +184,14 @@ class HookedStream:
         if (data[:1] == b"Q" and not self._cbuf and not self.queue and not self.skipping
                 and not self.batch_forwarded and len(data) == 1 + _LEN(data, 1)[0]):
             return self._one_query(data)  # the commonest chunks, without the general walk
-        if (data[:1] in _BATCH_STARTS and not self._cbuf and not self.queue and not self.skipping
+        if (data[:1] in BATCH_STARTS and not self._cbuf and not self.queue and not self.skipping
                 and not self.batch_forwarded and not self.stand_ins and not self.hooks.post_query
-                and data[-5:] == _SYNC_MESSAGE):
+                and data[-5:] == SYNC_MESSAGE):
             outcome = self._one_batch(data)
             if outcome is not None:
                 return outcome
         buf = self._cbuf + data if self._cbuf else data
-        messages, cut = _split_units(buf)
+        messages, cut = split_units(buf)
         self._cbuf = buf[cut:]
         outcome = Outcome()
         outcome.starts_batch = not self.batch_forwarded
@@ -212,7 +228,7 @@ class HookedStream:
     def _one_batch(self, data: bytes) -> Outcome | None:
         """One execution as most drivers send it: [Parse] Bind [Describe] Execute Sync, of one
         statement. None when `data` is anything else (the general walk takes it)."""
-        spans = _batch_spans(data)
+        spans = batch_spans(data)
         if spans is None:
             return None
         kinds = [kind for kind, _start, _end in spans]
@@ -231,7 +247,7 @@ class HookedStream:
                 sql = statement.sql
         except ValueError:
             return None
-        args = _values(rest)
+        args = bind_values(rest)
         self._role = None
         decision = self._decide(sql, *args, extended=True)
         outcome = Outcome()
@@ -244,7 +260,7 @@ class HookedStream:
             self.lean_ready += 1
             return outcome
         # A hook decided: the general path answers, with this decision (asked once).
-        messages, _cut = _split_units(data)
+        messages, _cut = split_units(data)
         decisions: list[object] = [_UNDECIDED] * len(messages)
         decisions[index] = decision
         self._first_bind = {0: index} if kinds[0] == PARSE else {}
@@ -285,12 +301,12 @@ class HookedStream:
                     continue  # malformed: forwarded, PostgreSQL reports it
                 parsed[name] = sql
                 self._parsed[i] = (name, sql, rest)
-                bind = _first_bind(messages, i, name)
+                bind = first_bind(messages, i, name)
                 if bind is None:
                     decision = self._decide(sql, (), (), extended=True)
                 else:
                     self._first_bind[i] = bind[0]
-                    args = self._bind_args[bind[0]] = _values(bind[1])
+                    args = self._bind_args[bind[0]] = bind_values(bind[1])
                     decision = decisions[bind[0]] = self._decide(sql, *args, extended=True)
             elif kind == BIND:
                 open_batch = True
@@ -299,7 +315,7 @@ class HookedStream:
                 else:
                     decision, local = self._plan_bind(body, i, parsed)
                     lean = lean and not local
-            elif kind in _NAMING:
+            elif kind in NAMING:
                 open_batch = True
                 lean = lean and not (self.stand_ins and self._names_local(kind, body, parsed))
             elif kind == FLUSH:
@@ -327,7 +343,7 @@ class HookedStream:
                 return _UNDECIDED, False  # unknown here: PostgreSQL reports it
             sql = statement.sql
             local = statement.local is not None or statement.server_sql != statement.sql
-        args = self._bind_args[index] = _bind_args(body)
+        args = self._bind_args[index] = bind_args(body)
         return self._decide(sql, *args, extended=True), local
 
     def _names_local(self, kind: int, body: bytes, parsed: dict[bytes, str]) -> bool:
@@ -355,7 +371,7 @@ class HookedStream:
                 name, sql, rest = self._parsed[i]
                 statement = self.statements[name] = Statement(sql, rest)
                 statement.server_sql = sql
-            elif kind in _READY_KINDS:
+            elif kind in READY_KINDS:
                 syncs += 1
             elif kind == CLOSE or (kind == BIND and portals):
                 try:
@@ -490,7 +506,7 @@ class HookedStream:
             self.portals.pop(portal, None)
             self._forward(raw, Expect(_ENDS_BIND), extended=True)
             return
-        params, formats = args if args is not None else _bind_args(body)
+        params, formats = args if args is not None else bind_args(body)
         run = Run(statement.sql, params, formats)
         if decided is _UNDECIDED:  # not asked in _plan (a statement unknown to the proxy then)
             decided = self._decide(statement.sql, params, formats, extended=True)
@@ -624,7 +640,7 @@ class HookedStream:
         if found is None:
             return None
         decision, label = found
-        problem = _nonsense(decision)
+        problem = nonsense(decision)
         if problem is not None:
             self.on_error(f"{label} answered {problem}")
             return Decision.block(f"trio_pgdog: hook {label} answered {problem}", "58000")
@@ -737,108 +753,3 @@ class HookedStream:
         for statement in self.statements.values():
             if statement.local is None:
                 statement.server_sql = statement.sql
-
-
-_UNDECIDED = object()
-_BATCH_STARTS = (b"P", b"B")
-_SYNC_MESSAGE = b"S\x00\x00\x00\x04"
-# [Parse] Bind [Describe] Execute Sync: what a driver sends for one execution.
-_BATCH_SHAPES = frozenset((b"PBDES", b"PBES", b"BDES", b"BES"))
-
-
-def _batch_spans(data: bytes) -> list[tuple[int, int, int]] | None:
-    """(type, body start, end) of each message if `data` is exactly one of _BATCH_SHAPES."""
-    spans: list[tuple[int, int, int]] = []
-    pos, end = 0, len(data)
-    while pos + 5 <= end and len(spans) < 5:
-        length = _LEN(data, pos + 1)[0]
-        nxt = pos + 1 + length
-        if length < 4 or nxt > end:
-            return None
-        spans.append((data[pos], pos + 5, nxt))
-        pos = nxt
-    if pos != end or bytes(kind for kind, _s, _e in spans) not in _BATCH_SHAPES:
-        return None
-    return spans
-_NAMING = frozenset((DESCRIBE, CLOSE, EXECUTE))
-_READY_KINDS = frozenset((QUERY, SYNC, FUNCTION_CALL))  # each earns a ReadyForQuery
-
-
-def _bind_args(body: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
-    """A Bind's parameter values and formats; none if it is malformed (PostgreSQL says so)."""
-    try:
-        return _values(ext.bind_statement(body)[2])
-    except ValueError:
-        return (), ()
-
-
-def _values(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
-    """Parameter values and formats from a Bind body after its names."""
-    try:
-        return r.bind_parameters(rest)
-    except ValueError:
-        return (), ()
-
-
-def _nonsense(decision: Decision) -> str | None:
-    """What is wrong with a hook's answer, or None if it makes sense."""
-    if decision.action in _ROUTING:
-        if decision.role not in (None, "primary", "replica"):
-            return f"an unknown role {decision.role!r}"
-        if decision.shard not in (None, ALL_SHARDS, 0):
-            return f"shard {decision.shard}, but there is only shard 0"
-    elif decision.action == Action.BLOCK:
-        code = decision.sqlstate
-        if len(code) != 5 or not code.isalnum() or (not code.isupper() and not code.isdigit()) \
-                or code.startswith(("00", "01", "02")):
-            return f"an invalid SQLSTATE {code!r}"
-    elif decision.action == Action.INTERCEPT:
-        width = len(decision.columns)
-        if any(len(row) != width for row in decision.rows):
-            return f"rows that do not have {width} columns"
-    if decision.action == Action.REWRITE and not decision.sql.strip():
-        return "an empty rewrite"
-    return None
-
-
-def _first_bind(messages: list[tuple[int, bytes, bytes]], index: int,
-                name: bytes) -> tuple[int, bytes] | None:
-    """(index, the rest after the names) of the first Bind of statement `name` after its
-    Parse at `index`, within the unit and before the name is parsed again."""
-    for j in range(index + 1, len(messages)):
-        kind, body, _raw = messages[j]
-        if kind == BIND:
-            try:
-                _portal, statement, rest = ext.bind_statement(body)
-            except ValueError:
-                continue
-            if statement == name:
-                return j, rest
-        elif kind == PARSE and body.startswith(name + b"\x00"):
-            return None
-    return None
-
-
-def _split_units(buf: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
-    """The complete units at the start of `buf` as (type, body, raw) messages, and where
-    the held rest (an unfinished unit or message) begins."""
-    messages: list[tuple[int, bytes, bytes]] = []
-    pos, cut, end = 0, 0, len(buf)
-    done = 0
-    while pos + 5 <= end:
-        kind = buf[pos]
-        length = _LEN(buf, pos + 1)[0]
-        if length < 4 or length > m.MAX_MESSAGE_LENGTH:
-            raise ProtocolError(f"invalid message length {length}")
-        nxt = pos + 1 + length
-        if nxt > end:
-            break
-        messages.append((kind, buf[pos + 5 : nxt], buf[pos:nxt]))
-        pos = nxt
-        if kind in _UNIT_ENDS:
-            cut, done = pos, len(messages)
-    if pos - cut > HOLD_LIMIT:
-        # A client streaming messages without a Sync must not make the proxy hold them all:
-        # what has come is handled now, as PostgreSQL would handle it.
-        cut, done = pos, len(messages)
-    return messages[:done], cut
