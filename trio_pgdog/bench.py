@@ -51,11 +51,10 @@ HOOK_TARGETS = {"trio_pgdog_logger": TRIO_PGDOG_LOGGER,
                 "trio_pgdog_plugin": TRIO_PGDOG_PLUGIN}
 TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG,
                "trio_pgdog_split": TRIO_PGDOG_SPLIT, **HOOK_TARGETS}
-NOOP_PLUGIN = """#include "pgdog_plugin.h"
-PGDOG_PLUGIN_DECLARE()
-PgdogOutput pgdog_route_query(PgdogInput in) { PgdogOutput out = PGDOG_OUTPUT_INIT; (void)in; return out; }
-"""
-HEADER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hooks", "include")
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER_DIR = os.path.join(CHECKOUT, "hooks", "include")
+# The test suite's plugin whose pgdog_route_query decides nothing.
+NOOP_PLUGIN = os.path.join(CHECKOUT, "tests", "plugins", "noop.c")
 
 # The project's targets, compared at this client count (docs/benchmarks.md).
 RATIO_CLIENTS = 16
@@ -412,11 +411,9 @@ def hook_config(key: str, workdir: str) -> str:
 
 
 def build_noop_plugin(workdir: str) -> str:
-    """Compile a native plugin whose route_query decides nothing; its path."""
-    source, library = os.path.join(workdir, "noop.c"), os.path.join(workdir, "libnoop.so")
-    with open(source, "w") as f:
-        f.write(NOOP_PLUGIN)
-    done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-I", HEADER_DIR, "-o", library, source],
+    """Compile the no-op native plugin into `workdir`; its path."""
+    library = os.path.join(workdir, "libnoop.so")
+    done = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-I", HEADER_DIR, "-o", library, NOOP_PLUGIN],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"could not build the no-op plugin with gcc: {done.stderr.strip()}")
@@ -604,9 +601,8 @@ def busy_machine_note(load_before: float) -> str | None:
 def source_revision() -> str:
     """The git commit the proxy ran from ("-dirty": with uncommitted changes), or "" if unknown."""
     # Others edit the proxy while benchmarks run: a table is only comparable with its revision.
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        done = subprocess.run(["git", "-C", checkout, "describe", "--always", "--dirty"],
+        done = subprocess.run(["git", "-C", CHECKOUT, "describe", "--always", "--dirty"],
                               capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -71,48 +71,41 @@ class HookSet:
     def _calls(self, event: str) -> tuple[tuple[Entry, Callable[..., Any]], ...]:
         return tuple((e, getattr(e.hook, event)) for e in self.entries if event in e.events)
 
+    @staticmethod
+    def _answers(calls: tuple[tuple[Entry, Callable[..., Any]], ...], event: str,
+                 arg: object) -> Iterator[tuple[Entry, Any]]:
+        """Each hook's answer to `arg`, in order; a hook that raises is logged and skipped."""
+        for entry, call in calls:
+            try:
+                answer = call(arg)
+            except Exception as exc:
+                entry.failed(event, exc)
+                continue
+            yield entry, answer
+
     def decide(self, query: QueryInfo) -> tuple[Decision, str] | None:
         """The first decisive pre_query answer and the hook that gave it."""
-        for entry, call in self.pre_query:
-            try:
-                decision = call(query)
-            except Exception as exc:
-                entry.failed("pre_query", exc)
-                continue
+        for entry, decision in self._answers(self.pre_query, "pre_query", query):
             if decision is not None and decision.action != Action.ALLOW:
                 return decision, entry.label
         return None
 
     def refuse(self, info: ConnectInfo) -> tuple[Decision, str] | None:
         """The first pre_connect hook that blocks this client, if any."""
-        for entry, call in self.pre_connect:
-            try:
-                decision = call(info)
-            except Exception as exc:
-                entry.failed("pre_connect", exc)
-                continue
+        for entry, decision in self._answers(self.pre_connect, "pre_connect", info):
             if decision is not None and decision.action == Action.BLOCK:
                 return decision, entry.label
         return None
 
     def statements_for(self, info: ServerInfo) -> list[tuple[str, str]]:
         """(hook label, SQL) to run on a new server connection, in hook order."""
-        found: list[tuple[str, str]] = []
-        for entry, call in self.after_connect:
-            try:
-                statements = call(info) or ()
-            except Exception as exc:
-                entry.failed("after_connect", exc)
-                continue
-            found += [(entry.label, sql) for sql in statements if sql]
-        return found
+        return [(entry.label, sql)
+                for entry, statements in self._answers(self.after_connect, "after_connect", info)
+                for sql in statements or () if sql]
 
     def done(self, info: QueryDone) -> None:
-        for entry, call in self.post_query:
-            try:
-                call(info)
-            except Exception as exc:
-                entry.failed("post_query", exc)
+        for _entry, _nothing in self._answers(self.post_query, "post_query", info):
+            pass  # post_query answers nothing: running the hooks is all
 
 
 EMPTY = HookSet(())

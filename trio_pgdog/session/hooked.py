@@ -26,6 +26,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..hooks.api import Action, Decision, QueryDone, QueryInfo
 from ..hooks.registry import HookSet, nonsense
@@ -35,6 +36,9 @@ from ..protocol import messages as m
 from ..protocol import results as r
 from ..router.cache import ParseCache
 from .sqltext import raise_sql
+
+if TYPE_CHECKING:
+    from ..pool.server import ServerConnection
 from .units import (
     BATCH_STARTS,
     BIND,
@@ -49,10 +53,12 @@ from .units import (
     READY_KINDS,
     SYNC,
     SYNC_MESSAGE,
+    Message,
+    Values,
     batch_spans,
-    bind_args,
     bind_values,
     first_bind,
+    query_text,
     split_units,
 )
 
@@ -99,11 +105,16 @@ class Statement:
 
     __slots__ = ("local", "rest", "server_sql", "sql")
 
-    def __init__(self, sql: str, rest: bytes):
+    def __init__(self, sql: str, rest: bytes, server_sql: str | None = None):
         self.sql = sql
         self.rest = rest                      # the Parse body after the name
         self.local: Decision | None = None    # intercepted: never sent to a server
-        self.server_sql: str | None = None    # what the server runs under this name
+        self.server_sql = server_sql          # what the server runs under this name
+
+    @property
+    def stands_in(self) -> bool:
+        """The server does not hold the client's own text under this name."""
+        return self.local is not None or self.server_sql != self.sql
 
 
 class Portal:
@@ -139,8 +150,7 @@ class HookedStream:
         self.has_replicas = has_replicas
         self.on_error = on_error or (lambda _message: None)
         self.status = b"I"          # the client's transaction status as last reported
-        self.host = ""              # "host:port" of the server in use, for post_query
-        self.role = ""
+        self.server: ServerConnection | None = None  # the one in use, named in post_query
         self.queue: deque[Expect] = deque()
         self.statements: dict[bytes, Statement] = {}
         self.portals: dict[bytes, Portal] = {}
@@ -154,7 +164,7 @@ class HookedStream:
         self._syncs = 0
         # Per unit: the Bind a Parse's fate follows, and each Bind's decoded parameters.
         self._first_bind: dict[int, int] = {}
-        self._bind_args: dict[int, tuple[tuple[bytes | None, ...], tuple[int, ...]]] = {}
+        self._bind_args: dict[int, Values] = {}
         self._parsed: dict[int, tuple[bytes, str, bytes]] = {}  # Parse index -> (name, SQL, rest)
         # ReadyForQuery the server owes for units sent as they were, without queue entries.
         self.lean_ready = 0
@@ -166,8 +176,8 @@ class HookedStream:
         """Statements the client prepared before hooks watched it: name -> (server name,
         Parse body after the name), as the Tracker keeps them."""
         for name, (_shared, rest) in prepared.items():
-            statement = self.statements[name] = Statement(ext.parse_query_text(rest), rest)
-            statement.server_sql = statement.sql
+            sql = ext.parse_query_text(rest)
+            self.statements[name] = Statement(sql, rest, sql)
 
     @property
     def tracking(self) -> bool:
@@ -178,52 +188,61 @@ class HookedStream:
     def idle(self) -> bool:
         return not self.queue and not self._cbuf and not self._sbuf
 
+    @property
+    def _settled(self) -> bool:
+        """Between batches with nothing held, owed or being skipped: a unit may go as sent."""
+        return not (self._cbuf or self.queue or self.skipping or self.batch_forwarded)
+
     # --- client to server -----------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> Outcome:
-        if (data[:1] == b"Q" and not self._cbuf and not self.queue and not self.skipping
-                and not self.batch_forwarded and len(data) == 1 + _LEN(data, 1)[0]):
-            return self._one_query(data)  # the commonest chunks, without the general walk
-        if (data[:1] in BATCH_STARTS and not self._cbuf and not self.queue and not self.skipping
-                and not self.batch_forwarded and not self.stand_ins and not self.hooks.post_query
-                and data[-5:] == SYNC_MESSAGE):
-            outcome = self._one_batch(data)
-            if outcome is not None:
-                return outcome
+        self._role = None
+        if self._settled:  # the commonest chunks, without the general walk
+            if data[:1] == b"Q" and len(data) == 1 + _LEN(data, 1)[0]:
+                return self._one_query(data)
+            if (data[:1] in BATCH_STARTS and data[-5:] == SYNC_MESSAGE and not self.stand_ins
+                    and not self.hooks.post_query):
+                outcome = self._one_batch(data)
+                if outcome is not None:
+                    return outcome
+        starts_batch = not self.batch_forwarded
         buf = self._cbuf + data if self._cbuf else data
         messages, cut = split_units(buf)
         self._cbuf = buf[cut:]
+        if not messages:
+            return Outcome()
+        decisions, lean = self._plan(messages)
+        if lean:  # nothing to answer, hide or change: the bytes go as they came
+            outcome = self._as_sent(buf if cut == len(buf) else buf[:cut],
+                                    self._commit_lean(messages))
+        else:
+            outcome = self._answered(messages, decisions)
+        outcome.starts_batch = starts_batch
+        return outcome
+
+    def _as_sent(self, data: bytes, syncs: int) -> Outcome:
+        """The outcome of a unit that goes to the server exactly as the client sent it."""
         outcome = Outcome()
-        outcome.starts_batch = not self.batch_forwarded
-        self._out, self._role, self._syncs = [], None, 0
-        if messages:
-            decisions, lean = self._plan(messages)
-            if lean:  # nothing to answer, hide or change: the bytes go as they came
-                self._commit_lean(messages)
-                outcome.to_server = buf if cut == len(buf) else buf[:cut]
-            else:
-                self._unit(messages, decisions)
-                outcome.to_server = b"".join(self._out)
+        outcome.to_server, outcome.syncs, outcome.role = data, syncs, self._role
+        self.lean_ready += syncs
+        return outcome
+
+    def _answered(self, messages: list[Message], decisions: list[object]) -> Outcome:
+        """The outcome of a unit the proxy changes, answers in part, or tracks."""
+        self._out, self._syncs = [], 0
+        self._unit(messages, decisions)
+        outcome = Outcome()
+        outcome.to_server = b"".join(self._out)
         outcome.to_client = self._drain() if self.queue else b""
-        outcome.syncs = self._syncs
-        outcome.role = self._role
+        outcome.syncs, outcome.role = self._syncs, self._role
         return outcome
 
     def _one_query(self, data: bytes) -> Outcome:
         """A chunk that is one whole Query message, nothing owed before it."""
-        outcome = Outcome()
-        self._role = None
-        decision = self._decide(data[5:-1].decode("utf-8", "replace"), (), (), extended=False)
-        if (decision is None or decision.action == Action.ROUTE) and not self.hooks.post_query:
-            outcome.to_server, outcome.syncs, outcome.role = data, 1, self._role
-            self.lean_ready += 1
-            return outcome
-        self._out, self._syncs = [], 0
-        self._unit([(data[0], data[5:], data)], [decision])
-        outcome.to_server = b"".join(self._out)
-        outcome.to_client = self._drain()
-        outcome.syncs, outcome.role = self._syncs, self._role
-        return outcome
+        decision = self._decide(query_text(data[5:]), (), (), extended=False)
+        if _routes_only(decision) and not self.hooks.post_query:
+            return self._as_sent(data, 1)
+        return self._answered([(data[0], data[5:], data)], [decision])
 
     def _one_batch(self, data: bytes) -> Outcome | None:
         """One execution as most drivers send it: [Parse] Bind [Describe] Execute Sync, of one
@@ -248,31 +267,21 @@ class HookedStream:
         except ValueError:
             return None
         args = bind_values(rest)
-        self._role = None
         decision = self._decide(sql, *args, extended=True)
-        outcome = Outcome()
-        if decision is None or decision.action == Action.ROUTE:
+        if _routes_only(decision):
             if kinds[0] == PARSE:
-                statement = self.statements[name] = Statement(sql, parse_rest)
-                statement.server_sql = sql
+                self.statements[name] = Statement(sql, parse_rest, sql)
             self.portals.pop(portal, None)
-            outcome.to_server, outcome.syncs, outcome.role = data, 1, self._role
-            self.lean_ready += 1
-            return outcome
+            return self._as_sent(data, 1)
         # A hook decided: the general path answers, with this decision (asked once).
         messages, _cut = split_units(data)
         decisions: list[object] = [_UNDECIDED] * len(messages)
         decisions[index] = decision
         self._first_bind = {0: index} if kinds[0] == PARSE else {}
         self._bind_args = {index: args}
-        self._out, self._syncs = [], 0
-        self._unit(messages, decisions)
-        outcome.to_server = b"".join(self._out)
-        outcome.to_client = self._drain() if self.queue else b""
-        outcome.syncs, outcome.role = self._syncs, self._role
-        return outcome
+        return self._answered(messages, decisions)
 
-    def _plan(self, messages: list[tuple[int, bytes, bytes]]) -> tuple[list[object], bool]:
+    def _plan(self, messages: list[Message]) -> tuple[list[object], bool]:
         """Ask the hooks about each statement of the unit, in order (not about those an
         earlier refusal makes PostgreSQL skip); and whether the unit may go to the server
         exactly as sent: no hook answer to give, nothing prepared here to stand in for."""
@@ -290,8 +299,7 @@ class HookedStream:
             if kind == SYNC:
                 open_batch = False
             elif kind == QUERY:
-                decision = self._decide(body.rstrip(b"\x00").decode("utf-8", "replace"), (), (),
-                                        extended=False)
+                decision = self._decide(query_text(body), (), (), extended=False)
             elif kind == PARSE:
                 open_batch = True
                 try:
@@ -333,7 +341,7 @@ class HookedStream:
         """A Bind that is not its statement's first in the unit: (decision, whether the
         proxy has something other than the client's statement under its name)."""
         try:
-            name = ext.bind_statement(body)[1]
+            _portal, name, rest = ext.bind_statement(body)
         except ValueError:
             return _UNDECIDED, False
         sql, local = parsed.get(name), False
@@ -341,9 +349,8 @@ class HookedStream:
             statement = self.statements.get(name)
             if statement is None:
                 return _UNDECIDED, False  # unknown here: PostgreSQL reports it
-            sql = statement.sql
-            local = statement.local is not None or statement.server_sql != statement.sql
-        args = self._bind_args[index] = bind_args(body)
+            sql, local = statement.sql, statement.stands_in
+        args = self._bind_args[index] = bind_values(rest)
         return self._decide(sql, *args, extended=True), local
 
     def _names_local(self, kind: int, body: bytes, parsed: dict[bytes, str]) -> bool:
@@ -359,18 +366,17 @@ class HookedStream:
             portal = self.portals.get(name)
             return portal is not None and portal.decision is not None
         statement = None if name in parsed else self.statements.get(name)
-        return statement is not None and (statement.local is not None
-                                          or statement.server_sql != statement.sql)
+        return statement is not None and statement.stands_in
 
-    def _commit_lean(self, messages: list[tuple[int, bytes, bytes]]) -> None:
-        """Remember what a unit sent as it came prepared, bound and closed."""
+    def _commit_lean(self, messages: list[Message]) -> int:
+        """Remember what a unit sent as it came prepared, bound and closed; the number of
+        ReadyForQuery it earns."""
         syncs = 0
         portals = self.portals
         for i, (kind, body, _raw) in enumerate(messages):
             if kind == PARSE and i in self._parsed:
                 name, sql, rest = self._parsed[i]
-                statement = self.statements[name] = Statement(sql, rest)
-                statement.server_sql = sql
+                self.statements[name] = Statement(sql, rest, sql)
             elif kind in READY_KINDS:
                 syncs += 1
             elif kind == CLOSE or (kind == BIND and portals):
@@ -382,8 +388,7 @@ class HookedStream:
                         (self.statements if which == b"S" else portals).pop(name, None)
                 except ValueError:
                     continue
-        self._syncs = syncs
-        self.lean_ready += syncs
+        return syncs
 
     def server_ready(self, statuses: list[bytes]) -> None:
         """ReadyForQuery statuses of a server chunk that bypassed `from_server` (nothing
@@ -392,7 +397,7 @@ class HookedStream:
             self.status = statuses[-1]
             self.lean_ready = max(0, self.lean_ready - len(statuses))
 
-    def _unit(self, messages: list[tuple[int, bytes, bytes]], decisions: list[object]) -> None:
+    def _unit(self, messages: list[Message], decisions: list[object]) -> None:
         if self.lean_ready:  # answers to earlier units come first: owe their ReadyForQuery
             self.queue.extend(Expect(_ENDS_READY) for _ in range(self.lean_ready))
             self.lean_ready = 0
@@ -435,10 +440,8 @@ class HookedStream:
     # simple protocol
 
     def _query(self, body: bytes, raw: bytes, decided: object) -> None:
-        sql = body.rstrip(b"\x00").decode("utf-8", "replace")
-        run = Run(sql)
-        decision: Decision | None = None if decided is _UNDECIDED else decided  # type: ignore[assignment]
-        action = decision.action if decision is not None else Action.ALLOW
+        run = Run(query_text(body))
+        decision, action = _asked(decided)
         if action == Action.INTERCEPT and self.status != b"E":
             assert decision is not None
             run.rows = len(decision.rows)
@@ -474,8 +477,7 @@ class HookedStream:
         self.statements[name] = statement
         # The statement's first execution in this unit decided its fate (_plan); one only
         # prepared here was shown to the hooks without parameters.
-        decision: Decision | None = None if decided is _UNDECIDED else decided  # type: ignore[assignment]
-        action = decision.action if decision is not None else Action.ALLOW
+        decision, action = _asked(decided)
         if action == Action.INTERCEPT and self.status != b"E":
             statement.local = decision
             self.stand_ins = True
@@ -494,8 +496,7 @@ class HookedStream:
             statement.server_sql = sql
             self._forward(raw, Expect(_ENDS_PARSE), extended=True)
 
-    def _bind(self, body: bytes, raw: bytes, decided: object,
-              args: tuple[tuple[bytes | None, ...], tuple[int, ...]] | None) -> None:
+    def _bind(self, body: bytes, raw: bytes, decided: object, args: Values | None) -> None:
         try:
             portal, name, rest = ext.bind_statement(body)
         except ValueError:
@@ -506,12 +507,11 @@ class HookedStream:
             self.portals.pop(portal, None)
             self._forward(raw, Expect(_ENDS_BIND), extended=True)
             return
-        params, formats = args if args is not None else bind_args(body)
+        params, formats = args if args is not None else bind_values(rest)
         run = Run(statement.sql, params, formats)
         if decided is _UNDECIDED:  # not asked in _plan (a statement unknown to the proxy then)
             decided = self._decide(statement.sql, params, formats, extended=True)
-        decision: Decision | None = decided  # type: ignore[assignment]
-        action = decision.action if decision is not None else Action.ALLOW
+        decision, action = _asked(decided)
         if action == Action.INTERCEPT and self.status != b"E":
             self.portals[portal] = Portal(run, decision)
             self.stand_ins = True
@@ -681,14 +681,12 @@ class HookedStream:
                     self._finished(head.run)
             elif kind == 0x45:  # ErrorResponse
                 self._error(buf[pos + 5 : nxt], head)
-            elif kind == 0x43 and head is not None and head.run is not None:  # CommandComplete
-                head.run.rows += r.result_rows(buf[pos + 5 : nxt])
+            elif head is not None:
+                if kind == 0x43 and head.run is not None:  # CommandComplete: count its rows
+                    head.run.rows += r.result_rows(buf[pos + 5 : nxt])
                 if kind in head.ends:
                     queue.popleft()
                     self._finished(head.run)
-            elif head is not None and kind in head.ends:
-                queue.popleft()
-                self._finished(head.run)
             pos = nxt
             if queue and queue[0].synthetic is not None:
                 out.append(buf[start:pos])
@@ -732,19 +730,19 @@ class HookedStream:
     def _finished(self, run: Run | None, *, local: bool = False) -> None:
         if run is None or not self.hooks.post_query:
             return
+        server = None if local else self.server
         self.hooks.done(QueryDone(
             sql=run.sql, database=self.database, user=self.user, client_addr=self.client_addr,
             duration_us=(time.perf_counter_ns() - run.start) // 1000, rows=run.rows,
-            sqlstate=run.sqlstate, host="trio_pgdog" if local else self.host,
-            role="" if local else self.role, shard=0, parameters=run.params,
-            parameter_formats=run.formats))
+            sqlstate=run.sqlstate,
+            host="trio_pgdog" if server is None else f"{server.host}:{server.port}",
+            role="" if server is None or server.pool is None else server.pool.role,
+            shard=0, parameters=run.params, parameter_formats=run.formats))
 
-    def pending_ready(self) -> int:
-        """ReadyForQuery messages the proxy still owes from its own answers."""
-        return sum(1 for e in self.queue if e.ready)
-
-    def reset_server_side(self) -> None:
-        """The server connection failed: nothing more will come from it."""
+    def abandon(self) -> int:
+        """The server side failed (or was never reached): forget what it owed. Returns the
+        ReadyForQuery messages the proxy still owed from its own answers."""
+        owed = sum(1 for e in self.queue if e.ready)
         self.queue.clear()
         self._sbuf = b""
         self.lean_ready = 0
@@ -753,3 +751,16 @@ class HookedStream:
         for statement in self.statements.values():
             if statement.local is None:
                 statement.server_sql = statement.sql
+        return owed
+
+
+def _routes_only(decision: Decision | None) -> bool:
+    """No decision, or only where to run: the statement goes as the client sent it."""
+    return decision is None or decision.action == Action.ROUTE
+
+
+def _asked(decided: object) -> tuple[Decision | None, Action]:
+    """A planned decision and its action (ALLOW when the hooks were not asked or passed)."""
+    if decided is _UNDECIDED or decided is None:
+        return None, Action.ALLOW
+    return decided, decided.action  # type: ignore[return-value, attr-defined]

@@ -372,8 +372,7 @@ class ClientSession:
             self.pending += cscan.syncs
         else:
             self.pending += self._hooked_syncs
-            self.hooked.host = f"{server.host}:{server.port}"
-            self.hooked.role = server.pool.role if server.pool is not None else ""
+            self.hooked.server = server
         if cscan.copy_end:
             self.copy_in = False
         conn = server.conn
@@ -616,8 +615,7 @@ class ClientSession:
         if self.hooked is None:
             out += m.ready_for_query() * self.cscan.syncs
         else:  # what the server was to answer, and what the proxy still owed itself
-            out += m.ready_for_query() * (self._hooked_syncs + self.hooked.pending_ready())
-            self.hooked.reset_server_side()
+            out += m.ready_for_query() * (self._hooked_syncs + self.hooked.abandon())
         self.discarding = self.cscan.in_batch or self.cscan.mid_message
         await self.client.send(out)
 
@@ -659,8 +657,7 @@ class ClientSession:
         # then the client's messages are discarded, as PostgreSQL does after an error.
         out += m.ready_for_query() * self.pending
         if self.hooked is not None:
-            out += m.ready_for_query() * self.hooked.pending_ready()
-            self.hooked.reset_server_side()
+            out += m.ready_for_query() * self.hooked.abandon()
         self.pending = 0
         self.discarding = self.cscan.in_batch or self.cscan.mid_message
         if self.discarding:

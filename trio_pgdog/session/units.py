@@ -31,6 +31,11 @@ SYNC_MESSAGE = b"S\x00\x00\x00\x04"
 BATCH_SHAPES = frozenset((b"PBDES", b"PBES", b"BDES", b"BES"))
 
 
+def query_text(body: bytes) -> str:
+    """The SQL of a Query message body (NUL-terminated)."""
+    return body.rstrip(b"\x00").decode("utf-8", "replace")
+
+
 def batch_spans(data: bytes) -> list[tuple[int, int, int]] | None:
     """(type, body start, end) of each message if `data` is exactly one of BATCH_SHAPES."""
     spans: list[tuple[int, int, int]] = []
@@ -88,14 +93,6 @@ def first_bind(messages: list[Message], index: int,
         elif kind == PARSE and body.startswith(name + b"\x00"):
             return None
     return None
-
-
-def bind_args(body: bytes) -> Values:
-    """A Bind's parameter values and formats; none if it is malformed (PostgreSQL says so)."""
-    try:
-        return bind_values(ext.bind_statement(body)[2])
-    except ValueError:
-        return (), ()
 
 
 def bind_values(rest: bytes) -> Values:
