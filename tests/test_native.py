@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from plugin_build import CC, HEADER, INCLUDE, ROOT, TEST_PLUGINS, compile_plugin, run
 
+from trio_pgdog import speedups
 from trio_pgdog.config.models import Plugin
 from trio_pgdog.hooks import native, native_abi
 from trio_pgdog.hooks.api import (
@@ -61,10 +62,16 @@ def rust_lib(tmp_path_factory) -> Path:
     return target / "release" / "libshard_comment.so"
 
 
-@pytest.fixture
-def answers(libs) -> NativeHook:
+@pytest.fixture(params=["direct", "ctypes"])
+def answers(libs, request, monkeypatch) -> NativeHook:
+    """libanswers.so, its pgdog_route_query called through _speedups ("direct") or ctypes."""
+    if request.param == "direct" and speedups.c is None:
+        pytest.skip(f"trio_pgdog._speedups is {speedups.status()}")
+    if request.param == "ctypes":
+        monkeypatch.setattr(speedups, "c", None)
     hook = load_plugin(Plugin(name=str(libs / "libanswers.so"), config="answers.conf"))
     assert hook is not None
+    assert (hook._direct is not None) == (request.param == "direct")
     yield hook
     hook.close()
 
@@ -383,6 +390,10 @@ def test_pre_query_parameters(answers):
     assert echo(answers, query("echo", parameters=(b"a",)))["params"] == "0:61"
     # and none at all on the next statement
     assert echo(answers, query("echo"))["params"] == ""
+    # More values than the direct call keeps on its stack.
+    many = tuple(str(i).encode() for i in range(40))
+    assert echo(answers, query("echo", parameters=many))["params"] == \
+        ",".join(f"0:{v.hex()}" for v in many)
 
 
 def test_ast_json_for_plugins_that_want_it(answers):

@@ -36,7 +36,7 @@ from conftest import (
 from pglast.parser import get_postgresql_version
 from plugin_build import CARGO, CC, build_c_plugins, build_rust_example
 
-from trio_pgdog import __version__
+from trio_pgdog import __version__, speedups
 from trio_pgdog.hooks.native import ABI_VERSION
 
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler")
@@ -123,6 +123,7 @@ def test_first_log_line_names_the_versions(start, libs):
     assert f"plugin ABI version {ABI_VERSION}" in first
     assert f"pglast {pglast.__version__.lstrip('v')}" in first
     assert f"libpg_query PostgreSQL {major}.{minor}" in first
+    assert f"C speedups {speedups.status()}" in first
     # One line per loaded plugin, with its events.
     assert re.search(r"plugin '[^']*libanswers\.so' loaded from \S+ \(ABI version 1\): events "
                      r"pre_connect, after_connect, pre_query, post_query; wants the AST", proxy.log)
@@ -350,12 +351,17 @@ BY_PARAM = {"plain": ("original", "plain"), "rewrite": ("rewritten", "rewrite"),
             "intercept": ("intercepted", "intercept")}
 
 
+@pytest.mark.parametrize("speedups_env", ["", "0"], ids=["speedups", "no-speedups"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_one_statement_decided_differently_on_each_execution(start, libs, protocol):
+def test_one_statement_decided_differently_on_each_execution(start, libs, protocol, speedups_env,
+                                                             monkeypatch):
     """by_param.c decides by the first parameter: one prepared statement is forwarded,
     rewritten, intercepted and blocked in turns (the simple protocol inlines the parameter:
-    the plugin sees none and everything is forwarded)."""
+    the plugin sees none and everything is forwarded). The same with the C speedups
+    switched off (TRIO_PGDOG_SPEEDUPS=0): the pure-Python path decides alike."""
+    monkeypatch.setenv("TRIO_PGDOG_SPEEDUPS", speedups_env)
     proxy = start(plugin(libs / "libby_param.so"))
+    assert ("C speedups off" in proxy.log) == (speedups_env == "0")
     sql = "SELECT 'original', %s::text"
     values = ["plain", "rewrite", "plain", "intercept", "plain", "block", "plain", "intercept",
               "rewrite", "block", "rewrite", "rewrite", "intercept", "intercept", "plain"]

@@ -216,12 +216,15 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def startup_banner() -> str:
     """The first log line: the proxy's version, the native plugin ABI it speaks and the SQL
-    parser it uses (pglast, and the PostgreSQL release libpg_query's parser comes from)."""
+    parser it uses (pglast, and the PostgreSQL release libpg_query's parser comes from), and
+    whether the hook path's C speedups are on."""
     import pglast
     from pglast.parser import get_postgresql_version
 
+    from . import speedups
     from .hooks.native import ABI_VERSION
 
     pg_major, pg_minor = get_postgresql_version()
     return (f"trio_pgdog {__version__} starting (plugin ABI version {ABI_VERSION}, "
-            f"pglast {pglast.__version__.lstrip('v')}, libpg_query PostgreSQL {pg_major}.{pg_minor})")
+            f"pglast {pglast.__version__.lstrip('v')}, libpg_query PostgreSQL {pg_major}.{pg_minor}, "
+            f"C speedups {speedups.status()})")

@@ -40,10 +40,12 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
+from .. import speedups
 from ..config.models import Plugin
 from . import native_abi as abi
 from .api import (
@@ -69,6 +71,20 @@ _MAX_COLUMNS = 1664          # PostgreSQL's limit for a result's columns
 _ROLE_NAMES = {abi.ROLE_UNKNOWN: None, abi.ROLE_PRIMARY: "primary", abi.ROLE_REPLICA: "replica"}
 _ROLE_INTS = {"primary": abi.ROLE_PRIMARY, "replica": abi.ROLE_REPLICA}
 _EMPTY = abi.PgdogStrIn(None, 0)
+
+
+
+def _direct_call() -> Callable[..., bytes | None] | None:
+    """_speedups.route_query (pgdog_route_query without ctypes), where it is built for the
+    same PgdogOutput layout."""
+    c = speedups.c
+    if c is None or ctypes.sizeof(abi.PgdogOutput) != c.OUTPUT_SIZE:
+        return None
+    return c.route_query
+
+
+def _address(fn: Any) -> int | None:
+    return None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
 
 # --- the AST for plugins that want it: one parse per distinct text --------------------
 
@@ -184,7 +200,12 @@ class NativeHook:
         self._free = functions.get("pgdog_output_free")
         self._closed = False
         self._input = abi.PgdogInputIn()          # reused by every pre_query
-        self._input_owner: tuple[str, str] = ("", "")
+        self._input_owner: tuple[str | None, str | None] = (None, None)
+        self._owner_bytes = (b"", b"")
+        # pgdog_route_query without ctypes, where the C speedups are built.
+        self._direct = _direct_call() if self._route is not None else None
+        self._route_address = _address(self._route)
+        self._free_address = _address(self._free)
         self._routes: dict[tuple[int, int], Decision] = {}
         self._block_prefix = f"plugin {name}: "
 
@@ -293,16 +314,49 @@ class _PreQuery:
         """pgdog_route_query: the plugin's decision on one statement."""
         if self._closed:
             return None
+        owner = (query.database, query.user)
+        if owner != self._input_owner:
+            self._owner_changed(owner)
+        ast = None
+        if self.wants_ast:
+            ast = (_ast_json(query.sql) if query.facts.parse_ok else b"") or None
+        if self._direct is not None:
+            out = self._call_direct(query, ast)
+        else:
+            out = self._call_ctypes(query, ast)
+        if out is None:
+            return None
+        try:
+            decision = self._decide(out, query.shards)
+        except _Invalid as exc:
+            decision = self._invalid("pgdog_route_query", str(exc))
+        self._freeing(out)
+        return decision
+
+    def _owner_changed(self: Any, owner: tuple[str, str]) -> None:
+        self._input_owner = owner
+        db, user = _encode(owner[0]), _encode(owner[1])
+        self._owner_bytes = (db, user)
+        inp = self._input
+        inp.database_data, inp.database_len = db, len(db)
+        inp.user_data, inp.user_len = user, len(user)
+
+    def _call_direct(self: Any, query: QueryInfo, ast: bytes | None) -> abi.PgdogOutput | None:
+        """The call through _speedups.route_query: None for no decision (already freed)."""
+        db, user = self._owner_bytes
+        flags = query.has_primary | query.has_replicas << 1 | query.in_transaction << 2
+        # query.sql is text the session decoded with replacement: always valid UTF-8.
+        raw = self._direct(
+            self._route_address, self._free_address, query.sql, query.parameters,
+            query.parameter_formats, db, user, query.shards, flags, ast)
+        return None if raw is None else abi.PgdogOutput.from_buffer_copy(raw)
+
+    def _call_ctypes(self: Any, query: QueryInfo, ast: bytes | None) -> abi.PgdogOutput | None:
+        """The same call through ctypes, where the C speedups are not built."""
         inp = self._input
         sql = _encode(query.sql)
         inp.query_data = sql
         inp.query_len = len(sql)
-        owner = (query.database, query.user)
-        if owner != self._input_owner:
-            self._input_owner = owner
-            db, user = _encode(query.database), _encode(query.user)
-            inp.database_data, inp.database_len = db, len(db)
-            inp.user_data, inp.user_len = user, len(user)
         params = query.parameters
         if params:
             n = len(params)
@@ -323,28 +377,20 @@ class _PreQuery:
         elif inp.num_parameters:
             inp.num_parameters = 0
             inp.parameters = None
-        shards = query.shards
-        inp.shards = shards
+        inp.shards = query.shards
         inp.has_primary = query.has_primary
         inp.has_replicas = query.has_replicas
         inp.in_transaction = query.in_transaction
         if self.wants_ast:
-            tree = _ast_json(query.sql) if query.facts.parse_ok else b""
-            inp.ast_json_data = tree or None
-            inp.ast_json_len = len(tree)
+            inp.ast_json_data = ast
+            inp.ast_json_len = len(ast) if ast else 0
         out = self._route(inp)
         if params:
             inp.parameters = None   # drop the references to this call's values
-        action = out.decision
-        if action == abi.NO_DECISION:
+        if out.decision == abi.NO_DECISION:
             self._freeing(out)
             return None
-        try:
-            decision = self._decide(out, shards)
-        except _Invalid as exc:
-            decision = self._invalid("pgdog_route_query", str(exc))
-        self._freeing(out)
-        return decision
+        return out
 
 
 class _PreConnect:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from .. import speedups
 from .messages import cstr, message
 
 _I16 = struct.Struct("!h")
@@ -59,17 +60,25 @@ def select_result(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[st
     return b"".join(out)
 
 
-def bind_parameters(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
-    """A Bind body after its portal and statement names: (values, format per value).
+def bind_parameters_py(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
+    """A Bind body after its portal and statement names: (values, format per value); a
+    negative length is NULL (None). Twin of _speedups.bind_parameters.
 
     Raises ValueError when the body is malformed (PostgreSQL would reject it too).
     """
     try:
         (nformats,) = _I16.unpack_from(rest, 0)
+        if nformats < 0:
+            raise ValueError("malformed Bind message: negative parameter format count")
         formats = struct.unpack_from(f"!{nformats}h", rest, 2)
         pos = 2 + 2 * nformats
         (count,) = _I16.unpack_from(rest, pos)
         pos += 2
+        if count < 0:
+            raise ValueError("malformed Bind message: negative parameter count")
+        if nformats > 1 and nformats != count:
+            raise ValueError("malformed Bind message: as many format codes as parameters, "
+                             "one, or none are expected")
         values: list[bytes | None] = []
         for _ in range(count):
             (n,) = _I32.unpack_from(rest, pos)
@@ -78,7 +87,7 @@ def bind_parameters(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, .
                 values.append(None)
             else:
                 if pos + n > len(rest):
-                    raise ValueError("Bind parameter runs past the message")
+                    raise ValueError("malformed Bind message: a parameter runs past the message")
                 values.append(rest[pos : pos + n])
                 pos += n
     except struct.error as exc:
@@ -88,8 +97,11 @@ def bind_parameters(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, .
     elif nformats == 1:
         per_value = formats * count
     else:
-        per_value = tuple(formats[:count])
+        per_value = formats
     return tuple(values), per_value
+
+
+bind_parameters = speedups.c.bind_parameters if speedups.c is not None else bind_parameters_py
 
 
 def parse_parameter_types(rest: bytes) -> tuple[int, ...]:

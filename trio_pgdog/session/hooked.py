@@ -55,9 +55,9 @@ from .units import (
     SYNC_MESSAGE,
     Message,
     Values,
-    batch_spans,
     bind_values,
     first_bind,
+    one_execution,
     query_text,
     split_units,
 )
@@ -247,37 +247,30 @@ class HookedStream:
     def _one_batch(self, data: bytes) -> Outcome | None:
         """One execution as most drivers send it: [Parse] Bind [Describe] Execute Sync, of one
         statement. None when `data` is anything else (the general walk takes it)."""
-        spans = batch_spans(data)
-        if spans is None:
+        execution = one_execution(data)
+        if execution is None:
             return None
-        kinds = [kind for kind, _start, _end in spans]
-        index = kinds.index(BIND)
-        try:
-            portal, name, rest = ext.bind_statement(data[spans[index][1] : spans[index][2]])
-            if kinds[0] == PARSE:
-                parsed_name, parse_rest = ext.parse_name(data[spans[0][1] : spans[0][2]])
-                sql = ext.parse_query_text(parse_rest)
-                if parsed_name != name:
-                    return None
-            else:
-                statement = self.statements.get(name)
-                if statement is None:
-                    return None
-                sql = statement.sql
-        except ValueError:
+        parse_name, sql, parse_rest, portal, name, rest = execution
+        if parse_name is None:
+            statement = self.statements.get(name)
+            if statement is None:
+                return None
+            sql = statement.sql
+        elif parse_name != name:
             return None
         args = bind_values(rest)
         decision = self._decide(sql, *args, extended=True)
         if _routes_only(decision):
-            if kinds[0] == PARSE:
+            if parse_rest is not None:
                 self.statements[name] = Statement(sql, parse_rest, sql)
             self.portals.pop(portal, None)
             return self._as_sent(data, 1)
         # A hook decided: the general path answers, with this decision (asked once).
         messages, _cut = split_units(data)
+        index = 0 if parse_name is None else 1   # the Bind's
         decisions: list[object] = [_UNDECIDED] * len(messages)
         decisions[index] = decision
-        self._first_bind = {0: index} if kinds[0] == PARSE else {}
+        self._first_bind = {0: index} if index else {}
         self._bind_args = {index: args}
         return self._answered(messages, decisions)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+from .. import speedups
 from ..protocol import ProtocolError
 from ..protocol import extended as ext
 from ..protocol import messages as m
@@ -36,20 +37,40 @@ def query_text(body: bytes) -> str:
     return body.rstrip(b"\x00").decode("utf-8", "replace")
 
 
-def batch_spans(data: bytes) -> list[tuple[int, int, int]] | None:
-    """(type, body start, end) of each message if `data` is exactly one of BATCH_SHAPES."""
+# (Parse name, its SQL, Parse body after the name, portal, statement, Bind body after the names);
+# the first three are None when the chunk has no Parse.
+Execution = tuple[bytes | None, str | None, bytes | None, bytes, bytes, bytes]
+
+
+def one_execution_py(data: bytes) -> Execution | None:
+    """`data` read as one execution of BATCH_SHAPES, or None when it is anything else
+    (including a name or query text without its NUL). Twin of _speedups.one_execution."""
     spans: list[tuple[int, int, int]] = []
     pos, end = 0, len(data)
-    while pos + 5 <= end and len(spans) < 5:
+    while pos < end:
+        if len(spans) == 5 or pos + 5 > end:
+            return None
         length = _LEN(data, pos + 1)[0]
         nxt = pos + 1 + length
         if length < 4 or nxt > end:
             return None
         spans.append((data[pos], pos + 5, nxt))
         pos = nxt
-    if pos != end or bytes(kind for kind, _s, _e in spans) not in BATCH_SHAPES:
+    if bytes(kind for kind, _s, _e in spans) not in BATCH_SHAPES:
         return None
-    return spans
+    parse_name = sql = parse_rest = None
+    try:
+        if spans[0][0] == PARSE:
+            parse_name, parse_rest = ext.parse_name(data[spans[0][1] : spans[0][2]])
+            sql = ext.parse_query_text(parse_rest)
+            spans.pop(0)
+        portal, statement, bind_rest = ext.bind_statement(data[spans[0][1] : spans[0][2]])
+    except ValueError:
+        return None
+    return parse_name, sql, parse_rest, portal, statement, bind_rest
+
+
+one_execution = speedups.c.one_execution if speedups.c is not None else one_execution_py
 
 
 def split_units(buf: bytes) -> tuple[list[Message], int]:

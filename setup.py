@@ -1,0 +1,20 @@
+"""Builds the one C extension, trio_pgdog._speedups (see its source for why).
+
+Optional: without a C compiler or Python headers the install still succeeds, and the hook
+path runs the pure-Python twins of its functions (slower per statement; the startup log
+says so).
+Everything else about the package is in pyproject.toml.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "trio_pgdog._speedups",
+            sources=["trio_pgdog/_speedups.c"],
+            include_dirs=["hooks/include"],
+            optional=True,
+        )
+    ]
+)
