@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,8 @@ DIRECT, PGBOUNCER, TRIO_PGDOG = "PostgreSQL", "PgBouncer", "trio_pgdog"
 # splitting on: every statement is classified, so the difference is the router's cost.
 TRIO_PGDOG_SPLIT = "trio_pgdog r/w split"
 # The same proxy with hooks watching every statement (docs/hooks.md): the difference from
-# TRIO_PGDOG is what the hook path costs per statement. Run at RATIO_CLIENTS only.
+# TRIO_PGDOG is what the hook path costs per statement. Measured at RATIO_CLIENTS only, in
+# HOOK_ROUNDS rounds that alternate with plain trio_pgdog (see measure_hook_costs).
 TRIO_PGDOG_LOGGER = "trio_pgdog + query_logger"
 TRIO_PGDOG_TABLE_ACCESS = "trio_pgdog + table_access"
 TRIO_PGDOG_PLUGIN = "trio_pgdog + no-op .so plugin"
@@ -60,6 +62,10 @@ NOOP_PLUGIN = os.path.join(CHECKOUT, "tests", "plugins", "noop.c")
 RATIO_CLIENTS = 16
 MAX_CPU_RATIO = 4.0
 MIN_TPS_RATIO = 0.45
+MAX_PLUGIN_US = 10.0   # a no-op native plugin's extra proxy CPU per statement
+# Runs of this machine differ by more than a hook costs: each hook target is measured in
+# rounds, each paired with a run of plain trio_pgdog, and the median difference reported.
+HOOK_ROUNDS = 5
 
 DEFAULT_TRANSACTIONS = 40_000
 QUICK_TRANSACTIONS = 2_000
@@ -122,6 +128,23 @@ class RunResult:
     clients: int
     outcome: PgbenchOutcome
     cpu_us_per_txn: float | None
+
+
+@dataclass
+class HookCost:
+    """A hook target's proxy CPU per statement against plain trio_pgdog's, round by round."""
+
+    target: str
+    mode: str
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (plain, hooked) µs
+
+    @property
+    def extras(self) -> list[float]:
+        return sorted(hooked - plain for plain, hooked in self.pairs)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.extras)
 
 
 # --- pgbench ---------------------------------------------------------------------------------
@@ -486,9 +509,10 @@ def benchmark_target(target: Target, plan: Plan, modes: Sequence[str],
     return results
 
 
-def run_plan(plan: Plan, problems: list[str]) -> list[RunResult]:
+def run_plan(plan: Plan, problems: list[str]) -> tuple[list[RunResult], list[HookCost]]:
     pgbouncer = find_pgbouncer()
-    keys = [k for k in plan.targets if k != "pgbouncer" or pgbouncer]
+    keys = [k for k in plan.targets if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS]
+    hook_keys = [k for k in plan.targets if k in HOOK_TARGETS]
     if "pgbouncer" in plan.targets and not pgbouncer:
         problems.append("PgBouncer is not installed (apt-get install -y pgbouncer): its rows are skipped.")
     results: list[RunResult] = []
@@ -503,12 +527,49 @@ def run_plan(plan: Plan, problems: list[str]) -> list[RunResult]:
                     problems.append(f"{TARGET_KEYS[key]} did not start: {exc}")
                     continue
                 progress(f"{target.name} on port {target.port}")
-                # Hook targets are compared with plain trio_pgdog at one client count only.
-                only = (RATIO_CLIENTS,) if key in HOOK_TARGETS else None
-                results += benchmark_target(target, plan, plan.modes_for(key), only)
+                results += benchmark_target(target, plan, plan.modes_for(key))
                 # Read before the work directory (and the log with it) is removed.
                 problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
-    return results
+        costs = measure_hook_costs(plan, hook_keys, cluster, problems) if hook_keys else []
+    return results, costs
+
+
+def measure_hook_costs(plan: Plan, hook_keys: Sequence[str], cluster: Cluster,
+                       problems: list[str]) -> list[HookCost]:
+    """Each hook target against plain trio_pgdog, all running at once, in HOOK_ROUNDS rounds
+    of short runs at RATIO_CLIENTS: plain, then each hook target (the reverse order every
+    other round, so that a drift of the machine does not favour one side)."""
+    per_client = plan.per_client(RATIO_CLIENTS * HOOK_ROUNDS)
+    with cleanup_shielded() as stack:
+        try:
+            plain = start_target("trio_pgdog", stack, cluster, None)
+            hooked = [start_target(key, stack, cluster, None) for key in hook_keys]
+        except (BenchError, EmbeddedError) as exc:
+            problems.append(f"the hook cost runs did not start: {exc}")
+            return []
+        progress(f"hook cost: {len(hooked)} hook target(s) against {plain.name}, "
+                 f"{HOOK_ROUNDS} rounds of {per_client * RATIO_CLIENTS:,} transactions")
+        for target in (plain, *hooked):
+            run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
+        modes = plan.modes_for("trio_pgdog")
+        costs = {(t.name, mode): HookCost(t.name, mode) for t in hooked for mode in modes}
+        for n in range(HOOK_ROUNDS):
+            for mode in modes:
+                order = [plain, *hooked] if n % 2 == 0 else [*hooked, plain]
+                cpu = {t.name: measured_run(t, mode, RATIO_CLIENTS, per_client, plan.timeout)
+                       for t in order}
+                for t in hooked:
+                    pair = (cpu[plain.name].cpu_us_per_txn, cpu[t.name].cpu_us_per_txn)
+                    if None in pair or cpu[t.name].outcome.not_done:
+                        problems.append(f"hook cost: {t.name} {mode} round {n + 1} did not complete")
+                        continue
+                    costs[t.name, mode].pairs.append(pair)  # type: ignore[arg-type]
+            progress(f"  round {n + 1}: " + ", ".join(
+                f"{c.target} {c.mode} {c.extras[-1] if c.pairs else float('nan'):+.1f} µs"
+                for c in costs.values()))
+        for target in (plain, *hooked):
+            problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
+    return [c for c in costs.values() if c.pairs]
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -567,17 +628,17 @@ def ratio_lines(results: Sequence[RunResult]) -> list[str]:
     return lines
 
 
-def hook_cost_lines(results: Sequence[RunResult]) -> list[str]:
+def hook_cost_lines(costs: Sequence[HookCost]) -> list[str]:
     """Proxy CPU per statement that each hook adds (pgbench -S: one statement a transaction)."""
     lines = []
-    for mode in MODES:
-        base = find(results, TRIO_PGDOG, mode, RATIO_CLIENTS)
-        for name in HOOK_TARGETS.values():
-            hooked = find(results, name, mode, RATIO_CLIENTS)
-            if base is None or hooked is None or None in (base.cpu_us_per_txn, hooked.cpu_us_per_txn):
-                continue
-            extra = hooked.cpu_us_per_txn - base.cpu_us_per_txn  # type: ignore[operator]
-            lines.append(f"- {mode}, {RATIO_CLIENTS} clients, {name}: {extra:+.1f} µs per statement")
+    for c in costs:
+        plain = statistics.median(p for p, _h in c.pairs)
+        hooked = statistics.median(h for _p, h in c.pairs)
+        line = (f"- {c.mode}, {c.target}: {c.median:+.1f} µs per statement (rounds: "
+                f"{', '.join(f'{x:+.0f}' for x in c.extras)}; medians {plain:.1f} → {hooked:.1f} µs)")
+        if c.target == TRIO_PGDOG_PLUGIN:
+            line += f"; target < {MAX_PLUGIN_US:g} µs **{'PASS' if c.median < MAX_PLUGIN_US else 'MISS'}**"
+        lines.append(line)
     return lines
 
 
@@ -609,7 +670,8 @@ def source_revision() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def report(results: Sequence[RunResult], plan: Plan, problems: Sequence[str], revision: str) -> str:
+def report(results: Sequence[RunResult], costs: Sequence[HookCost], plan: Plan, problems: Sequence[str],
+           revision: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"pgbench -S, scale 1, {plan.transactions:,} transactions per run (-t = that ÷ clients), "
@@ -622,8 +684,10 @@ def report(results: Sequence[RunResult], plan: Plan, problems: Sequence[str], re
         "",
         *ratio_lines(results),
     ]
-    if hook_lines := hook_cost_lines(results):
-        parts += ["", f"Hook cost over plain {TRIO_PGDOG}, proxy CPU:", "", *hook_lines]
+    if hook_lines := hook_cost_lines(costs):
+        parts += ["", f"Hook cost over plain {TRIO_PGDOG}: proxy CPU per statement at {RATIO_CLIENTS} "
+                  f"clients, the median of {HOOK_ROUNDS} rounds each paired with a plain run:", "",
+                  *hook_lines]
     if notes := [*(f"- {p}" for p in problems), *error_lines(results)]:
         parts += ["", "Problems:", "", *notes]
     return "\n".join(parts) + "\n"
@@ -683,14 +747,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(note)
         problems.append(note)
     try:
-        results = run_plan(plan, problems)
+        results, costs = run_plan(plan, problems)
     except KeyboardInterrupt:
         progress("interrupted; everything the benchmark started has been stopped and removed")
         return 130
     except (BenchError, EmbeddedError) as exc:
         progress(f"benchmark failed: {exc}")
         return 1
-    text = report(results, plan, problems, revision)
+    text = report(results, costs, plan, problems, revision)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as f:
