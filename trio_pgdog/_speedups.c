@@ -2,7 +2,7 @@
  *
  * With a hook watching statements, every Query and every Bind is read and shown to the hooks
  * before it goes on. In Python that costs several microseconds per statement on its own;
- * these three functions do the commonest part of it:
+ * these functions do the commonest part of it:
  *
  *   one_execution(data)   what units.one_execution does: read one [Parse] Bind [Describe]
  *                         Execute Sync chunk in one pass
@@ -10,6 +10,8 @@
  *   route_query(...)      a native plugin's pgdog_route_query, called without ctypes (which
  *                         spends microseconds building PgdogInput field by field and boxing
  *                         the returned PgdogOutput)
+ *   native_lane(...)      all of it, for one Query or one execution, when every pre_query
+ *                         hook is a native plugin (session/hooked.py, "the native lane")
  *
  * Each has a pure-Python twin with the same contract, used where this module is not built
  * (setup.py builds it as an optional extension) or when TRIO_PGDOG_SPEEDUPS=0; the tests
@@ -313,11 +315,244 @@ static PyObject *route_query(PyObject *self, PyObject *const *args, Py_ssize_t n
     return PyBytes_FromStringAndSize((const char *)&out, sizeof out);
 }
 
+
+/* --- the native lane: a whole statement, from the client's bytes to the plugins' answers -- */
+
+/* Text the Python path would pass unchanged: valid UTF-8 (it decodes with replacement). */
+static int is_utf8(const char *text, Py_ssize_t len) {
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if ((unsigned char)text[i] >= 0x80) {
+            PyObject *decoded = PyUnicode_DecodeUTF8(text, len, "strict");
+            if (decoded == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(decoded);
+            return 1;
+        }
+    }
+    return 1;
+}
+
+/* Bind values straight from the message into `array` (at most `room` of them): the count,
+ * or -1 when the Bind is malformed or has more values than `room`. */
+static int read_parameters(const unsigned char *buf, Py_ssize_t len, PgdogParameter *array, int room) {
+    if (len < 2)
+        return -1;
+    int nformats = be16(buf);
+    Py_ssize_t pos = 2 + 2 * (Py_ssize_t)nformats;
+    if (nformats < 0 || len < pos + 2)
+        return -1;
+    int count = be16(buf + pos);
+    pos += 2;
+    if (count < 0 || count > room || (nformats > 1 && nformats != count))
+        return -1;
+    for (int i = 0; i < count; i++) {
+        if (len - pos < 4)
+            return -1;
+        int32_t n = (int32_t)be32(buf + pos);
+        pos += 4;
+        if (n < 0) {
+            array[i].data = NULL;
+            array[i].len = -1;
+        } else {
+            if (n > len - pos)
+                return -1;
+            array[i].data = (const char *)buf + pos;
+            array[i].len = n;
+            pos += n;
+        }
+        array[i].format = nformats == 0 ? 0 : be16(buf + 2 + 2 * (nformats == 1 ? 0 : i));
+    }
+    return count;
+}
+
+/* A bytes or str attribute of a Statement, as a pointer and length (borrowed from `owner`'s
+ * attribute, kept alive by the caller's reference in *keep). */
+static int statement_field(PyObject *statement, const char *name, PyObject **keep, const char **data,
+                           Py_ssize_t *len) {
+    PyObject *value = PyObject_GetAttrString(statement, name);
+    if (value == NULL)
+        return -1;
+    *keep = value;
+    if (PyBytes_Check(value)) {
+        *data = PyBytes_AS_STRING(value);
+        *len = PyBytes_GET_SIZE(value);
+        return 0;
+    }
+    *data = PyUnicode_AsUTF8AndSize(value, len);
+    return *data == NULL ? -1 : 0;
+}
+
+#define LANE_PARAMETERS 64
+
+/* native_lane(routes, database, user, flags, data, statements, portals)
+ *
+ * The hook path for a session whose pre_query hooks are all native plugins: `data` is one
+ * chunk from the client with nothing held or owed before it. `routes` is a tuple of
+ * [route address, free address or None] lists, one per plugin in hook order (a route
+ * address of 0: the plugin was closed, skip it). `statements` maps statement names to the
+ * session's Statement objects (`sql`, `rest`), `portals` its portals.
+ *
+ * Returns False when the chunk is not one the lane takes (the Python path takes it then):
+ * not exactly one Query or one [Parse] Bind [Describe] Execute Sync; a Parse not already
+ * known with that text; a Bind of an unknown statement; text that is not UTF-8; a
+ * malformed Bind or one of more than 64 values; any portal known. Returns None when every
+ * plugin answered PGDOG_NO_DECISION (each output freed): the chunk goes as sent. Returns
+ * (index, PgdogOutput bytes) for the first plugin that decided; that output is not freed. */
+static PyObject *native_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7 || !PyTuple_Check(args[0]) || !PyDict_Check(args[5]) || !PyDict_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "native_lane(routes, database, user, flags, data, statements, portals)");
+        return NULL;
+    }
+    PyObject *data = args[4], *statements = args[5];
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "native_lane: data must be bytes");
+        return NULL;
+    }
+    PgdogInput input;
+    memset(&input, 0, sizeof input);
+    if (as_str(args[1], &input.database) < 0 || as_str(args[2], &input.user) < 0)
+        return NULL;
+    long flags = PyLong_AsLong(args[3]);
+    if (flags == -1 && PyErr_Occurred())
+        return NULL;
+    input.shards = 1;
+    input.has_primary = (flags & 1) != 0;
+    input.has_replicas = (flags & 2) != 0;
+    input.in_transaction = (flags & 4) != 0;
+
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t end = PyBytes_GET_SIZE(data);
+    PgdogParameter parameters[LANE_PARAMETERS];
+    PyObject *keep = NULL;   /* what input.query points into, when not `data` */
+
+    if (end >= 5 && buf[0] == 'Q' && (Py_ssize_t)be32(buf + 1) + 1 == end) {
+        Py_ssize_t n = end - 5;
+        while (n > 0 && buf[5 + n - 1] == 0)   /* as the Python path's rstrip(b"\0") */
+            n--;
+        if (!is_utf8((const char *)buf + 5, n))
+            Py_RETURN_FALSE;
+        input.query.data = (const char *)buf + 5;
+        input.query.len = (size_t)n;
+    } else {
+        if (PyDict_GET_SIZE(args[6]) != 0)
+            Py_RETURN_FALSE;
+        Py_ssize_t starts[5], ends[5], pos = 0;
+        char kinds[6];
+        int n = 0;
+        while (pos < end) {
+            if (n == 5 || pos + 5 > end)
+                Py_RETURN_FALSE;
+            uint32_t length = be32(buf + pos + 1);
+            if (length < 4 || length > 0x7FFFFFFF || (Py_ssize_t)length > end - pos - 1)
+                Py_RETURN_FALSE;
+            kinds[n] = (char)buf[pos];
+            starts[n] = pos + 5;
+            ends[n] = pos + 1 + (Py_ssize_t)length;
+            pos = ends[n++];
+        }
+        kinds[n] = 0;
+        if (strcmp(kinds, "PBDES") && strcmp(kinds, "PBES") && strcmp(kinds, "BDES") && strcmp(kinds, "BES"))
+            Py_RETURN_FALSE;
+        int b = kinds[0] == 'P';
+        /* The Bind: portal, statement name, then the parameters. */
+        const char *bind = (const char *)buf + starts[b];
+        Py_ssize_t blen = ends[b] - starts[b];
+        const char *nul1 = memchr(bind, 0, (size_t)blen);
+        const char *name = nul1 == NULL ? NULL : nul1 + 1;
+        const char *nul2 = name == NULL ? NULL : memchr(name, 0, (size_t)(bind + blen - name));
+        if (nul2 == NULL)
+            Py_RETURN_FALSE;
+        PyObject *key = PyBytes_FromStringAndSize(name, nul2 - name);
+        if (key == NULL)
+            return NULL;
+        PyObject *statement = PyDict_GetItemWithError(statements, key);   /* borrowed */
+        Py_DECREF(key);
+        if (statement == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_FALSE;
+        }
+        const char *known;
+        Py_ssize_t known_len;
+        if (b) {
+            /* Parse: same name, and a text the session already holds under it. */
+            const char *parse = (const char *)buf + starts[0];
+            Py_ssize_t plen = ends[0] - starts[0];
+            Py_ssize_t name_len = nul2 - name;
+            if (plen <= name_len || memcmp(parse, name, (size_t)name_len) != 0 || parse[name_len] != 0)
+                Py_RETURN_FALSE;
+            if (statement_field(statement, "rest", &keep, &known, &known_len) < 0)
+                return NULL;
+            const char *rest = parse + name_len + 1;
+            if (known_len != plen - name_len - 1 || memcmp(known, rest, (size_t)known_len) != 0) {
+                Py_DECREF(keep);
+                Py_RETURN_FALSE;
+            }
+            Py_CLEAR(keep);
+            const char *text_end = memchr(rest, 0, (size_t)known_len);
+            if (text_end == NULL || !is_utf8(rest, text_end - rest))
+                Py_RETURN_FALSE;
+            input.query.data = rest;
+            input.query.len = (size_t)(text_end - rest);
+        } else {
+            if (statement_field(statement, "sql", &keep, &known, &known_len) < 0)
+                return NULL;
+            input.query.data = known;
+            input.query.len = (size_t)known_len;
+        }
+        const char *values = nul2 + 1;
+        int count = read_parameters((const unsigned char *)values, bind + blen - values, parameters,
+                                    LANE_PARAMETERS);
+        if (count < 0) {
+            Py_XDECREF(keep);
+            Py_RETURN_FALSE;
+        }
+        input.num_parameters = (uint32_t)count;
+        input.parameters = count ? parameters : NULL;
+    }
+
+    PyObject *routes = args[0], *answer = NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(routes); i++) {
+        PyObject *entry = PyTuple_GET_ITEM(routes, i);
+        if (!PyList_Check(entry) || PyList_GET_SIZE(entry) != 2) {
+            PyErr_SetString(PyExc_TypeError, "native_lane: routes holds [route, free] lists");
+            goto done;
+        }
+        RouteFn route = (RouteFn)PyLong_AsVoidPtr(PyList_GET_ITEM(entry, 0));
+        if (route == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            continue;   /* closed */
+        }
+        PyObject *free_obj = PyList_GET_ITEM(entry, 1);
+        FreeFn free_output = free_obj == Py_None ? NULL : (FreeFn)PyLong_AsVoidPtr(free_obj);
+        if (PyErr_Occurred())
+            goto done;
+        PgdogOutput out = route(input);
+        if (out.decision != PGDOG_NO_DECISION) {
+            answer = Py_BuildValue("(ny#)", i, (const char *)&out, (Py_ssize_t)sizeof out);
+            goto done;
+        }
+        if (free_output != NULL)
+            free_output(&out);
+    }
+    answer = Py_None;
+    Py_INCREF(answer);
+done:
+    Py_XDECREF(keep);
+    return answer;
+}
+
 static PyMethodDef methods[] = {
     {"one_execution", one_execution, METH_O,
      "(parse_name, sql, parse_rest, portal, statement, bind_rest) of one [Parse] Bind "
      "[Describe] Execute Sync chunk, or None."},
     {"bind_parameters", bind_parameters, METH_O, "(values, formats) of a Bind body after its names."},
+    {"native_lane", (PyCFunction)(void (*)(void))native_lane, METH_FASTCALL,
+     "One chunk through native plugins: False (not taken), None (no decision) or (index, output)."},
     {"route_query", (PyCFunction)(void (*)(void))route_query, METH_FASTCALL,
      "Call a plugin's pgdog_route_query; None for no decision, else the PgdogOutput bytes."},
     {NULL, NULL, 0, NULL},

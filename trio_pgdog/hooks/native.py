@@ -209,6 +209,9 @@ class NativeHook:
         self._direct = _direct_call() if self._route is not None else None
         self._route_address = _address(self._route)
         self._free_address = _address(self._free)
+        # [pgdog_route_query, pgdog_output_free] for the native lane (session/hooked.py);
+        # close() zeroes the first, so that the lane skips a closed plugin.
+        self.lane_entry: list[int | None] = [self._route_address or 0, self._free_address]
         self._routes: dict[tuple[int, int], Decision] = {}
         self._block_prefix = f"plugin {name}: "
 
@@ -222,6 +225,7 @@ class NativeHook:
         if self._closed:
             return
         self._closed = True
+        self.lane_entry[0] = 0
         fini = self._fn.get("pgdog_fini")
         if fini is not None:
             fini()
@@ -329,8 +333,15 @@ class _PreQuery:
             out = self._call_ctypes(query, ast)
         if out is None:
             return None
+        return self._decision_of(out, query.shards)
+
+    def lane_decision(self: Any, raw: bytes) -> Decision:
+        """The Decision in a PgdogOutput the native lane got (as bytes, not yet freed)."""
+        return self._decision_of(abi.PgdogOutput.from_buffer_copy(raw), 1)
+
+    def _decision_of(self: Any, out: abi.PgdogOutput, shards: int) -> Decision:
         try:
-            decision = self._decide(out, query.shards)
+            decision = self._decide(out, shards)
         except _Invalid as exc:
             decision = self._invalid("pgdog_route_query", str(exc))
         self._freeing(out)

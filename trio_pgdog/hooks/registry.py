@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .. import speedups
 from ..config.models import Config, Plugin
 from .api import ALL_SHARDS, EVENTS, Action, ConnectInfo, Decision, QueryDone, QueryInfo, ServerInfo
 
@@ -67,6 +68,23 @@ class HookSet:
         self.post_query = pick("post_query")
         # The session takes the slower, statement-aware path only when this is true.
         self.per_statement = bool(self.pre_query or self.post_query)
+        self.native_lane = self._native_lane()
+
+    def _native_lane(self) -> tuple[list[int | None], ...] | None:
+        """[route, free] addresses of every pre_query hook, in order, when they are all native
+        plugins the C speedups can call and nothing watches post_query: then a session asks
+        them about a statement in one C call (_speedups.native_lane). None otherwise."""
+        if not self.pre_query or self.post_query or speedups.c is None:
+            return None
+        from .native import NativeHook  # here: native.py loads ctypes, which most setups skip
+
+        entries = []
+        for _entry, call in self.pre_query:
+            hook = getattr(call, "__self__", None)
+            if not isinstance(hook, NativeHook) or hook._direct is None or hook.wants_ast:
+                return None
+            entries.append(hook.lane_entry)
+        return tuple(entries)
 
     def _calls(self, event: str) -> tuple[tuple[Entry, Callable[..., Any]], ...]:
         return tuple((e, getattr(e.hook, event)) for e in self.entries if event in e.events)

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import speedups
 from ..hooks.api import Action, Decision, QueryDone, QueryInfo
 from ..hooks.registry import HookSet, nonsense
 from ..protocol import ProtocolError
@@ -61,6 +62,9 @@ from .units import (
     query_text,
     split_units,
 )
+
+# Set only where the C speedups are built; HookSet.native_lane is None otherwise.
+_native_lane = speedups.c.native_lane if speedups.c is not None else None
 
 _ENDS_PARSE, _ENDS_BIND, _ENDS_CLOSE = frozenset(b"1"), frozenset(b"2"), frozenset(b"3")
 _ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), frozenset(b"Z")
@@ -146,6 +150,9 @@ class HookedStream:
                  on_error: Callable[[str], None] | None = None):
         self.hooks = hooks
         self.cache = cache
+        # The native lane: every pre_query hook is a native plugin the C speedups call.
+        self._lane = hooks.native_lane
+        self._lane_args = (_encode(database), _encode(user), 1 | has_replicas << 1)
         self.user, self.database, self.client_addr = user, database, client_addr
         self.has_replicas = has_replicas
         self.on_error = on_error or (lambda _message: None)
@@ -198,6 +205,15 @@ class HookedStream:
     def from_client(self, data: bytes) -> Outcome:
         self._role = None
         if self._settled:  # the commonest chunks, without the general walk
+            if self._lane is not None:
+                database, user, flags = self._lane_args
+                answer = _native_lane(self._lane, database, user,
+                                      flags | (self.status != b"I") << 2 | self.stand_ins << 3,
+                                      data, self.statements, self.portals)
+                if answer is None:
+                    return self._as_sent(data, 1)
+                if answer is not False:
+                    return self._lane_decided(data, *answer)
             if data[:1] == b"Q" and len(data) == 1 + _LEN(data, 1)[0]:
                 return self._one_query(data)
             if (data[:1] in BATCH_STARTS and data[-5:] == SYNC_MESSAGE and not self.stand_ins
@@ -237,16 +253,35 @@ class HookedStream:
         outcome.syncs, outcome.role = self._syncs, self._role
         return outcome
 
-    def _one_query(self, data: bytes) -> Outcome:
+    def _lane_decided(self, data: bytes, index: int, raw: bytes) -> Outcome:
+        """The native lane's chunk when plugin `index` decided (its PgdogOutput in `raw`)."""
+        entry, call = self.hooks.pre_query[index]
+        try:
+            decision = call.__self__.lane_decision(raw)
+        except Exception as exc:   # as the registry guards every hook call
+            entry.failed("pre_query", exc)
+            decision = None
+        if decision is not None:
+            decision = self._accepted(decision, entry.label)
+        if data[:1] == b"Q":
+            return self._one_query(data, decision)
+        outcome = self._one_batch(data, decision)
+        # The lane read this chunk as one execution, as _one_batch does.
+        assert outcome is not None
+        return outcome
+
+    def _one_query(self, data: bytes, decided: object = _UNDECIDED) -> Outcome:
         """A chunk that is one whole Query message, nothing owed before it."""
-        decision = self._decide(query_text(data[5:]), (), (), extended=False)
+        decision = (self._decide(query_text(data[5:]), (), (), extended=False)
+                    if decided is _UNDECIDED else decided)
         if _routes_only(decision) and not self.hooks.post_query:
             return self._as_sent(data, 1)
         return self._answered([(data[0], data[5:], data)], [decision])
 
-    def _one_batch(self, data: bytes) -> Outcome | None:
+    def _one_batch(self, data: bytes, decided: object = _UNDECIDED) -> Outcome | None:
         """One execution as most drivers send it: [Parse] Bind [Describe] Execute Sync, of one
-        statement. None when `data` is anything else (the general walk takes it)."""
+        statement. None when `data` is anything else (the general walk takes it). `decided`:
+        the hooks' decision when the native lane already asked them."""
         execution = one_execution(data)
         if execution is None:
             return None
@@ -259,7 +294,7 @@ class HookedStream:
         elif parse_name != name:
             return None
         args = bind_values(rest)
-        decision = self._decide(sql, *args, extended=True)
+        decision = self._decide(sql, *args, extended=True) if decided is _UNDECIDED else decided
         if _routes_only(decision):
             if parse_rest is not None:
                 self.statements[name] = Statement(sql, parse_rest, sql)
@@ -630,9 +665,11 @@ class HookedStream:
                          in_transaction=self.status != b"I", shards=1,
                          has_primary=True, has_replicas=self.has_replicas)
         found = self.hooks.decide(info)
-        if found is None:
-            return None
-        decision, label = found
+        return None if found is None else self._accepted(*found)
+
+    def _accepted(self, decision: Decision, label: str) -> Decision:
+        """A hook's decision, or the error it becomes if it makes no sense; a route sets the
+        role of the transaction it starts."""
         problem = nonsense(decision)
         if problem is not None:
             self.on_error(f"{label} answered {problem}")
@@ -745,6 +782,10 @@ class HookedStream:
             if statement.local is None:
                 statement.server_sql = statement.sql
         return owed
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _routes_only(decision: Decision | None) -> bool:
