@@ -565,8 +565,8 @@ def measure_hook_costs(plan: Plan, hook_keys: Sequence[str], cluster: Cluster,
                         continue
                     costs[t.name, mode].pairs.append(pair)  # type: ignore[arg-type]
             progress(f"  round {n + 1}: " + ", ".join(
-                f"{c.target} {c.mode} {c.extras[-1] if c.pairs else float('nan'):+.1f} µs"
-                for c in costs.values()))
+                f"{c.target} {c.mode} {c.pairs[-1][1] - c.pairs[-1][0]:+.1f} µs"
+                for c in costs.values() if len(c.pairs) == n + 1))
         for target in (plain, *hooked):
             problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
     return [c for c in costs.values() if c.pairs]
