@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -128,6 +129,27 @@ class RunResult:
     clients: int
     outcome: PgbenchOutcome
     cpu_us_per_txn: float | None
+
+
+@dataclass
+class HookProbe:
+    """A hook target's hook path timed inside the proxy (trio_pgdog.bench_probe)."""
+
+    target: str
+    mode: str
+    statements: int
+    timed: dict[str, tuple[int, int]]   # HookedStream method -> (thread CPU ns, calls)
+    clock_ns: float                     # what one timed call pays for reading the clock
+
+    @property
+    def raw_us(self) -> float:
+        return sum(ns for ns, _calls in self.timed.values()) / self.statements / 1000
+
+    @property
+    def net_us(self) -> float:
+        """Without the clock reads the timing itself added."""
+        calls = sum(calls for _ns, calls in self.timed.values())
+        return max(0.0, self.raw_us - calls * self.clock_ns / self.statements / 1000)
 
 
 @dataclass
@@ -443,14 +465,21 @@ def build_noop_plugin(workdir: str) -> str:
     return library
 
 
-def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, key: str = "trio_pgdog") -> Target:
+def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, key: str = "trio_pgdog",
+                     probe_out: str | None = None) -> Target:
+    """`probe_out`: run it under trio_pgdog.bench_probe, which writes its hook path's CPU time
+    to that file when it exits."""
     workdir = make_workdir(stack, cluster, "trio_pgdog-bench-proxy-")
     port = free_port()
     config, users = trio_pgdog_files(cluster, port, workdir, key)
     log_path = os.path.join(workdir, "proxy.log")
     # The proxy exactly as a user runs it, so its CPU time is the whole process's.
-    argv = [sys.executable, "-m", "trio_pgdog", "--config", config, "--users", users]
-    proc = spawn(stack, argv, log_path, cwd=workdir, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    module = "trio_pgdog" if probe_out is None else "trio_pgdog.bench_probe"
+    argv = [sys.executable, "-m", module, "--config", config, "--users", users]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if probe_out is not None:
+        env["TRIO_PGDOG_PROBE_OUT"] = probe_out
+    proc = spawn(stack, argv, log_path, cwd=workdir, env=env)
     wait_for_log(proc, log_path, f"listening on 127.0.0.1:{port}", "trio_pgdog")
     return Target(TARGET_KEYS[key], port, proc, log_path)
 
@@ -509,7 +538,7 @@ def benchmark_target(target: Target, plan: Plan, modes: Sequence[str],
     return results
 
 
-def run_plan(plan: Plan, problems: list[str]) -> tuple[list[RunResult], list[HookCost]]:
+def run_plan(plan: Plan, problems: list[str]) -> tuple[list[RunResult], list[HookCost], list[HookProbe]]:
     pgbouncer = find_pgbouncer()
     keys = [k for k in plan.targets if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS]
     hook_keys = [k for k in plan.targets if k in HOOK_TARGETS]
@@ -531,7 +560,43 @@ def run_plan(plan: Plan, problems: list[str]) -> tuple[list[RunResult], list[Hoo
                 # Read before the work directory (and the log with it) is removed.
                 problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
         costs = measure_hook_costs(plan, hook_keys, cluster, problems) if hook_keys else []
-    return results, costs
+        probes = [probe for key in hook_keys for mode in plan.modes_for("trio_pgdog")
+                  if (probe := probe_hook_path(plan, key, mode, cluster, problems)) is not None]
+    return results, costs, probes
+
+
+def probe_hook_path(plan: Plan, key: str, mode: str, cluster: Cluster,
+                    problems: list[str]) -> HookProbe | None:
+    """One run of hook target `key` at RATIO_CLIENTS with its hook path timed from inside."""
+    with cleanup_shielded() as stack:
+        workdir = make_workdir(stack, cluster, "trio_pgdog-bench-probe-")
+        out = os.path.join(workdir, "probe.json")
+        try:
+            target = start_trio_pgdog(stack, cluster, key, probe_out=out)
+        except (BenchError, EmbeddedError) as exc:
+            problems.append(f"the probe of {TARGET_KEYS[key]} did not start: {exc}")
+            return None
+        run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
+        outcome = run_pgbench(target.port, mode, RATIO_CLIENTS, plan.per_client(RATIO_CLIENTS),
+                              plan.timeout)
+        assert target.proc is not None
+        stop_process(target.proc)   # the probe writes its file as the proxy exits
+        try:
+            with open(out) as f:
+                report = json.load(f)
+        except (OSError, ValueError) as exc:
+            problems.append(f"the probe of {target.name} {mode} wrote no result: {exc}")
+            return None
+    # The warm-up's statements went through the hook path too: count them.
+    statements = outcome.processed + RATIO_CLIENTS * WARMUP_TRANSACTIONS_PER_CLIENT
+    if not outcome.processed or outcome.not_done:
+        problems.append(f"the probe of {target.name} {mode} did not complete")
+        return None
+    timed = {name: (v["ns"], v["calls"]) for name, v in report.items() if name != "clock_ns"}
+    probe = HookProbe(target.name, mode, statements, timed, report["clock_ns"])
+    progress(f"  probe: {target.name} {mode}: {probe.net_us:.1f} µs per statement "
+             f"({probe.raw_us:.1f} µs with the clock reads)")
+    return probe
 
 
 def measure_hook_costs(plan: Plan, hook_keys: Sequence[str], cluster: Cluster,
@@ -642,6 +707,19 @@ def hook_cost_lines(costs: Sequence[HookCost]) -> list[str]:
     return lines
 
 
+def hook_probe_lines(probes: Sequence[HookProbe]) -> list[str]:
+    lines = []
+    for p in probes:
+        parts = ", ".join(f"{name} {ns / p.statements / 1000:.1f}" for name, (ns, calls) in p.timed.items()
+                          if calls)
+        line = (f"- {p.mode}, {p.target}: {p.net_us:.1f} µs per statement ({parts} µs, of which "
+                f"{p.raw_us - p.net_us:.1f} µs are the timer's own clock reads)")
+        if p.target == TRIO_PGDOG_PLUGIN:
+            line += f"; target < {MAX_PLUGIN_US:g} µs **{'PASS' if p.net_us < MAX_PLUGIN_US else 'MISS'}**"
+        lines.append(line)
+    return lines
+
+
 def error_lines(results: Sequence[RunResult]) -> list[str]:
     lines = []
     for r in results:
@@ -670,8 +748,8 @@ def source_revision() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def report(results: Sequence[RunResult], costs: Sequence[HookCost], plan: Plan, problems: Sequence[str],
-           revision: str) -> str:
+def report(results: Sequence[RunResult], costs: Sequence[HookCost], probes: Sequence[HookProbe],
+           plan: Plan, problems: Sequence[str], revision: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"pgbench -S, scale 1, {plan.transactions:,} transactions per run (-t = that ÷ clients), "
@@ -688,6 +766,9 @@ def report(results: Sequence[RunResult], costs: Sequence[HookCost], plan: Plan, 
         parts += ["", f"Hook cost over plain {TRIO_PGDOG}: proxy CPU per statement at {RATIO_CLIENTS} "
                   f"clients, the median of {HOOK_ROUNDS} rounds each paired with a plain run:", "",
                   *hook_lines]
+    if probe_lines := hook_probe_lines(probes):
+        parts += ["", f"The hook path measured inside the proxy (thread CPU time of its entry points, "
+                  f"{RATIO_CLIENTS} clients, one run each):", "", *probe_lines]
     if notes := [*(f"- {p}" for p in problems), *error_lines(results)]:
         parts += ["", "Problems:", "", *notes]
     return "\n".join(parts) + "\n"
@@ -747,14 +828,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(note)
         problems.append(note)
     try:
-        results, costs = run_plan(plan, problems)
+        results, costs, probes = run_plan(plan, problems)
     except KeyboardInterrupt:
         progress("interrupted; everything the benchmark started has been stopped and removed")
         return 130
     except (BenchError, EmbeddedError) as exc:
         progress(f"benchmark failed: {exc}")
         return 1
-    text = report(results, costs, plan, problems, revision)
+    text = report(results, costs, probes, plan, problems, revision)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as f:
