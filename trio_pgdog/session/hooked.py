@@ -216,8 +216,7 @@ class HookedStream:
                     return self._lane_decided(data, *answer)
             if data[:1] == b"Q" and len(data) == 1 + _LEN(data, 1)[0]:
                 return self._one_query(data)
-            if (data[:1] in BATCH_STARTS and data[-5:] == SYNC_MESSAGE and not self.stand_ins
-                    and not self.hooks.post_query):
+            if data[:1] in BATCH_STARTS and data[-5:] == SYNC_MESSAGE and not self.stand_ins:
                 outcome = self._one_batch(data)
                 if outcome is not None:
                     return outcome
@@ -236,11 +235,16 @@ class HookedStream:
         outcome.starts_batch = starts_batch
         return outcome
 
-    def _as_sent(self, data: bytes, syncs: int) -> Outcome:
-        """The outcome of a unit that goes to the server exactly as the client sent it."""
+    def _as_sent(self, data: bytes, syncs: int, run: Run | None = None) -> Outcome:
+        """The outcome of a unit that goes to the server exactly as the client sent it.
+        `run`: the one statement of a one-statement unit, timed for post_query up to its
+        ReadyForQuery (an error on the way is its SQLSTATE, as for a Query)."""
         outcome = Outcome()
         outcome.to_server, outcome.syncs, outcome.role = data, syncs, self._role
-        self.lean_ready += syncs
+        if run is None:
+            self.lean_ready += syncs
+        else:
+            self.queue.append(Expect(_ENDS_READY, run=run))
         return outcome
 
     def _answered(self, messages: list[Message], decisions: list[object]) -> Outcome:
@@ -272,10 +276,10 @@ class HookedStream:
 
     def _one_query(self, data: bytes, decided: object = _UNDECIDED) -> Outcome:
         """A chunk that is one whole Query message, nothing owed before it."""
-        decision = (self._decide(query_text(data[5:]), (), (), extended=False)
-                    if decided is _UNDECIDED else decided)
-        if _routes_only(decision) and not self.hooks.post_query:
-            return self._as_sent(data, 1)
+        sql = query_text(data[5:])
+        decision = self._decide(sql, (), (), extended=False) if decided is _UNDECIDED else decided
+        if _routes_only(decision):
+            return self._as_sent(data, 1, Run(sql) if self.hooks.post_query else None)
         return self._answered([(data[0], data[5:], data)], [decision])
 
     def _one_batch(self, data: bytes, decided: object = _UNDECIDED) -> Outcome | None:
@@ -299,7 +303,7 @@ class HookedStream:
             if parse_rest is not None:
                 self.statements[name] = Statement(sql, parse_rest, sql)
             self.portals.pop(portal, None)
-            return self._as_sent(data, 1)
+            return self._as_sent(data, 1, Run(sql, *args) if self.hooks.post_query else None)
         # A hook decided: the general path answers, with this decision (asked once).
         messages, _cut = split_units(data)
         index = 0 if parse_name is None else 1   # the Bind's
