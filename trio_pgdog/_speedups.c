@@ -32,98 +32,132 @@ static uint32_t be32(const unsigned char *p) {
 
 static int16_t be16(const unsigned char *p) { return (int16_t)(((uint16_t)p[0] << 8) | p[1]); }
 
-/* The NUL-terminated name at body[*pos], as bytes; *pos moves past the NUL. NULL (no
- * exception set) when there is no NUL. */
-static PyObject *take_name(const char *body, Py_ssize_t len, Py_ssize_t *pos) {
-    const char *start = body + *pos;
-    const char *nul = memchr(start, 0, (size_t)(len - *pos));
+/* A span of the client's bytes. */
+typedef struct {
+    const char *data;
+    Py_ssize_t len;
+} Span;
+
+/* One execution as drivers send it: the Parse's parts (has_parse 0: no Parse) and the Bind's. */
+typedef struct {
+    int has_parse;
+    Span parse_name, sql, parse_rest;   /* sql: the query text, up to its NUL */
+    Span portal, statement, bind_rest;
+} Execution;
+
+/* The NUL-terminated name at the start of `*rest` into `name`; `*rest` moves past the NUL.
+ * 0 when there is no NUL. */
+static int take_name(Span *rest, Span *name) {
+    const char *nul = memchr(rest->data, 0, (size_t)rest->len);
     if (nul == NULL)
-        return NULL;
-    *pos += (nul - start) + 1;
-    return PyBytes_FromStringAndSize(start, nul - start);
+        return 0;
+    name->data = rest->data;
+    name->len = nul - rest->data;
+    rest->data = nul + 1;
+    rest->len -= name->len + 1;
+    return 1;
+}
+
+/* Read `buf` as exactly [Parse] Bind [Describe] Execute Sync: 1 and `ex` filled, or 0 for
+ * anything else, including names or a query text without their NUL. */
+static int read_execution(const unsigned char *buf, Py_ssize_t end, Execution *ex) {
+    Span bodies[5];
+    char kinds[6];
+    Py_ssize_t pos = 0;
+    int n = 0;
+    while (pos < end) {
+        if (n == 5 || pos + 5 > end)
+            return 0;
+        uint32_t length = be32(buf + pos + 1);
+        if (length < 4 || length > 0x7FFFFFFF || (Py_ssize_t)length > end - pos - 1)
+            return 0;
+        kinds[n] = (char)buf[pos];
+        bodies[n].data = (const char *)buf + pos + 5;
+        bodies[n].len = (Py_ssize_t)length - 4;
+        pos += 1 + (Py_ssize_t)length;
+        n++;
+    }
+    kinds[n] = 0;
+    if (strcmp(kinds, "PBDES") && strcmp(kinds, "PBES") && strcmp(kinds, "BDES") && strcmp(kinds, "BES"))
+        return 0;
+    ex->has_parse = kinds[0] == 'P';
+    if (ex->has_parse) {
+        Span rest = bodies[0];
+        if (!take_name(&rest, &ex->parse_name))
+            return 0;
+        ex->parse_rest = rest;
+        if (!take_name(&rest, &ex->sql))
+            return 0;
+    }
+    Span rest = bodies[ex->has_parse];
+    if (!take_name(&rest, &ex->portal) || !take_name(&rest, &ex->statement))
+        return 0;
+    ex->bind_rest = rest;
+    return 1;
 }
 
 /* one_execution(data) -> (parse_name, sql, parse_rest, portal, statement, bind_rest) | None
  *
- * `data` must be exactly [Parse] Bind [Describe] Execute Sync. The Parse fields are None
- * when there is no Parse; sql is decoded as UTF-8 with replacement. None for anything else,
- * including names or a query text without their NUL. */
+ * What units.one_execution_py does: `data` read as one execution (read_execution). The
+ * Parse fields are None when there is no Parse; sql is decoded as UTF-8 with replacement. */
 static PyObject *one_execution(PyObject *self, PyObject *data) {
     (void)self;
     if (!PyBytes_Check(data)) {
         PyErr_SetString(PyExc_TypeError, "one_execution takes bytes");
         return NULL;
     }
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t end = PyBytes_GET_SIZE(data), pos = 0;
-    char kinds[6];
-    Py_ssize_t starts[5], ends[5];
-    int n = 0;
-    while (pos < end) {
-        if (n == 5 || pos + 5 > end)
-            Py_RETURN_NONE;
-        uint32_t length = be32(buf + pos + 1);
-        if (length < 4 || length > 0x7FFFFFFF || (Py_ssize_t)length > end - pos - 1)
-            Py_RETURN_NONE;
-        kinds[n] = (char)buf[pos];
-        starts[n] = pos + 5;
-        ends[n] = pos + 1 + (Py_ssize_t)length;
-        pos = ends[n];
-        n++;
-    }
-    kinds[n] = 0;
-    if (strcmp(kinds, "PBDES") && strcmp(kinds, "PBES") && strcmp(kinds, "BDES") && strcmp(kinds, "BES"))
+    Execution ex;
+    if (!read_execution((const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), &ex))
         Py_RETURN_NONE;
-
-    PyObject *parse_name = Py_None, *sql = Py_None, *parse_rest = Py_None;
-    Py_INCREF(Py_None); Py_INCREF(Py_None); Py_INCREF(Py_None);
-    PyObject *portal = NULL, *statement = NULL, *bind_rest = NULL;
-    int b = kinds[0] == 'P';
-    if (b) {
-        const char *body = (const char *)buf + starts[0];
-        Py_ssize_t len = ends[0] - starts[0], p = 0;
-        Py_DECREF(Py_None);
-        if ((parse_name = take_name(body, len, &p)) == NULL)
-            goto none;
-        const char *text = body + p, *nul = memchr(text, 0, (size_t)(len - p));
-        if (nul == NULL)
-            goto none;
-        Py_DECREF(Py_None);
-        if ((sql = PyUnicode_DecodeUTF8(text, nul - text, "replace")) == NULL)
-            goto fail;
-        Py_DECREF(Py_None);
-        if ((parse_rest = PyBytes_FromStringAndSize(text, len - p)) == NULL)
-            goto fail;
-    }
-    {
-        const char *body = (const char *)buf + starts[b];
-        Py_ssize_t len = ends[b] - starts[b], p = 0;
-        if ((portal = take_name(body, len, &p)) == NULL || (statement = take_name(body, len, &p)) == NULL)
-            goto none;
-        if ((bind_rest = PyBytes_FromStringAndSize(body + p, len - p)) == NULL)
-            goto fail;
-    }
-    return Py_BuildValue("(NNNNNN)", parse_name, sql, parse_rest, portal, statement, bind_rest);
-none:
-    if (PyErr_Occurred())
-        goto fail;
-    Py_XDECREF(parse_name); Py_XDECREF(sql); Py_XDECREF(parse_rest);
-    Py_XDECREF(portal); Py_XDECREF(statement);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(parse_name); Py_XDECREF(sql); Py_XDECREF(parse_rest);
-    Py_XDECREF(portal); Py_XDECREF(statement);
-    return NULL;
+    if (!ex.has_parse)
+        return Py_BuildValue("(OOOy#y#y#)", Py_None, Py_None, Py_None, ex.portal.data, ex.portal.len,
+                             ex.statement.data, ex.statement.len, ex.bind_rest.data, ex.bind_rest.len);
+    PyObject *sql = PyUnicode_DecodeUTF8(ex.sql.data, ex.sql.len, "replace");
+    if (sql == NULL)
+        return NULL;
+    return Py_BuildValue("(y#Ny#y#y#y#)", ex.parse_name.data, ex.parse_name.len, sql,
+                         ex.parse_rest.data, ex.parse_rest.len, ex.portal.data, ex.portal.len,
+                         ex.statement.data, ex.statement.len, ex.bind_rest.data, ex.bind_rest.len);
 }
 
-static PyObject *malformed(const char *what) {
-    PyErr_Format(PyExc_ValueError, "malformed Bind message: %s", what);
-    return NULL;
+/* A Bind body after its two names: its values into `array` (the first `room` of them; a
+ * negative length is NULL: data NULL, len -1), each with its format code. Returns the number
+ * of values, which may exceed `room` (call again with more room), or -1 when the body is
+ * malformed as PostgreSQL would reject it. The whole body is checked either way. */
+static int read_parameters(const unsigned char *buf, Py_ssize_t len, PgdogParameter *array, int room) {
+    if (len < 2)
+        return -1;
+    int nformats = be16(buf);
+    Py_ssize_t pos = 2 + 2 * (Py_ssize_t)nformats;
+    if (nformats < 0 || len < pos + 2)
+        return -1;
+    int count = be16(buf + pos);
+    pos += 2;
+    if (count < 0 || (nformats > 1 && nformats != count))
+        return -1;
+    for (int i = 0; i < count; i++) {
+        if (len - pos < 4)
+            return -1;
+        int32_t n = (int32_t)be32(buf + pos);
+        pos += 4;
+        if (n >= 0 && n > len - pos)
+            return -1;
+        if (i < room) {
+            array[i].data = n < 0 ? NULL : (const char *)buf + pos;
+            array[i].len = n < 0 ? -1 : n;
+            array[i].format = nformats == 0 ? 0 : be16(buf + 2 + 2 * (nformats == 1 ? 0 : i));
+        }
+        if (n > 0)
+            pos += n;
+    }
+    return count;
 }
 
-/* bind_parameters(rest) -> (values, formats): a Bind body after its two names. Values are
- * bytes, or None for a negative length (NULL); formats has one code per value. ValueError
- * when the body is malformed, as PostgreSQL would reject it. */
+#define STACK_PARAMETERS 64
+
+/* bind_parameters(rest) -> (values, formats): what protocol/results.bind_parameters_py does.
+ * Values are bytes, or None for NULL; formats has one code per value. ValueError when the
+ * body is malformed. */
 static PyObject *bind_parameters(PyObject *self, PyObject *rest) {
     (void)self;
     if (!PyBytes_Check(rest)) {
@@ -131,57 +165,40 @@ static PyObject *bind_parameters(PyObject *self, PyObject *rest) {
         return NULL;
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(rest);
-    Py_ssize_t len = PyBytes_GET_SIZE(rest), pos = 2;
-    if (len < 2)
-        return malformed("no parameter format count");
-    int nformats = be16(buf);
-    if (nformats < 0)
-        return malformed("negative parameter format count");
-    if (len < pos + 2 * (Py_ssize_t)nformats + 2)
-        return malformed("the parameter formats run past the message");
-    const unsigned char *codes = buf + pos;
-    pos += 2 * (Py_ssize_t)nformats;
-    int count = be16(buf + pos);
-    pos += 2;
-    if (count < 0)
-        return malformed("negative parameter count");
-    if (nformats > 1 && nformats != count)
-        return malformed("as many format codes as parameters, one, or none are expected");
-    PyObject *values = PyTuple_New(count), *formats = PyTuple_New(count);
-    if (values == NULL || formats == NULL)
-        goto fail;
+    Py_ssize_t len = PyBytes_GET_SIZE(rest);
+    PgdogParameter on_stack[STACK_PARAMETERS], *array = on_stack;
+    int count = read_parameters(buf, len, array, STACK_PARAMETERS);
+    if (count > STACK_PARAMETERS) {
+        if ((array = PyMem_Malloc(sizeof(PgdogParameter) * (size_t)count)) == NULL)
+            return PyErr_NoMemory();
+        read_parameters(buf, len, array, count);
+    }
+    PyObject *values = NULL, *formats = NULL, *answer = NULL;
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "malformed Bind message");
+        goto done;
+    }
+    if ((values = PyTuple_New(count)) == NULL || (formats = PyTuple_New(count)) == NULL)
+        goto done;
     for (int i = 0; i < count; i++) {
-        if (len - pos < 4) {
-            malformed("a parameter's length runs past the message");
-            goto fail;
-        }
-        int32_t n = (int32_t)be32(buf + pos);
-        pos += 4;
-        PyObject *value;
-        if (n < 0) {
-            value = Py_None;
-            Py_INCREF(value);
-        } else {
-            if (n > len - pos) {
-                malformed("a parameter runs past the message");
-                goto fail;
-            }
-            if ((value = PyBytes_FromStringAndSize((const char *)buf + pos, n)) == NULL)
-                goto fail;
-            pos += n;
+        PyObject *value = array[i].data == NULL ? Py_NewRef(Py_None)
+                                                : PyBytes_FromStringAndSize(array[i].data, array[i].len);
+        PyObject *format = PyLong_FromLong(array[i].format);
+        if (value == NULL || format == NULL) {
+            Py_XDECREF(value);
+            Py_XDECREF(format);
+            goto done;
         }
         PyTuple_SET_ITEM(values, i, value);
-        int16_t code = nformats == 0 ? 0 : be16(codes + 2 * (nformats == 1 ? 0 : i));
-        PyObject *format = PyLong_FromLong(code);
-        if (format == NULL)
-            goto fail;
         PyTuple_SET_ITEM(formats, i, format);
     }
-    return Py_BuildValue("(NN)", values, formats);
-fail:
+    answer = Py_BuildValue("(OO)", values, formats);
+done:
     Py_XDECREF(values);
     Py_XDECREF(formats);
-    return NULL;
+    if (array != on_stack)
+        PyMem_Free(array);
+    return answer;
 }
 
 /* --- calling native plugins ------------------------------------------------------------ */
@@ -189,14 +206,10 @@ fail:
 typedef PgdogOutput (*RouteFn)(PgdogInput);
 typedef void (*FreeFn)(PgdogOutput *);
 
-#define STACK_PARAMETERS 16
-
-/* A function pointer from a Python int (the address ctypes reports). */
-static void *address(PyObject *obj) {
-    void *p = PyLong_AsVoidPtr(obj);
-    if (p == NULL && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "NULL function address");
-    return p;
+/* A function address (a Python int, as ctypes reports it; None or 0: none) into `*out`. */
+static int function_address(PyObject *obj, void **out) {
+    *out = obj == Py_None ? NULL : PyLong_AsVoidPtr(obj);
+    return *out == NULL && PyErr_Occurred() ? -1 : 0;
 }
 
 /* A bytes object's data as a PgdogStr; None is the empty string. */
@@ -212,6 +225,32 @@ static int as_str(PyObject *obj, PgdogStr *out) {
     }
     out->len = (size_t)PyBytes_GET_SIZE(obj);
     out->data = out->len ? PyBytes_AS_STRING(obj) : NULL;
+    return 0;
+}
+
+/* The PgdogInput fields both entry points take from Python: database and user (bytes) and
+ * flags (bit 0 has_primary, bit 1 has_replicas, bit 2 in_transaction). Returns the flags,
+ * or -1 with an exception set. */
+static long read_context(PyObject *database, PyObject *user, PyObject *flags_obj, PgdogInput *input) {
+    if (as_str(database, &input->database) < 0 || as_str(user, &input->user) < 0)
+        return -1;
+    long flags = PyLong_AsLong(flags_obj);
+    if (flags == -1 && PyErr_Occurred())
+        return -1;
+    input->has_primary = (flags & 1) != 0;
+    input->has_replicas = (flags & 2) != 0;
+    input->in_transaction = (flags & 4) != 0;
+    return flags;
+}
+
+/* Ask one plugin. 1: it decided, *out is its output (not freed: the caller reads it, then
+ * Python calls pgdog_output_free). 0: no decision, the output already freed. */
+static int ask(RouteFn route, FreeFn free_output, PgdogInput input, PgdogOutput *out) {
+    *out = route(input);
+    if (out->decision != PGDOG_NO_DECISION)
+        return 1;
+    if (free_output != NULL)
+        free_output(out);
     return 0;
 }
 
@@ -243,10 +282,9 @@ static int fill_parameters(PyObject *values, PyObject *formats, PgdogParameter *
 
 /* route_query(route, free, sql, values, formats, database, user, shards, flags, ast)
  *
- *   route, free: addresses of pgdog_route_query and pgdog_output_free (0: not exported)
+ *   route, free: addresses of pgdog_route_query and pgdog_output_free (None: not exported)
  *   sql: str; values: tuple of bytes/None; formats: tuple of int; database, user: bytes;
- *   shards: int; flags: bit 0 has_primary, bit 1 has_replicas, bit 2 in_transaction;
- *   ast: bytes or None.
+ *   shards: int; flags: as read_context; ast: bytes or None.
  *
  * Returns None when the plugin made no decision (its output already freed), otherwise
  * the PgdogOutput's bytes: the caller reads them and then calls pgdog_output_free. */
@@ -256,12 +294,13 @@ static PyObject *route_query(PyObject *self, PyObject *const *args, Py_ssize_t n
         PyErr_Format(PyExc_TypeError, "route_query takes 10 arguments (%zd given)", nargs);
         return NULL;
     }
-    RouteFn route = (RouteFn)address(args[0]);
-    if (route == NULL)
+    void *route, *free_output;
+    if (function_address(args[0], &route) < 0 || function_address(args[1], &free_output) < 0)
         return NULL;
-    FreeFn free_output = NULL;
-    if (args[1] != Py_None && (free_output = (FreeFn)PyLong_AsVoidPtr(args[1])) == NULL && PyErr_Occurred())
+    if (route == NULL) {
+        PyErr_SetString(PyExc_ValueError, "NULL pgdog_route_query address");
         return NULL;
+    }
     PyObject *values = args[3], *formats = args[4];
     if (!PyTuple_Check(values) || !PyTuple_Check(formats)) {
         PyErr_SetString(PyExc_TypeError, "values and formats must be tuples");
@@ -272,21 +311,15 @@ static PyObject *route_query(PyObject *self, PyObject *const *args, Py_ssize_t n
     memset(&input, 0, sizeof input);
     Py_ssize_t sql_len;
     const char *sql = PyUnicode_AsUTF8AndSize(args[2], &sql_len);
-    if (sql == NULL)
+    if (sql == NULL || read_context(args[5], args[6], args[8], &input) < 0 ||
+        as_str(args[9], &input.ast_json) < 0)
         return NULL;
     input.query.data = sql;
     input.query.len = (size_t)sql_len;
-    if (as_str(args[5], &input.database) < 0 || as_str(args[6], &input.user) < 0 ||
-        as_str(args[9], &input.ast_json) < 0)
-        return NULL;
     unsigned long shards = PyLong_AsUnsignedLong(args[7]);
-    long flags = PyLong_AsLong(args[8]);
     if (PyErr_Occurred())
         return NULL;
     input.shards = (uint32_t)shards;
-    input.has_primary = (flags & 1) != 0;
-    input.has_replicas = (flags & 2) != 0;
-    input.in_transaction = (flags & 4) != 0;
 
     PgdogParameter on_stack[STACK_PARAMETERS];
     PgdogParameter *parameters = on_stack;
@@ -302,19 +335,14 @@ static PyObject *route_query(PyObject *self, PyObject *const *args, Py_ssize_t n
         input.num_parameters = (uint32_t)n;
         input.parameters = parameters;
     }
-
-    PgdogOutput out = route(input);
-
+    PgdogOutput out;
+    int decided = ask((RouteFn)route, (FreeFn)free_output, input, &out);
     if (parameters != on_stack)
         PyMem_Free(parameters);
-    if (out.decision == PGDOG_NO_DECISION) {
-        if (free_output != NULL)
-            free_output(&out);
+    if (!decided)
         Py_RETURN_NONE;
-    }
     return PyBytes_FromStringAndSize((const char *)&out, sizeof out);
 }
-
 
 /* --- the native lane: a whole statement, from the client's bytes to the plugins' answers -- */
 
@@ -334,41 +362,8 @@ static int is_utf8(const char *text, Py_ssize_t len) {
     return 1;
 }
 
-/* Bind values straight from the message into `array` (at most `room` of them): the count,
- * or -1 when the Bind is malformed or has more values than `room`. */
-static int read_parameters(const unsigned char *buf, Py_ssize_t len, PgdogParameter *array, int room) {
-    if (len < 2)
-        return -1;
-    int nformats = be16(buf);
-    Py_ssize_t pos = 2 + 2 * (Py_ssize_t)nformats;
-    if (nformats < 0 || len < pos + 2)
-        return -1;
-    int count = be16(buf + pos);
-    pos += 2;
-    if (count < 0 || count > room || (nformats > 1 && nformats != count))
-        return -1;
-    for (int i = 0; i < count; i++) {
-        if (len - pos < 4)
-            return -1;
-        int32_t n = (int32_t)be32(buf + pos);
-        pos += 4;
-        if (n < 0) {
-            array[i].data = NULL;
-            array[i].len = -1;
-        } else {
-            if (n > len - pos)
-                return -1;
-            array[i].data = (const char *)buf + pos;
-            array[i].len = n;
-            pos += n;
-        }
-        array[i].format = nformats == 0 ? 0 : be16(buf + 2 + 2 * (nformats == 1 ? 0 : i));
-    }
-    return count;
-}
-
-/* A bytes or str attribute of a Statement, as a pointer and length (borrowed from `owner`'s
- * attribute, kept alive by the caller's reference in *keep). */
+/* A bytes or str attribute of a Statement as a pointer and length into it; the new
+ * reference to the attribute goes to *keep, which the caller releases. */
 static int statement_field(PyObject *statement, const char *name, PyObject **keep, const char **data,
                            Py_ssize_t *len) {
     PyObject *value = PyObject_GetAttrString(statement, name);
@@ -384,15 +379,56 @@ static int statement_field(PyObject *statement, const char *name, PyObject **kee
     return *data == NULL ? -1 : 0;
 }
 
-#define LANE_PARAMETERS 64
+/* The lane's input for one execution `ex`: the statement's text and the Bind's values.
+ * 1: `input` filled (*keep holds what its query points into, if not the client's bytes);
+ * 0: not one the lane takes; -1: an exception. */
+static int execution_input(const Execution *ex, PyObject *statements, PgdogInput *input,
+                           PgdogParameter *parameters, PyObject **keep) {
+    PyObject *key = PyBytes_FromStringAndSize(ex->statement.data, ex->statement.len);
+    if (key == NULL)
+        return -1;
+    PyObject *statement = PyDict_GetItemWithError(statements, key);   /* borrowed */
+    Py_DECREF(key);
+    if (statement == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    const char *known;
+    Py_ssize_t known_len;
+    if (ex->has_parse) {
+        /* Parse: of the Bind's statement, with the text the session already holds for it. */
+        if (ex->parse_name.len != ex->statement.len ||
+            memcmp(ex->parse_name.data, ex->statement.data, (size_t)ex->statement.len) != 0)
+            return 0;
+        if (statement_field(statement, "rest", keep, &known, &known_len) < 0)
+            return -1;
+        int same = known_len == ex->parse_rest.len &&
+                   memcmp(known, ex->parse_rest.data, (size_t)known_len) == 0;
+        Py_CLEAR(*keep);
+        if (!same || !is_utf8(ex->sql.data, ex->sql.len))
+            return 0;
+        input->query.data = ex->sql.data;
+        input->query.len = (size_t)ex->sql.len;
+    } else {
+        if (statement_field(statement, "sql", keep, &known, &known_len) < 0)
+            return -1;
+        input->query.data = known;
+        input->query.len = (size_t)known_len;
+    }
+    int count = read_parameters((const unsigned char *)ex->bind_rest.data, ex->bind_rest.len, parameters,
+                                STACK_PARAMETERS);
+    if (count < 0 || count > STACK_PARAMETERS)
+        return 0;
+    input->num_parameters = (uint32_t)count;
+    input->parameters = count ? parameters : NULL;
+    return 1;
+}
 
 /* native_lane(routes, database, user, flags, data, statements, portals)
  *
  * The hook path for a session whose pre_query hooks are all native plugins: `data` is one
  * chunk from the client with nothing held or owed before it. `routes` is a tuple of
  * [route address, free address or None] lists, one per plugin in hook order (a route
- * address of 0: the plugin was closed, skip it). `statements` maps statement names to the
- * session's Statement objects (`sql`, `rest`), `portals` its portals.
+ * address of 0: the plugin was closed, skip it). `flags` as read_context. `statements` maps statement names to the session's Statement objects (`sql`, `rest`),
+ * `portals` its portals.
  *
  * Returns False when the chunk is not one the lane takes (the Python path takes it then):
  * not exactly one Query or one [Parse] Bind [Describe] Execute Sync; a Parse not already
@@ -402,31 +438,21 @@ static int statement_field(PyObject *statement, const char *name, PyObject **kee
  * (index, PgdogOutput bytes) for the first plugin that decided; that output is not freed. */
 static PyObject *native_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 7 || !PyTuple_Check(args[0]) || !PyDict_Check(args[5]) || !PyDict_Check(args[6])) {
+    if (nargs != 7 || !PyTuple_Check(args[0]) || !PyBytes_Check(args[4]) || !PyDict_Check(args[5]) ||
+        !PyDict_Check(args[6])) {
         PyErr_SetString(PyExc_TypeError, "native_lane(routes, database, user, flags, data, statements, portals)");
-        return NULL;
-    }
-    PyObject *data = args[4], *statements = args[5];
-    if (!PyBytes_Check(data)) {
-        PyErr_SetString(PyExc_TypeError, "native_lane: data must be bytes");
         return NULL;
     }
     PgdogInput input;
     memset(&input, 0, sizeof input);
-    if (as_str(args[1], &input.database) < 0 || as_str(args[2], &input.user) < 0)
-        return NULL;
-    long flags = PyLong_AsLong(args[3]);
-    if (flags == -1 && PyErr_Occurred())
-        return NULL;
     input.shards = 1;
-    input.has_primary = (flags & 1) != 0;
-    input.has_replicas = (flags & 2) != 0;
-    input.in_transaction = (flags & 4) != 0;
-
-    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t end = PyBytes_GET_SIZE(data);
-    PgdogParameter parameters[LANE_PARAMETERS];
-    PyObject *keep = NULL;   /* what input.query points into, when not `data` */
+    long flags = read_context(args[1], args[2], args[3], &input);
+    if (flags < 0)
+        return NULL;
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[4]);
+    Py_ssize_t end = PyBytes_GET_SIZE(args[4]);
+    PgdogParameter parameters[STACK_PARAMETERS];
+    PyObject *keep = NULL;   /* what input.query points into, when not the client's bytes */
 
     if (end >= 5 && buf[0] == 'Q' && (Py_ssize_t)be32(buf + 1) + 1 == end) {
         Py_ssize_t n = end - 5;
@@ -437,110 +463,38 @@ static PyObject *native_lane(PyObject *self, PyObject *const *args, Py_ssize_t n
         input.query.data = (const char *)buf + 5;
         input.query.len = (size_t)n;
     } else {
-        if (PyDict_GET_SIZE(args[6]) != 0)
+        Execution ex;
+        if (PyDict_GET_SIZE(args[6]) != 0 || !read_execution(buf, end, &ex))
             Py_RETURN_FALSE;
-        Py_ssize_t starts[5], ends[5], pos = 0;
-        char kinds[6];
-        int n = 0;
-        while (pos < end) {
-            if (n == 5 || pos + 5 > end)
-                Py_RETURN_FALSE;
-            uint32_t length = be32(buf + pos + 1);
-            if (length < 4 || length > 0x7FFFFFFF || (Py_ssize_t)length > end - pos - 1)
-                Py_RETURN_FALSE;
-            kinds[n] = (char)buf[pos];
-            starts[n] = pos + 5;
-            ends[n] = pos + 1 + (Py_ssize_t)length;
-            pos = ends[n++];
-        }
-        kinds[n] = 0;
-        if (strcmp(kinds, "PBDES") && strcmp(kinds, "PBES") && strcmp(kinds, "BDES") && strcmp(kinds, "BES"))
-            Py_RETURN_FALSE;
-        int b = kinds[0] == 'P';
-        /* The Bind: portal, statement name, then the parameters. */
-        const char *bind = (const char *)buf + starts[b];
-        Py_ssize_t blen = ends[b] - starts[b];
-        const char *nul1 = memchr(bind, 0, (size_t)blen);
-        const char *name = nul1 == NULL ? NULL : nul1 + 1;
-        const char *nul2 = name == NULL ? NULL : memchr(name, 0, (size_t)(bind + blen - name));
-        if (nul2 == NULL)
-            Py_RETURN_FALSE;
-        PyObject *key = PyBytes_FromStringAndSize(name, nul2 - name);
-        if (key == NULL)
-            return NULL;
-        PyObject *statement = PyDict_GetItemWithError(statements, key);   /* borrowed */
-        Py_DECREF(key);
-        if (statement == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_FALSE;
-        }
-        const char *known;
-        Py_ssize_t known_len;
-        if (b) {
-            /* Parse: same name, and a text the session already holds under it. */
-            const char *parse = (const char *)buf + starts[0];
-            Py_ssize_t plen = ends[0] - starts[0];
-            Py_ssize_t name_len = nul2 - name;
-            if (plen <= name_len || memcmp(parse, name, (size_t)name_len) != 0 || parse[name_len] != 0)
-                Py_RETURN_FALSE;
-            if (statement_field(statement, "rest", &keep, &known, &known_len) < 0)
-                return NULL;
-            const char *rest = parse + name_len + 1;
-            if (known_len != plen - name_len - 1 || memcmp(known, rest, (size_t)known_len) != 0) {
-                Py_DECREF(keep);
-                Py_RETURN_FALSE;
-            }
-            Py_CLEAR(keep);
-            const char *text_end = memchr(rest, 0, (size_t)known_len);
-            if (text_end == NULL || !is_utf8(rest, text_end - rest))
-                Py_RETURN_FALSE;
-            input.query.data = rest;
-            input.query.len = (size_t)(text_end - rest);
-        } else {
-            if (statement_field(statement, "sql", &keep, &known, &known_len) < 0)
-                return NULL;
-            input.query.data = known;
-            input.query.len = (size_t)known_len;
-        }
-        const char *values = nul2 + 1;
-        int count = read_parameters((const unsigned char *)values, bind + blen - values, parameters,
-                                    LANE_PARAMETERS);
-        if (count < 0) {
+        int taken = execution_input(&ex, args[5], &input, parameters, &keep);
+        if (taken <= 0) {
             Py_XDECREF(keep);
+            if (taken < 0)
+                return NULL;
             Py_RETURN_FALSE;
         }
-        input.num_parameters = (uint32_t)count;
-        input.parameters = count ? parameters : NULL;
     }
 
     PyObject *routes = args[0], *answer = NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(routes); i++) {
         PyObject *entry = PyTuple_GET_ITEM(routes, i);
+        void *route, *free_output;
         if (!PyList_Check(entry) || PyList_GET_SIZE(entry) != 2) {
             PyErr_SetString(PyExc_TypeError, "native_lane: routes holds [route, free] lists");
             goto done;
         }
-        RouteFn route = (RouteFn)PyLong_AsVoidPtr(PyList_GET_ITEM(entry, 0));
-        if (route == NULL) {
-            if (PyErr_Occurred())
-                goto done;
-            continue;   /* closed */
-        }
-        PyObject *free_obj = PyList_GET_ITEM(entry, 1);
-        FreeFn free_output = free_obj == Py_None ? NULL : (FreeFn)PyLong_AsVoidPtr(free_obj);
-        if (PyErr_Occurred())
+        if (function_address(PyList_GET_ITEM(entry, 0), &route) < 0 ||
+            function_address(PyList_GET_ITEM(entry, 1), &free_output) < 0)
             goto done;
-        PgdogOutput out = route(input);
-        if (out.decision != PGDOG_NO_DECISION) {
+        if (route == NULL)
+            continue;   /* closed */
+        PgdogOutput out;
+        if (ask((RouteFn)route, (FreeFn)free_output, input, &out)) {
             answer = Py_BuildValue("(ny#)", i, (const char *)&out, (Py_ssize_t)sizeof out);
             goto done;
         }
-        if (free_output != NULL)
-            free_output(&out);
     }
-    answer = Py_None;
-    Py_INCREF(answer);
+    answer = Py_NewRef(Py_None);
 done:
     Py_XDECREF(keep);
     return answer;

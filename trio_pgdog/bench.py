@@ -520,14 +520,17 @@ class Plan:
         return max(1, math.ceil(self.transactions / clients))
 
 
-def benchmark_target(target: Target, plan: Plan, modes: Sequence[str],
-                     clients_list: Sequence[int] | None = None) -> list[RunResult]:
-    # Warm-up, not reported: fills the pool and Python's caches so that the first measured run
-    # does not pay for opening server connections.
+def warm_up(target: Target, plan: Plan) -> None:
+    """A run not reported: fills the pool and Python's caches so that the first measured run
+    does not pay for opening server connections."""
     run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
+
+
+def benchmark_target(target: Target, plan: Plan, modes: Sequence[str]) -> list[RunResult]:
+    warm_up(target, plan)
     results = []
     for mode in modes:
-        for clients in plan.clients if clients_list is None else clients_list:
+        for clients in plan.clients:
             result = measured_run(target, mode, clients, plan.per_client(clients), plan.timeout)
             progress(format_progress(result))
             results.append(result)
@@ -576,7 +579,7 @@ def probe_hook_path(plan: Plan, key: str, mode: str, cluster: Cluster,
         except (BenchError, EmbeddedError) as exc:
             problems.append(f"the probe of {TARGET_KEYS[key]} did not start: {exc}")
             return None
-        run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
+        warm_up(target, plan)
         outcome = run_pgbench(target.port, mode, RATIO_CLIENTS, plan.per_client(RATIO_CLIENTS),
                               plan.timeout)
         assert target.proc is not None
@@ -615,7 +618,7 @@ def measure_hook_costs(plan: Plan, hook_keys: Sequence[str], cluster: Cluster,
         progress(f"hook cost: {len(hooked)} hook target(s) against {plain.name}, "
                  f"{HOOK_ROUNDS} rounds of {per_client * RATIO_CLIENTS:,} transactions")
         for target in (plain, *hooked):
-            run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
+            warm_up(target, plan)
         modes = plan.modes_for("trio_pgdog")
         costs = {(t.name, mode): HookCost(t.name, mode) for t in hooked for mode in modes}
         for n in range(HOOK_ROUNDS):

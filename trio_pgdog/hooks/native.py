@@ -62,7 +62,7 @@ from .api import (
     ServerInfo,
 )
 
-__all__ = ["ABI_VERSION", "NativeHook", "load_plugin"]
+__all__ = ["ABI_VERSION", "NativeHook", "encode_text", "load_plugin"]
 
 log = logging.getLogger("trio_pgdog.hooks.native")
 
@@ -171,7 +171,8 @@ def _shard(shard: int, shards: int) -> int | None:
     raise _Invalid(f"shard {shard} out of range (-2 unknown, -1 all, 0..{shards - 1})")
 
 
-def _encode(text: str) -> bytes:
+def encode_text(text: str) -> bytes:
+    """Text as plugins receive it (also in the native lane, session/hooked.py)."""
     return text.encode("utf-8", "surrogateescape")
 
 
@@ -207,11 +208,10 @@ class NativeHook:
         self._owner_bytes = (b"", b"")
         # pgdog_route_query without ctypes, where the C speedups are built.
         self._direct = _direct_call() if self._route is not None else None
-        self._route_address = _address(self._route)
-        self._free_address = _address(self._free)
-        # [pgdog_route_query, pgdog_output_free] for the native lane (session/hooked.py);
-        # close() zeroes the first, so that the lane skips a closed plugin.
-        self.lane_entry: list[int | None] = [self._route_address or 0, self._free_address]
+        # [pgdog_route_query, pgdog_output_free] addresses for the direct call and the native
+        # lane (session/hooked.py); close() zeroes the first, so that the lane skips a closed
+        # plugin.
+        self.lane_entry: list[int | None] = [_address(self._route) or 0, _address(self._free)]
         self._routes: dict[tuple[int, int], Decision] = {}
         self._block_prefix = f"plugin {name}: "
 
@@ -349,7 +349,7 @@ class _PreQuery:
 
     def _owner_changed(self: Any, owner: tuple[str, str]) -> None:
         self._input_owner = owner
-        db, user = _encode(owner[0]), _encode(owner[1])
+        db, user = encode_text(owner[0]), encode_text(owner[1])
         self._owner_bytes = (db, user)
         inp = self._input
         inp.database_data, inp.database_len = db, len(db)
@@ -360,15 +360,15 @@ class _PreQuery:
         db, user = self._owner_bytes
         flags = query.has_primary | query.has_replicas << 1 | query.in_transaction << 2
         # query.sql is text the session decoded with replacement: always valid UTF-8.
-        raw = self._direct(
-            self._route_address, self._free_address, query.sql, query.parameters,
-            query.parameter_formats, db, user, query.shards, flags, ast)
+        route, free = self.lane_entry
+        raw = self._direct(route, free, query.sql, query.parameters, query.parameter_formats,
+                           db, user, query.shards, flags, ast)
         return None if raw is None else abi.PgdogOutput.from_buffer_copy(raw)
 
     def _call_ctypes(self: Any, query: QueryInfo, ast: bytes | None) -> abi.PgdogOutput | None:
         """The same call through ctypes, where the C speedups are not built."""
         inp = self._input
-        sql = _encode(query.sql)
+        sql = encode_text(query.sql)
         inp.query_data = sql
         inp.query_len = len(sql)
         params = query.parameters
@@ -412,7 +412,7 @@ class _PreConnect:
         """pgdog_pre_connect: a BLOCK refuses the client (default SQLSTATE 28000)."""
         if self._closed:
             return None
-        fields = [_encode(v) for v in (info.user, info.database, info.application_name,
+        fields = [encode_text(v) for v in (info.user, info.database, info.application_name,
                                        info.client_addr)]
         c = abi.PgdogConnectIn(*(abi.PgdogStrIn(b, len(b)) for b in fields))
         out = self._fn["pgdog_pre_connect"](c)
@@ -435,7 +435,7 @@ class _AfterConnect:
         """pgdog_after_connect: the SQL to run on a new server connection ([] for none)."""
         if self._closed:
             return []
-        db, host = _encode(info.database), _encode(info.host)
+        db, host = encode_text(info.database), encode_text(info.host)
         s = abi.PgdogServerIn(abi.PgdogStrIn(db, len(db)), abi.PgdogStrIn(host, len(host)),
                               info.port, _ROLE_INTS.get(info.role, abi.ROLE_UNKNOWN), info.shard)
         out = self._fn["pgdog_after_connect"](s)
@@ -454,7 +454,7 @@ class _PostQuery:
         """pgdog_post_query: tell the plugin a statement finished."""
         if self._closed:
             return
-        q, db, user = _encode(done.sql), _encode(done.database), _encode(done.user)
+        q, db, user = encode_text(done.sql), encode_text(done.database), encode_text(done.user)
         d = abi.PgdogQueryDoneIn(
             abi.PgdogStrIn(q, len(q)), abi.PgdogStrIn(db, len(db)), abi.PgdogStrIn(user, len(user)),
             max(done.duration_us, 0), max(done.rows, 0), done.sqlstate.encode("ascii", "replace")[:5],
@@ -556,7 +556,7 @@ def load_plugin(plugin: Plugin, base_dir: str | None = None) -> NativeHook | Non
         init()
     configure = functions.get("pgdog_configure")
     if configure is not None:
-        config = _encode(plugin.config) if plugin.config is not None else None
+        config = encode_text(plugin.config) if plugin.config is not None else None
         rc = configure(abi.PgdogStrIn(config, len(config)) if config is not None else _EMPTY)
         if rc != 0:
             hook.close()

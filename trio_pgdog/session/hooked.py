@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from .. import speedups
 from ..hooks.api import Action, Decision, QueryDone, QueryInfo
+from ..hooks.native import encode_text
 from ..hooks.registry import HookSet, nonsense
 from ..protocol import ProtocolError
 from ..protocol import extended as ext
@@ -152,7 +153,7 @@ class HookedStream:
         self.cache = cache
         # The native lane: every pre_query hook is a native plugin the C speedups call.
         self._lane = hooks.native_lane
-        self._lane_args = (_encode(database), _encode(user), 1 | has_replicas << 1)
+        self._lane_args = (encode_text(database), encode_text(user), 1 | has_replicas << 1)
         self.user, self.database, self.client_addr = user, database, client_addr
         self.has_replicas = has_replicas
         self.on_error = on_error or (lambda _message: None)
@@ -786,10 +787,6 @@ class HookedStream:
             if statement.local is None:
                 statement.server_sql = statement.sql
         return owed
-
-
-def _encode(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
 
 
 def _routes_only(decision: Decision | None) -> bool:
