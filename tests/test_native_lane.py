@@ -190,3 +190,17 @@ def test_a_closed_plugin_is_skipped(load):
     first.close()
     assert s.from_client(data).to_client == b""   # no decision: sent as it came
     assert s.from_client(data).to_server == data
+
+
+def test_executions_are_left_to_python_once_the_proxy_stands_in(load, taken):
+    """Once the proxy has answered for a statement or portal itself, each message's names
+    must be checked (the server may not hold what the client thinks): the lane leaves
+    executions to the Python path then, but still takes Query messages."""
+    s = stream(hook_set(load("noop")), lane=True)
+    data = execution("select $1", [b"1"])
+    s.from_client(data)
+    s.from_client(data)
+    s.stand_ins = True
+    assert s.from_client(data).to_server == data
+    s.from_client(query("select 1"))
+    assert taken == [False, True, False, True]

@@ -427,7 +427,9 @@ static int execution_input(const Execution *ex, PyObject *statements, PgdogInput
  * The hook path for a session whose pre_query hooks are all native plugins: `data` is one
  * chunk from the client with nothing held or owed before it. `routes` is a tuple of
  * [route address, free address or None] lists, one per plugin in hook order (a route
- * address of 0: the plugin was closed, skip it). `flags` as read_context. `statements` maps statement names to the session's Statement objects (`sql`, `rest`),
+ * address of 0: the plugin was closed, skip it). `flags` as read_context, plus bit 3: the
+ * proxy stands in for some statement or portal, so executions are left to Python.
+ * `statements` maps statement names to the session's Statement objects (`sql`, `rest`),
  * `portals` its portals.
  *
  * Returns False when the chunk is not one the lane takes (the Python path takes it then):
@@ -464,7 +466,7 @@ static PyObject *native_lane(PyObject *self, PyObject *const *args, Py_ssize_t n
         input.query.len = (size_t)n;
     } else {
         Execution ex;
-        if (PyDict_GET_SIZE(args[6]) != 0 || !read_execution(buf, end, &ex))
+        if ((flags & 8) || PyDict_GET_SIZE(args[6]) != 0 || !read_execution(buf, end, &ex))
             Py_RETURN_FALSE;
         int taken = execution_input(&ex, args[5], &input, parameters, &keep);
         if (taken <= 0) {
