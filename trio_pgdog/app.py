@@ -7,6 +7,7 @@ import logging
 import secrets
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -14,14 +15,14 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .hooks.api import ServerInfo
 from .hooks.registry import HookRegistry, build_registry
-from .netio import Conn, connect_tcp, set_nodelay
+from .netio import Conn, set_nodelay
 from .pool.manager import PoolManager
 from .pool.pool import Pool
-from .pool.server import CONNECT_ERRORS, ServerConnection
+from .pool.server import CONNECT_ERRORS, ServerConnection, send_cancel
 from .protocol import ProxyError, ServerError
 from .protocol import errors as codes
-from .protocol import messages as m
 from .router.cache import ParseCache
+from .session import departures
 from .session.prepared import StatementRegistry
 from .session.session import ClientSession
 from .session.startup import Cancel
@@ -73,14 +74,12 @@ class Proxy:
         server = session.server
         if server is None:
             return
-        with trio.move_on_after(self.config.general.connect_timeout / 1000):
-            sock = await connect_tcp(server.host, server.port)
-            conn = Conn(sock)
-            try:
-                await conn.send(m.cancel_request(server.pid, server.secret))
-            finally:
-                conn.close()
-        log.info("client %s: cancel forwarded to %r", session.addr, server)
+        if await send_cancel(server, self.config.general.connect_timeout / 1000):
+            log.info("client %s: cancel forwarded to %r", session.addr, server)
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run a short task owned by the proxy (not by a session that may end first)."""
+        self._root.start_soon(fn, *args)
 
     # --- serving --------------------------------------------------------------------------------
 
@@ -104,6 +103,7 @@ class Proxy:
             await self.pools.apply(self.config, root)
             async with trio.open_nursery() as clients:
                 root.start_soon(self._signals, root.cancel_scope, clients)
+                root.start_soon(departures.watch, self.sessions)
                 log.info("listening on %s:%d (%s pooling)", *self.listening[0], g.pooler_mode)
                 task_status.started(self.listening[0])
                 with trio.CancelScope() as accept_scope:

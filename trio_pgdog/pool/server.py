@@ -150,6 +150,30 @@ async def check_server(server: ServerConnection, timeout: float) -> bool:
     return False
 
 
+async def send_cancel(server: ServerConnection, timeout: float) -> bool:
+    """Ask PostgreSQL to cancel what `server` is running: a CancelRequest on a new connection.
+    Returns once PostgreSQL has closed that connection (it has signalled the backend by
+    then), or False if it could not be delivered within `timeout` seconds."""
+    with trio.move_on_after(timeout):
+        try:
+            sock = await connect_tcp(server.host, server.port)
+        except OSError as exc:
+            log.info("%r: cancel request not delivered: %s", server, exc)
+            return False
+        conn = Conn(sock)
+        try:
+            await conn.send(m.cancel_request(server.pid, server.secret))
+            with contextlib.suppress(ConnectionClosed):
+                while True:  # PostgreSQL answers nothing and closes
+                    await conn.recv()
+            return True
+        except ConnectionClosed:
+            return False
+        finally:
+            conn.close()
+    return False
+
+
 def describe_connect_error(exc: BaseException) -> str:
     if isinstance(exc, ServerError):
         return exc.fields.get("M", str(exc))
@@ -157,4 +181,5 @@ def describe_connect_error(exc: BaseException) -> str:
 
 
 CONNECT_ERRORS = (OSError, ServerError, ProxyError, ProtocolError, ConnectionClosed)
-__all__ = ["CONNECT_ERRORS", "ServerConnection", "codes", "describe_connect_error", "try_execute"]
+__all__ = ["CONNECT_ERRORS", "ServerConnection", "codes", "describe_connect_error", "send_cancel",
+           "try_execute"]

@@ -15,9 +15,10 @@ unit is also shown to them once at its Parse, without parameters). Then:
   so both sides agree the transaction is aborted.
 
 Like the Tracker, this keeps a queue of the responses the client is owed, one entry per
-message that earns one, which lets the proxy's own answers take their place among the
-server's, hides the answers to messages it added, and measures each statement for
-post_query (duration, rows from CommandComplete, SQLSTATE from ErrorResponse).
+message that earns one (dropped where PostgreSQL answers nothing: session/owed.py), which
+lets the proxy's own answers take their place among the server's, hides the answers to
+messages it added, and measures each statement for post_query (duration, rows from
+CommandComplete, SQLSTATE from ErrorResponse).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..protocol import extended as ext
 from ..protocol import messages as m
 from ..protocol import results as r
 from ..router.cache import ParseCache
+from .owed import ENDS_READY, CopyInput, Owed, drop_copy_ends, enter_copy, skip_to_sync
 from .sqltext import raise_sql
 
 if TYPE_CHECKING:
@@ -68,7 +70,7 @@ from .units import (
 _native_lane = speedups.c.native_lane if speedups.c is not None else None
 
 _ENDS_PARSE, _ENDS_BIND, _ENDS_CLOSE = frozenset(b"1"), frozenset(b"2"), frozenset(b"3")
-_ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), frozenset(b"Z")
+_ENDS_DESCRIBE, _ENDS_EXECUTE, _ENDS_READY = frozenset(b"Tn"), frozenset(b"CIs"), ENDS_READY
 _LEN = struct.Struct("!i").unpack_from
 _ROUTING = (Action.ROUTE, Action.REWRITE)  # answers that may also say where the statement goes
 _UNDECIDED = object()  # a message the hooks were not asked about
@@ -91,14 +93,14 @@ class Run:
         self.start = time.perf_counter_ns()
 
 
-class Expect:
+class Expect(Owed):
     """A response the client is owed, or one the proxy gives itself (`synthetic`)."""
 
-    __slots__ = ("ends", "hidden", "ready", "run", "synthetic")
+    __slots__ = ("hidden", "ready", "run", "synthetic")
 
-    def __init__(self, ends: frozenset[int], *, hidden: bool = False, run: Run | None = None,
-                 synthetic: bytes | None = None, ready: bool = False):
-        self.ends = ends
+    def __init__(self, ends: frozenset[int], *, sync: bool = False, hidden: bool = False,
+                 run: Run | None = None, synthetic: bytes | None = None, ready: bool = False):
+        super().__init__(ends, sync=sync)
         self.hidden = hidden        # the proxy added the message: the client sees no answer
         self.run = run              # completes a statement: post_query when it ends
         self.synthetic = synthetic  # the proxy's own answer, sent when its turn comes
@@ -163,6 +165,7 @@ class HookedStream:
         self.statements: dict[bytes, Statement] = {}
         self.portals: dict[bytes, Portal] = {}
         self.skipping = False       # dropping client messages up to Sync after an error
+        self.copy = CopyInput()     # the server reads the client's next messages as copy input
         self.batch_forwarded = False  # some message of the current batch went to the server
         self.batch_executed = False   # ... and an Execute among them
         self._cbuf = b""
@@ -199,7 +202,8 @@ class HookedStream:
     @property
     def _settled(self) -> bool:
         """Between batches with nothing held, owed or being skipped: a unit may go as sent."""
-        return not (self._cbuf or self.queue or self.skipping or self.batch_forwarded)
+        return not (self._cbuf or self.queue or self.skipping or self.batch_forwarded
+                    or self.copy.open)
 
     # --- client to server -----------------------------------------------------------------------
 
@@ -321,7 +325,7 @@ class HookedStream:
         decisions: list[object] = [_UNDECIDED] * len(messages)
         self._first_bind, self._bind_args, self._parsed = {}, {}, {}
         lean = (not self.hooks.post_query and not self.queue and not self.batch_forwarded
-                and not self.skipping)
+                and not self.skipping and not self.copy.open)
         parsed: dict[bytes, str] = {}   # statements parsed in this unit: name -> SQL
         skipping, open_batch = self.skipping, False
         for i, (kind, body, _raw) in enumerate(messages):
@@ -423,9 +427,10 @@ class HookedStream:
                     continue
         return syncs
 
-    def server_ready(self, statuses: list[bytes]) -> None:
+    def server_ready(self, statuses: list[bytes], copy_in: bool = False) -> None:
         """ReadyForQuery statuses of a server chunk that bypassed `from_server` (nothing
-        tracked was owed)."""
+        tracked was owed); `copy_in`: the server now reads COPY data."""
+        self.copy.open = copy_in
         if statuses:
             self.status = statuses[-1]
             self.lean_ready = max(0, self.lean_ready - len(statuses))
@@ -435,6 +440,9 @@ class HookedStream:
             self.queue.extend(Expect(_ENDS_READY) for _ in range(self.lean_ready))
             self.lean_ready = 0
         for i, (kind, body, raw) in enumerate(messages):
+            if self.copy.open and self.copy.consumes(kind):
+                self._out.append(raw)  # copy input: no answer of its own
+                continue
             if self.skipping and kind != SYNC:
                 continue
             if kind == QUERY:
@@ -467,8 +475,9 @@ class HookedStream:
         if extended:
             self.batch_forwarded = True
 
-    def _answer(self, message: bytes, run: Run | None = None, *, ready: bool = False) -> None:
-        self.queue.append(Expect(_ENDS_READY, synthetic=message, run=run, ready=ready))
+    def _answer(self, message: bytes, run: Run | None = None, *, ready: bool = False,
+                sync: bool = False) -> None:
+        self.queue.append(Expect(_ENDS_READY, sync=sync, synthetic=message, run=run, ready=ready))
 
     # simple protocol
 
@@ -620,10 +629,10 @@ class HookedStream:
     def _sync(self, raw: bytes) -> None:
         self.skipping = False
         if self.batch_forwarded:
-            self._forward(raw, Expect(_ENDS_READY))
+            self._forward(raw, Expect(_ENDS_READY, sync=True))
             self._syncs += 1
         else:
-            self._answer(b"", ready=True)
+            self._answer(b"", ready=True, sync=True)
         self.batch_forwarded = self.batch_executed = False
 
     def _block_extended(self, decision: Decision, run: Run) -> None:
@@ -709,18 +718,24 @@ class HookedStream:
                 start = nxt
             if kind == 0x5A:  # ReadyForQuery
                 self.status = buf[pos + 5 : nxt]
+                self.copy.open = False
                 if head is None and self.lean_ready:
                     self.lean_ready -= 1
                 elif head is not None and head.ends is _ENDS_READY:
                     queue.popleft()
+                    drop_copy_ends(queue)
                     self._finished(head.run)
             elif kind == 0x45:  # ErrorResponse
+                self.copy.open = False
                 self._error(buf[pos + 5 : nxt], head)
+            elif kind == 0x47:  # CopyInResponse: what was sent behind it is copy input
+                self.copy.open = enter_copy(queue)[1]
             elif head is not None:
                 if kind == 0x43 and head.run is not None:  # CommandComplete: count its rows
                     head.run.rows += r.result_rows(buf[pos + 5 : nxt])
                 if kind in head.ends:
                     queue.popleft()
+                    drop_copy_ends(queue)
                     self._finished(head.run)
             pos = nxt
             if queue and queue[0].synthetic is not None:
@@ -743,8 +758,7 @@ class HookedStream:
         # The statement that failed (at its Parse, Bind or Execute) is the first one owed.
         failed = head.run
         self.queue.popleft()
-        while self.queue and self.queue[0].ends is not _ENDS_READY:
-            skipped = self.queue.popleft()
+        for skipped in skip_to_sync(self.queue):
             if failed is None and skipped.synthetic is None:
                 failed = skipped.run
         if failed is not None:
@@ -781,7 +795,7 @@ class HookedStream:
         self.queue.clear()
         self._sbuf = b""
         self.lean_ready = 0
-        self.skipping = False
+        self.skipping = self.copy.open = False
         self.batch_forwarded = self.batch_executed = False
         for statement in self.statements.values():
             if statement.local is None:

@@ -15,6 +15,7 @@ _LEN = struct.Struct("!i").unpack_from
 
 # Client message types that matter to the session (as ints: indexing bytes yields ints).
 QUERY, SYNC, TERMINATE, PARSE = ord("Q"), ord("S"), ord("X"), ord("P")
+FUNCTION_CALL, FLUSH = ord("F"), ord("H")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 _COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
 # First bytes of a Query that may be PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment).
@@ -38,8 +39,9 @@ def _starts_set(data: bytes, at: int) -> bool:
 class ClientScan:
     """Counts what a chunk of client bytes asks of the server.
 
-    After `feed`: `syncs` = Query + Sync messages (each earns one ReadyForQuery);
-    `copy_end` = a CopyDone/CopyFail was seen; `terminate` = offset of a Terminate
+    After `feed`: `syncs` = Query, FunctionCall and Sync messages (each earns one
+    ReadyForQuery unless PostgreSQL skips it: session/owed.py); `copy` = COPY messages
+    (CopyData, CopyDone, CopyFail) were seen; `terminate` = offset of a Terminate
     message in the chunk, or -1; `extended` = extended-protocol messages were seen;
     `special` = a Query may start with PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment or
     space before its first keyword): the session takes a closer look; `sets` = a Query or
@@ -48,7 +50,7 @@ class ClientScan:
     may answer (after a Flush) or wait.
     """
 
-    __slots__ = ("_carry", "_skip", "copy_end", "extended", "in_batch", "sets", "special", "syncs",
+    __slots__ = ("_carry", "_skip", "copy", "extended", "in_batch", "sets", "special", "syncs",
                  "terminate")
 
     def __init__(self) -> None:
@@ -56,7 +58,7 @@ class ClientScan:
         self._carry = b""
         self.syncs = 0
         self.in_batch = False
-        self.copy_end = False
+        self.copy = False
         self.extended = False
         self.special = False
         self.sets = False
@@ -69,7 +71,7 @@ class ClientScan:
 
     def feed(self, data: bytes) -> None:
         self.syncs = 0
-        self.copy_end = False
+        self.copy = False
         self.extended = False
         self.special = False
         self.sets = False
@@ -96,8 +98,11 @@ class ClientScan:
                 elif _starts_set(data, pos + 5):
                     self.sets = True
             elif kind in _COPY_STREAM:
-                if kind != COPY_DATA:
-                    self.copy_end = True
+                self.copy = True
+            elif kind == FUNCTION_CALL:
+                self.syncs += 1  # answered like a Query, outside any batch
+            elif kind == FLUSH:
+                pass  # asks for pending answers; earns none of its own
             elif kind == TERMINATE:
                 self.terminate = pos - carried
                 self._skip = 0
@@ -121,12 +126,14 @@ class ClientScan:
 
 
 class ServerScan:
-    """Reports ReadyForQuery statuses, COPY-in starts and FATAL errors in server bytes.
+    """Reports ReadyForQuery statuses, COPY-in and FATAL errors in server bytes.
 
     `feed` returns the bytes that may go to the client now: a message the session must
     read (ReadyForQuery, ErrorResponse, CopyInResponse) is held back until it is complete,
     so a FATAL error is never half-forwarded. `fatal` = a FATAL ErrorResponse was found (the
     server is about to close); the returned bytes stop before it and `fatal_body` is its body.
+    `copy_in`: the server is in COPY FROM STDIN, reading client data (from its
+    CopyInResponse to its next ReadyForQuery).
     """
 
     __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "params", "ready")
@@ -142,7 +149,6 @@ class ServerScan:
 
     def feed(self, data: bytes) -> bytes:
         self.ready = []
-        self.copy_in = False
         if self.params:
             self.params = []
         if self._carry:
@@ -161,6 +167,7 @@ class ServerScan:
                     break
                 if kind == READY:
                     self.ready.append(data[pos + 5 : nxt])
+                    self.copy_in = False
                 elif kind == ERROR:
                     if data.startswith(_FATAL, pos + 5):
                         self.fatal = True
@@ -182,4 +189,4 @@ class ServerScan:
     def reset(self) -> None:
         self._skip = 0
         self._carry = b""
-        self.fatal = False
+        self.fatal = self.copy_in = False

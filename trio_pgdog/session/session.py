@@ -21,7 +21,7 @@ from ..hooks.api import ConnectInfo
 from ..hooks.registry import EMPTY, HookRegistry, HookSet
 from ..netio import Conn, ConnectionClosed, Poller
 from ..pool.hosts import PRIMARY, REPLICA, HostGroup
-from ..pool.server import ServerConnection, check_server, try_execute
+from ..pool.server import ServerConnection, check_server, send_cancel, try_execute
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import extended as ext
@@ -88,10 +88,19 @@ class ClientSession:
         self.hooked: HookedStream | None = None
         self._registry: HookRegistry | None = None  # the registry `hooks` came from
         self._hooked_syncs = 0
+        # Set by the departure watch (session/departures.py) when the client hung up while
+        # its query ran: the query is cancelled and its answer goes nowhere.
+        self.departed_at: float | None = None
+        self._cancelled: trio.Event | None = None  # set once the CancelRequest was delivered
+        self._scope: trio.CancelScope | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        with trio.CancelScope() as self._scope:  # abort() ends a session whose client left
+            await self._run()
+
+    async def _run(self) -> None:
         try:
             if await self._login():
                 await self._relay()
@@ -126,10 +135,46 @@ class ClientSession:
                 await self.client.send(m.error_response(exc.sqlstate, exc.message,
                                                         severity=exc.severity, hint=exc.hint))
 
+    def client_departed(self, now: float) -> None:
+        """The departure watch saw the client hang up while its query runs: cancel the
+        query; the session gives its server back once PostgreSQL has answered."""
+        server = self.server
+        if server is None or self.departed_at is not None:
+            return
+        self.departed_at = now
+        log.info("client %s (%s@%s): gone while its query runs on %s:%d (pid %s); cancelling "
+                 "the query", self.addr, self.user, self.database, server.host, server.port,
+                 server.pid)
+        self._cancelled = trio.Event()
+        self.app.spawn(self._cancel_query, server, self._cancelled)
+
+    async def _cancel_query(self, server: ServerConnection, done: trio.Event) -> None:
+        try:
+            await send_cancel(server, self.app.config.general.connect_timeout / 1000)
+        finally:
+            done.set()
+
+    def abort(self) -> None:
+        """End a departed client's session whose server did not answer after the cancel:
+        its server connection is closed, not reused."""
+        if self._scope is None or self._scope.cancel_called:
+            return
+        log.warning("client %s (%s@%s): server %r did not answer after the cancel; closing "
+                    "the connection", self.addr, self.user, self.database, self.server)
+        self._scope.cancel()
+
     def interrupt_idle(self) -> None:
         """Shutdown: wake this session if it is waiting for its client between transactions."""
         if self.idle and self._idle_waitable is not None:
             trio.lowlevel.notify_closing(self._idle_waitable)
+
+    async def _cancel_delivered(self) -> bool:
+        """A cancel sent for a departed client's query must have reached PostgreSQL before
+        its connection serves anyone else (a late one would cancel the next client's query)."""
+        assert self._cancelled is not None
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
+            await self._cancelled.wait()
+        return self._cancelled.is_set()
 
     # --- login ----------------------------------------------------------------------------------
 
@@ -366,15 +411,24 @@ class ClientSession:
             return
         if cscan.sets and self.transaction_mode and at_boundary:
             self._note_sets(data)
-        if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
-            data = await self._transaction_rewrite(data, at_boundary, at_sync)
-        if self.hooked is None:
+        if self.transaction_mode and cscan.special and at_boundary:
+            data = self._guard_session_sql(data, server)
+        tracker = self.tracker
+        if tracker is None and at_sync and (cscan.extended or cscan.copy or self.copy_in
+                                            or self.pending + cscan.syncs > 1):
+            tracker = self._ensure_tracker()  # what the server answers needs counting
+        if tracker is not None:
+            data, now = tracker.from_client(data, server.statements)
+            self.pending = tracker.owed
+            if now:
+                self._replay = None  # the client has answers now: no silent retry
+                await self._to_client(self._hooked_answer(now))
+        elif self.hooked is None:
             self.pending += cscan.syncs
         else:
             self.pending += self._hooked_syncs
+        if self.hooked is not None:
             self.hooked.server = server
-        if cscan.copy_end:
-            self.copy_in = False
         conn = server.conn
         try:
             sent = conn.send_nowait(data)
@@ -383,21 +437,11 @@ class ClientSession:
         except ConnectionClosed:
             await self._server_lost(b"")
 
-    async def _transaction_rewrite(self, data: bytes, at_boundary: bool, at_sync: bool) -> bytes:
-        """Make session-level statement state safe to share: see session/prepared.py."""
-        server = self.server
-        assert server is not None
-        if self.cscan.special and at_boundary:
-            data, discarded_all = _guard_session_sql(data, server)
-            if discarded_all:
-                self.recheck = None  # every setting is back to its default
-        if self.tracker is None and self.cscan.extended and at_sync:
-            self._ensure_tracker()
-        if self.tracker is not None:
-            data, now = self.tracker.from_client(data, server.statements)
-            if now:
-                self._replay = None  # the client has answers now: no silent retry
-                await self._to_client(self._hooked_answer(now))
+    def _guard_session_sql(self, data: bytes, server: ServerConnection) -> bytes:
+        """Transaction mode: refuse what cannot be shared (see _guard_session_sql below)."""
+        data, discarded_all = _guard_session_sql(data, server)
+        if discarded_all:
+            self.recheck = None  # every setting is back to its default
         return data
 
     async def _checkout_watching_client(self, pools: list[Pool]) -> ServerConnection:
@@ -546,9 +590,11 @@ class ClientSession:
             await self.client.send(data)
 
     def _ensure_tracker(self) -> Tracker:
+        """The Tracker, from the first extended-protocol message, COPY or pipelined batch on:
+        it renames statements in transaction pooling, and counts what the server answers."""
         if self.tracker is None:
-            self.tracker = Tracker(self.app.statements)
-            self.tracker.owe_ready(self.pending)
+            self.tracker = Tracker(self.app.statements, rename=self.transaction_mode)
+            self.tracker.owe_ready(self.pending, self.copy_in)
         return self.tracker
 
     async def _from_server(self, data: bytes) -> None:
@@ -561,40 +607,46 @@ class ClientSession:
             if sscan.fatal:
                 await self._server_lost(data, m.parse_error_fields(sscan.fatal_body))
                 return
-            ready, copy_in = sscan.ready, sscan.copy_in
+            ready = sscan.ready
+            self.copy_in = sscan.copy_in
         else:
             data, ready, fatal = tracker.from_server(data, server.statements)
             if fatal:
                 await self._server_lost(data, m.parse_error_fields(tracker.fatal_body))
                 return
-            copy_in = tracker.copy_in
+            self.copy_in = tracker.copy_in
         hooked = self.hooked
         if hooked is not None:
             if hooked.tracking:
                 data = hooked.from_server(data)
             else:  # everything went as the client sent it: only the status matters
-                hooked.server_ready(ready)
+                hooked.server_ready(ready, self.copy_in)
         client = self.client
-        try:
-            if data:
-                if data[0] != 0x4E or not _only_notices(data):
-                    self._replay = None  # the client has seen an answer: no silent retry now
+        if data and self.departed_at is None:
+            if data[0] != 0x4E or not _only_notices(data):
+                self._replay = None  # the client has seen an answer: no silent retry now
+            try:
                 sent = client.send_nowait(data)
                 if sent != len(data):
                     await client.send(data, sent)
-        except ConnectionClosed:
-            raise ClientGone from None
-        if copy_in:
-            self.copy_in = True
+            except ConnectionClosed:
+                raise ClientGone from None
         params = sscan.params if tracker is None else tracker.params
         if params:
             self.settings.reported(params, server)
+        if tracker is not None:
+            self.pending = tracker.owed  # errors and COPY may have cancelled answers too
         if not ready:
             return
-        self.pending -= len(ready)
         server.status = ready[-1]
-        if self.pending < 0:
-            raise ProtocolError("server sent an unexpected ReadyForQuery")
+        if tracker is None:
+            self.pending -= len(ready)
+            if self.pending < 0:
+                raise ProtocolError("server sent an unexpected ReadyForQuery")
+        if self.departed_at is not None:
+            if not self.pending:
+                raise ClientGone  # the departed client's query is over: release it
+            return
         if (not self.pending and self.transaction_mode and server.status == b"I"
                 and not self.copy_in and not self.cscan.in_batch and not self.cscan.mid_message
                 and (tracker is None or tracker.idle)
@@ -673,6 +725,8 @@ class ClientSession:
         if server is None:
             return
         clean = not (self.pending or self.copy_in or self.cscan.in_batch or self.cscan.mid_message)
+        if clean and self._cancelled is not None and not await self._cancel_delivered():
+            clean = False
         if not clean or server.pool is None or server.pool.closed:
             if not clean:
                 log.info("client %s (%s@%s): gone in the middle of a query; closing its server "
@@ -680,7 +734,9 @@ class ClientSession:
             _give_back(server, reusable=False)
             return
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
-            if server.status != b"I":
+            # After a cancel, a statement of ours runs first: if the cancel were still on its
+            # way it would hit this one (the connection is then dropped), not a client's.
+            if server.status != b"I" or self.departed_at is not None:
                 await try_execute(server, "ROLLBACK", _CLEANUP_TIMEOUT)
             if not self.transaction_mode and not server.broken:
                 await try_execute(server, "DISCARD ALL", _CLEANUP_TIMEOUT)

@@ -5,7 +5,9 @@ them on the server first, answering Close or a repeated Parse itself) the respon
 line up one-to-one with what the client sent. The Tracker keeps a queue of the responses the
 client is owed, one entry per message that earns a response, and rebuilds the server's
 stream from it: hiding responses to messages the proxy added, inserting the ones the proxy
-answers itself, and dropping both after an error as PostgreSQL skips messages up to Sync.
+answers itself, and dropping both where PostgreSQL answers nothing (session/owed.py: the
+messages skipped after an error, a Sync inside COPY data). In session pooling it only counts:
+statements keep their names.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..protocol import ProtocolError
 from ..protocol import extended as ext
 from ..protocol.messages import MAX_MESSAGE_LENGTH
+from .owed import COPY_END, ENDS_READY, CopyInput, Owed, drop_copy_ends, enter_copy, skip_to_sync
 
 if TYPE_CHECKING:
     from .prepared import ServerStatements, StatementRegistry
@@ -33,38 +36,38 @@ _ENDS_BIND = frozenset(b"2")
 _ENDS_CLOSE = frozenset(b"3")
 _ENDS_DESCRIBE = frozenset(b"Tn")
 _ENDS_EXECUTE = frozenset(b"CIs")
-_ENDS_READY = frozenset(b"Z")
+_ENDS_READY = ENDS_READY
+_ENDS_NOTHING: frozenset[int] = frozenset()  # the proxy's own answers: nothing from the server
 
 _READY, _ERROR, _COPY_IN, _PARAMETER = ord("Z"), ord("E"), ord("G"), ord("S")
 _FATAL = (b"SFATAL\x00", b"SPANIC\x00")
 
 
-class Expect:
+class Expect(Owed):
     """One response the client is owed, or a synthetic one the proxy will send itself."""
 
-    __slots__ = ("ends", "hidden", "statement", "synthetic")
+    __slots__ = ("hidden", "statement", "synthetic")
 
-    def __init__(self, ends: frozenset[int] = _ENDS_READY, *, hidden: bool = False,
-                 statement: bytes | None = None, synthetic: bytes | None = None):
-        self.ends = ends
+    def __init__(self, ends: frozenset[int] = _ENDS_READY, *, sync: bool = False,
+                 hidden: bool = False, statement: bytes | None = None,
+                 synthetic: bytes | None = None):
+        super().__init__(ends, sync=sync)
         self.hidden = hidden          # the proxy added the message: the client sees no answer
         self.statement = statement    # a Parse of this shared name: forget it if it fails
         self.synthetic = synthetic    # the proxy answers this one itself
-
-    @property
-    def is_sync(self) -> bool:
-        return self.ends is _ENDS_READY
 
 
 # Shared, never mutated entries for messages forwarded unchanged.
 _E_PARSE, _E_BIND = Expect(_ENDS_PARSE), Expect(_ENDS_BIND)
 _E_DESCRIBE, _E_CLOSE = Expect(_ENDS_DESCRIBE), Expect(_ENDS_CLOSE)
-_E_EXECUTE, _E_READY = Expect(_ENDS_EXECUTE), Expect()
+_E_EXECUTE, _E_SYNC = Expect(_ENDS_EXECUTE), Expect(sync=True)
+_E_QUERY = Expect()  # Query, FunctionCall: a ReadyForQuery, unless skipped after an error
 _NAMED = Expect()  # marker: the message may name a statement
-# Execute, Sync, Query earn a response; Flush and COPY data do not.
+_COPY_ENDS = frozenset(b"cf")
+# Execute, Sync, Query, FunctionCall earn a response; Flush and COPY data do not.
 _PLAIN: dict[int, Expect | None] = {
-    0x45: _E_EXECUTE, 0x53: _E_READY, 0x51: _E_READY, 0x48: None, 0x64: None, 0x63: None, 0x66: None,
-    0x50: _NAMED, 0x42: _NAMED, 0x44: _NAMED, 0x43: _NAMED,
+    0x45: _E_EXECUTE, 0x53: _E_SYNC, 0x51: _E_QUERY, 0x46: _E_QUERY, 0x48: None, 0x64: None,
+    0x63: None, 0x66: None, 0x50: _NAMED, 0x42: _NAMED, 0x44: _NAMED, 0x43: _NAMED,
 }
 _UNNAMED: dict[int, Expect] = {0x50: _E_PARSE, 0x42: _E_BIND, 0x44: _E_DESCRIBE, 0x43: _E_CLOSE}
 
@@ -82,14 +85,18 @@ def _names_statement(kind: int, buf: bytes, pos: int, nxt: int) -> bool:
 
 
 class Tracker:
-    """Per-client rewriting state for one session (sans-IO)."""
+    """Per-client rewriting state for one session (sans-IO). `rename`: give statements
+    shared names (transaction pooling); without it the Tracker only counts answers."""
 
-    def __init__(self, registry: StatementRegistry):
+    def __init__(self, registry: StatementRegistry, *, rename: bool = True):
         self.registry = registry
+        self.rename = rename
         self.statements: dict[bytes, tuple[bytes, bytes]] = {}  # client name -> (shared, Parse rest)
         self.queue: deque[Expect] = deque()
         self.skipping = False      # the server is ignoring messages up to the next Sync
-        self.copy_in = False       # the last server chunk started COPY FROM STDIN
+        self.owed = 0              # ReadyForQuery the server will still send
+        self.copy = CopyInput()    # the server reads the client's next messages as copy input
+        self.copy_in = False       # the server is in COPY FROM STDIN (its last word was G)
         self.params: list[bytes] = []  # ParameterStatus bodies in the last server chunk
         self.fatal_body = b""      # the server's FATAL ErrorResponse body, once seen
         self._cbuf = b""
@@ -102,9 +109,13 @@ class Tracker:
         """Nothing owed and nothing half-received: the session may leave tracked mode."""
         return not self.queue and not self._cbuf and not self._sbuf
 
-    def owe_ready(self, count: int) -> None:
-        """Responses to untracked messages still due: each ends with a ReadyForQuery."""
-        self.queue.extend(Expect() for _ in range(count))
+    def owe_ready(self, count: int, copy_in: bool = False) -> None:
+        """Responses to untracked messages still due, each a ReadyForQuery (they come from a
+        Query or Sync with nothing extended before it: nothing skips them); `copy_in`: the
+        server is reading copy input."""
+        self.queue.extend(Expect(sync=True) for _ in range(count))
+        self.owed += count
+        self.copy_in = self.copy.open = copy_in
 
     def from_client(self, data: bytes, server: ServerStatements) -> tuple[bytes, bytes]:
         """(bytes for the server, bytes for the client now) for a chunk of client bytes.
@@ -125,8 +136,11 @@ class Tracker:
             nxt = pos + 1 + length
             if nxt > end:
                 break
+            if self.copy.open and self.copy.consumes(kind):
+                pos = nxt  # copy input, forwarded as it is: no answer of its own
+                continue
             expect = _PLAIN.get(kind)  # unknown types pass through; PostgreSQL answers them
-            if expect is _NAMED and not _names_statement(kind, buf, pos, nxt):
+            if expect is _NAMED and not (self.rename and _names_statement(kind, buf, pos, nxt)):
                 expect = _UNNAMED.get(kind)
             if expect is _NAMED:
                 out.append(buf[start:pos])
@@ -135,8 +149,12 @@ class Tracker:
             elif kind == 0x53:  # Sync: answered even after an error, and ends the skipping
                 self.skipping = False
                 queue.append(expect)
+                self.owed += 1
             elif expect is not None and not self.skipping:
                 queue.append(expect)
+                self.owed += expect.ends is _ENDS_READY
+            elif kind in _COPY_ENDS and queue:
+                queue.append(COPY_END)  # a COPY may start ahead of it
             pos = nxt
         self._cbuf = buf[pos:]
         if start == 0 and pos == end:
@@ -206,7 +224,7 @@ class Tracker:
             self.statements.pop(ext.target(body)[1], None)
             self._expect(synthetic=CLOSE_COMPLETE)
 
-    def _expect(self, ends: frozenset[int] = _ENDS_READY, *, synthetic: bytes | None = None) -> None:
+    def _expect(self, ends: frozenset[int] = _ENDS_NOTHING, *, synthetic: bytes | None = None) -> None:
         if not self.skipping:  # PostgreSQL ignores everything up to Sync after an error
             self.queue.append(Expect(ends, synthetic=synthetic))
 
@@ -231,6 +249,7 @@ class Tracker:
         queue = self.queue
         while queue and queue[0].synthetic is not None:
             out += queue.popleft().synthetic  # type: ignore[operator]
+            drop_copy_ends(queue)
         return out
 
     # --- server to client -----------------------------------------------------------------------
@@ -242,7 +261,6 @@ class Tracker:
         the bytes for the client stop just before it (the server is closing) and
         `fatal_body` holds it. `copy_in` is set when the server starts COPY FROM STDIN.
         """
-        self.copy_in = False
         self.params: list[bytes] = []  # ParameterStatus bodies, hidden ones included
         buf = self._sbuf + data if self._sbuf else data
         out: list[bytes] = []
@@ -267,22 +285,28 @@ class Tracker:
                 out.append(buf[start:pos])  # drop this message from the client's stream
                 start = nxt
             if kind == _READY:
-                self.skipping = False
-                if head is not None and head.is_sync:
+                self.skipping = self.copy_in = self.copy.open = False
+                if head is not None and head.ends is _ENDS_READY:
                     queue.popleft()
+                    self.owed -= 1
+                    drop_copy_ends(queue)
                     if not head.hidden:
                         ready.append(buf[pos + 5 : nxt])
                 else:
                     ready.append(buf[pos + 5 : nxt])
             elif kind == _ERROR:
-                if head is not None and not head.is_sync:
+                self.copy.open = False  # an error ends a COPY
+                if head is not None and head.ends is not _ENDS_READY:
                     self._skip_to_sync(server)
             elif head is not None and kind in head.ends:
                 queue.popleft()
+                drop_copy_ends(queue)
                 if head.statement is not None:
                     self.registry.known_good.add(head.statement)
             elif kind == _COPY_IN:
                 self.copy_in = True
+                removed, self.copy.open = enter_copy(queue)
+                self.owed -= sum(1 for e in removed if e.ends is _ENDS_READY)
             elif kind == _PARAMETER:
                 self.params.append(buf[pos + 5 : nxt])
             pos = nxt
@@ -296,19 +320,21 @@ class Tracker:
 
     def _skip_to_sync(self, server: ServerStatements) -> None:
         """An extended-protocol error: PostgreSQL skips to Sync, so do the owed answers."""
-        queue = self.queue
-        while queue and not queue[0].is_sync:
-            failed = queue.popleft()
+        for failed in skip_to_sync(self.queue):
+            if failed is COPY_END:
+                continue
             if failed.statement is not None:
                 server.discard(failed.statement)
+            self.owed -= failed.ends is _ENDS_READY  # a Query or FunctionCall never run
         # With no Sync sent yet, the client's next messages up to its Sync are skipped too.
-        self.skipping = not queue
+        self.skipping = not self.queue
 
     def reset_server_side(self) -> None:
         """The server connection went away: nothing more will come from it."""
         self.queue.clear()
         self._sbuf = b""
-        self.skipping = False
+        self.skipping = self.copy_in = self.copy.open = False
+        self.owed = 0
 
 
 def _split_complete(data: bytes) -> list[tuple[int, bytes]] | None:

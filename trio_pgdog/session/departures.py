@@ -1,0 +1,59 @@
+"""Noticing clients that hang up while their session waits on a server.
+
+While PostgreSQL runs a client's query the session waits on the server only (one Trio wait
+per message: design.md, "Data path"), so it would learn that its client left only when the
+query ends — minutes later for a long one, never if the server owes nothing more. One task
+for the whole proxy looks instead: every INTERVAL it asks the kernel, in one poll() call,
+which of those clients' sockets the peer has closed. Such a session cancels its query and
+gives its server connection back once PostgreSQL answers; one whose server still has not
+answered GRACE seconds later is ended and its server connection closed. Whatever a client
+sent before it left, its pool slot comes back.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from .session import ClientSession
+
+INTERVAL = 0.05  # seconds between looks
+GRACE = 1.0      # seconds a departed client's server has to answer the cancel
+_HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+
+
+def waiting_on_server(session: ClientSession) -> bool:
+    """Does the session hold a server that owes answers (or a departed client's server)?"""
+    return session.server is not None and bool(session.pending or session.departed_at is not None)
+
+
+def hung_up(fds: list[int]) -> set[int]:
+    """Which of `fds` (connected sockets) the peer has closed or reset."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLRDHUP)
+    return {fd for fd, events in poller.poll(0) if events & _HUNG_UP}
+
+
+def look(sessions: list[ClientSession], now: float) -> None:
+    """One look over the sessions waiting on a server."""
+    waiting = [s for s in sessions if waiting_on_server(s)]
+    if not waiting:
+        return
+    gone = hung_up([s.client.fd for s in waiting if s.departed_at is None])
+    for session in waiting:
+        if session.departed_at is None:
+            if session.client.fd in gone:
+                session.client_departed(now)
+        elif now - session.departed_at > GRACE:
+            session.abort()
+
+
+async def watch(sessions: dict[int, ClientSession]) -> None:
+    """Run for the life of the proxy (in its root nursery)."""
+    while True:
+        await trio.sleep(INTERVAL)
+        look(list(sessions.values()), trio.current_time())
