@@ -208,7 +208,7 @@ class Pool:
                 # goes back, and the waiter is first in line at the pool's replacement.
                 waiter.may_connect = False
                 pool._slot_freed()
-                successor = pool.live_successor()
+                successor = pool._live_successor()
                 if successor is None:
                     raise pool._closed_error()
                 waiter.event = trio.Event()
@@ -253,7 +253,7 @@ class Pool:
             return PoolRetired(self.name)
         return ProxyError(codes.ADMIN_SHUTDOWN, f"pool {self.name} is closed")
 
-    def live_successor(self) -> Pool | None:
+    def _live_successor(self) -> Pool | None:
         """The pool serving what this retired one did, following reloads that came since."""
         pool = self.successor
         while pool is not None and pool.closed:
@@ -384,4 +384,3 @@ class Pool:
         # checkin wakes the janitor when a connection expires sooner than this; the
         # minute cap keeps it honest otherwise.
         return min([*deadlines, trio.current_time() + 60.0])
-
