@@ -100,7 +100,7 @@ class Proxy:
         g = self.config.general
         async with trio.open_nursery() as root:
             self._root = root
-            await self.pools.apply(self.config, root)
+            self.pools.apply(self.config, root)
             async with trio.open_nursery() as clients:
                 root.start_soon(self._signals, root.cancel_scope, clients)
                 root.start_soon(departures.watch, self.sessions)
@@ -155,7 +155,7 @@ class Proxy:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    self.reload()
                     continue
                 if self.shutting_down:
                     log.warning("second %s: stopping now", signal.Signals(signum).name)
@@ -165,7 +165,7 @@ class Proxy:
                          signal.Signals(signum).name, self.config.general.shutdown_timeout)
                 self.shutdown()
 
-    async def reload(self) -> None:
+    def reload(self) -> None:
         """SIGHUP: reread both files; an invalid one keeps the running configuration."""
         old = self.config
         if old.pgdog_path is None:
@@ -180,13 +180,15 @@ class Proxy:
         if (g_old.host, g_old.port) != (g_new.host, g_new.port):
             log.warning("reload: host/port changes need a restart; still listening on %s:%d",
                         g_old.host, g_old.port)
+        # From here to the pools' swap nothing awaits: a client sees the old configuration
+        # or the new one, never half of each.
         self.config = new
         # Hooks that do not stay are unloaded before their replacements load: a native
         # plugin's library is loaded once per process, so old and new share its state.
         kept = [e for e in self.hooks.entries if e.key is not None and e.key in new.plugins]
         self.hooks.close(keep=kept)
         self.hooks = build_registry(new, self.hooks)
-        await self.pools.apply(new, self._root)
+        self.pools.apply(new, self._root)
         log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))
 
     def shutdown(self) -> None:

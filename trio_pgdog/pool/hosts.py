@@ -11,7 +11,7 @@ import trio
 
 from ..protocol import ProxyError
 from ..protocol import errors as codes
-from .pool import Pool
+from .pool import Pool, PoolRetired
 from .server import ServerConnection
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,11 @@ class HostGroup:
             try:
                 return await pool.checkout()
             except ProxyError as exc:
-                # A busy pool is not a sick host; any failure to connect (refused, shutting
+                # A busy pool is not a sick host, nor one a reload retired (the caller
+                # picks again from its new hosts); any failure to connect (refused, shutting
                 # down, login refused) is, for a replica.
-                if exc.sqlstate == codes.TOO_MANY_CONNECTIONS or pool is self.primary:
+                if (exc.sqlstate == codes.TOO_MANY_CONNECTIONS or pool is self.primary
+                        or isinstance(exc, PoolRetired)):
                     raise
                 self.ban(pool, exc.message)
                 if i == len(pools) - 1:
@@ -98,6 +100,8 @@ class HostGroup:
         for pool in self.pools:
             try:
                 return await pool.startup_params()
+            except PoolRetired:
+                raise  # the caller asks the new hosts
             except ProxyError as exc:
                 error = exc
         assert error is not None

@@ -49,27 +49,38 @@ class PoolManager:
     def get(self, user: str, database: str) -> HostGroup | None:
         return self.groups.get((user, database))
 
-    async def apply(self, config: Config, nursery: trio.Nursery) -> None:
-        """Build pools and groups for `config`; pools whose settings did not change keep
-        their connections; the rest are closed (in-use connections when they come back)."""
+    def apply(self, config: Config, nursery: trio.Nursery) -> None:
+        """Install `config`'s pools and groups in one step, without a checkpoint: a client
+        sees the old set or the new one, never a gap. Pools whose settings did not change
+        keep their connections; the others are retired after the swap (see Pool.retire)."""
         wanted: dict[tuple[str, str, str, int], tuple[PoolSettings, Database]] = {}
         for user in config.users:
             for db in config.databases_named(user.database):
                 key = (user.name, user.database, db.host, db.port)
                 wanted[key] = (pool_settings(config, user, db), db)
-        for key, pool in list(self.pools.items()):
-            if key not in wanted or wanted[key][0] != pool.settings:
-                log.info("pool %s: removed or changed, draining", pool.name)
-                pool.close()
-                del self.pools[key]
+        pools: dict[tuple[str, str, str, int], Pool] = {}
+        fresh: list[Pool] = []
         for key, (settings, db) in wanted.items():
-            if key not in self.pools:
-                pool = Pool(f"{key[0]}@{key[1]}({key[2]}:{key[3]})", settings)
-                pool.logical_database, pool.role, pool.shard = db.name, db.role, db.shard
-                pool.on_connect = self.on_connect
-                self.pools[key] = pool
-                await nursery.start(pool.run)
+            old = self.pools.get(key)
+            if old is not None and old.settings == settings:
+                pools[key] = old
+                continue
+            pool = pools[key] = Pool(f"{key[0]}@{key[1]}({key[2]}:{key[3]})", settings)
+            pool.logical_database, pool.role, pool.shard = db.name, db.role, db.shard
+            pool.on_connect = self.on_connect
+            if old is not None and _same_server(old.settings, settings):
+                # New logins need not wait for a server connection to learn its parameters.
+                pool.server_params = old.server_params
+            fresh.append(pool)
+        retired = [(key, pool) for key, pool in self.pools.items() if pools.get(key) is not pool]
+        self.pools = pools
         self._regroup(config, wanted)
+        for pool in fresh:
+            nursery.start_soon(pool.run)
+        for key, pool in retired:
+            log.info("pool %s: %s by a reload, draining", pool.name,
+                     "changed" if key in pools else "removed")
+            pool.retire(pools.get(key))
 
     def _regroup(self, config: Config, wanted: dict) -> None:
         g = config.general
@@ -95,3 +106,8 @@ class PoolManager:
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+
+
+def _same_server(a: PoolSettings, b: PoolSettings) -> bool:
+    """Do both pools log in to the same server database as the same user?"""
+    return (a.host, a.port, a.database, a.user) == (b.host, b.port, b.database, b.user)

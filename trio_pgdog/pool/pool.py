@@ -47,11 +47,21 @@ class PoolSettings:
         return {"user": self.user, "database": self.database, "application_name": "trio_pgdog"}
 
 
-class _Waiter:
-    __slots__ = ("event", "may_connect", "server")
+class PoolRetired(ProxyError):
+    """A reload replaced or removed the pool: the client retries on its current hosts."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str):
+        super().__init__(codes.ADMIN_SHUTDOWN,
+                         f"pool {name} was retired by a configuration reload",
+                         hint="retry: the reloaded configuration serves the next attempt")
+
+
+class _Waiter:
+    __slots__ = ("event", "may_connect", "pool", "server")
+
+    def __init__(self, pool: Pool) -> None:
         self.event = trio.Event()
+        self.pool = pool  # whose queue it is in: a reload moves it to the pool's replacement
         self.server: ServerConnection | None = None
         self.may_connect = False
 
@@ -65,6 +75,8 @@ class Pool:
         self.waiters: deque[_Waiter] = deque()
         self.server_params: dict[str, str] | None = None
         self.closed = False
+        self.retired = False  # closed by a reload, which may have named a successor
+        self.successor: Pool | None = None
         self.banned_until = float("-inf")  # trio time until which the host gets no traffic
         self.on_failure: Callable[[Pool, str], None] | None = None  # the host group bans
         # after_connect hooks: run on each new connection before it is used; raises to refuse.
@@ -100,7 +112,7 @@ class Pool:
 
     async def checkout(self) -> ServerConnection:
         if self.closed:
-            raise ProxyError(codes.ADMIN_SHUTDOWN, f"pool {self.name} is closed")
+            raise self._closed_error()
         server = self.take_idle()
         if server is not None:
             return server
@@ -175,23 +187,40 @@ class Pool:
         return server
 
     async def _wait(self) -> ServerConnection:
-        waiter = _Waiter()
+        waiter = _Waiter(self)
         self.waiters.append(waiter)
-        try:
-            with trio.move_on_after(self.settings.checkout_timeout):
-                await waiter.event.wait()
-        except BaseException:
-            self._abandon(waiter)
-            raise
-        if waiter.server is not None:
-            return waiter.server
-        if waiter.may_connect:
-            return await self._open()
-        self._abandon(waiter)
-        raise ProxyError(codes.TOO_MANY_CONNECTIONS,
-                         f"no server connection available in pool {self.name} within "
-                         f"checkout_timeout ({self.settings.checkout_timeout * 1000:.0f} ms): "
-                         f"all {self.settings.pool_size} connections are busy")
+        # One deadline, wherever a reload moves the waiter: moving is not starting over.
+        deadline = trio.current_time() + self.settings.checkout_timeout
+        while True:
+            try:
+                with trio.move_on_at(deadline):
+                    await waiter.event.wait()
+            except BaseException:
+                waiter.pool._abandon(waiter)
+                raise
+            pool = waiter.pool
+            if waiter.server is not None:
+                return waiter.server
+            if waiter.may_connect:
+                if not pool.closed:
+                    return await pool._open()
+                # Handed a slot by a pool a reload retired before this task ran: the slot
+                # goes back, and the waiter is first in line at the pool's replacement.
+                waiter.may_connect = False
+                pool._slot_freed()
+                successor = pool._live_successor()
+                if successor is None:
+                    raise pool._closed_error()
+                waiter.event = trio.Event()
+                successor._adopt(waiter, first=True)
+                continue
+            if pool.closed:
+                raise pool._closed_error()
+            pool._abandon(waiter)
+            raise ProxyError(codes.TOO_MANY_CONNECTIONS,
+                             f"no server connection available in pool {pool.name} within "
+                             f"checkout_timeout ({pool.settings.checkout_timeout * 1000:.0f} ms): "
+                             f"all {pool.settings.pool_size} connections are busy")
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter gave up (timeout, client gone): return whatever it was handed."""
@@ -201,6 +230,35 @@ class Pool:
             self.checkin(waiter.server)
         elif waiter.may_connect:
             self._slot_freed()
+
+    def _adopt(self, waiter: _Waiter, first: bool = False) -> None:
+        """Take over a waiter of the pool this one replaces: a connection or a free slot if
+        there is one, else a place in the queue (`first`: at its head)."""
+        waiter.pool = self
+        server = self.take_idle()
+        if server is not None:
+            waiter.server = server
+            waiter.event.set()
+        elif self.total < self.settings.pool_size:
+            self.total += 1
+            waiter.may_connect = True
+            waiter.event.set()
+        elif first:
+            self.waiters.appendleft(waiter)
+        else:
+            self.waiters.append(waiter)
+
+    def _closed_error(self) -> ProxyError:
+        if self.retired:
+            return PoolRetired(self.name)
+        return ProxyError(codes.ADMIN_SHUTDOWN, f"pool {self.name} is closed")
+
+    def _live_successor(self) -> Pool | None:
+        """The pool serving what this retired one did, following reloads that came since."""
+        pool = self.successor
+        while pool is not None and pool.closed:
+            pool = pool.successor
+        return pool
 
     async def startup_params(self) -> dict[str, str]:
         """The server's ParameterStatus values, connecting once if none is known yet."""
@@ -216,7 +274,8 @@ class Pool:
         try:
             with trio.CancelScope() as self._scope:
                 task_status.started()
-                await self._maintain()
+                if not self.closed:  # a reload may retire a pool before its task starts
+                    await self._maintain()
         finally:
             self._close_idle()
 
@@ -226,8 +285,20 @@ class Pool:
             self._scope.cancel()
         self._close_idle()
         for waiter in self.waiters:
-            waiter.event.set()  # they find neither a server nor a slot and report the timeout
+            waiter.event.set()  # they find neither a server nor a slot: the pool is closed
         self.waiters.clear()
+
+    def retire(self, successor: Pool | None) -> None:
+        """A reload replaced this pool by `successor` (None: removed it). Its waiters move to
+        the successor in their order, or retry on their client's current hosts; connections
+        in use are closed when they come back."""
+        self.retired = True
+        self.successor = successor
+        if successor is not None:
+            waiters, self.waiters = self.waiters, deque()
+            for waiter in waiters:
+                successor._adopt(waiter)
+        self.close()
 
     def _close_idle(self) -> None:
         while self.idle:
@@ -261,7 +332,12 @@ class Pool:
             if server not in self.idle:
                 continue  # handed out meanwhile
             self.idle.remove(server)
-            if await check_server(server, self.settings.healthcheck_timeout):
+            try:
+                healthy = await check_server(server, self.settings.healthcheck_timeout)
+            except BaseException:  # the pool closed meanwhile: the slot must not leak
+                self._discard(server)
+                raise
+            if healthy:
                 self.checkin(server)
             else:
                 self._discard(server)

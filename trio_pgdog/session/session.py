@@ -21,6 +21,7 @@ from ..hooks.api import ConnectInfo
 from ..hooks.registry import EMPTY, HookRegistry, HookSet
 from ..netio import Conn, ConnectionClosed, Poller
 from ..pool.hosts import PRIMARY, REPLICA, HostGroup
+from ..pool.pool import PoolRetired
 from ..pool.server import ServerConnection, check_server, send_cancel, try_execute
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
@@ -219,8 +220,8 @@ class ClientSession:
                 raise ProxyError(decision.sqlstate or codes.INSUFFICIENT_PRIVILEGE,
                                  decision.message or f"connection refused by {label}", fatal=True)
         self.group = group
-        self.transaction_mode = group.any_pool.settings.pooler_mode == "transaction"
-        defaults = await group.startup_params()
+        defaults = await self._startup_params()
+        self.transaction_mode = self._current_group().any_pool.settings.pooler_mode == "transaction"
         self.settings = ClientParams(defaults, startup.params)
         params = dict(defaults)
         params.update((k, v) for k, v in self.settings.wanted.items() if k in defaults)
@@ -381,16 +382,11 @@ class ClientSession:
         """Take a server connection for a transaction needing `role` (not from `avoid`, a
         host that just failed); False if the client was told why there is none."""
         for _attempt in range(_ATTACH_ATTEMPTS):
-            pools = self._current_group().choose(role)
-            if avoid is not None and len(pools) > 1:
-                pools = [p for p in pools if p is not avoid] or pools
-            server = pools[0].take_idle()
-            if server is None:
-                try:
-                    server = await self._checkout_watching_client(pools)
-                except ProxyError as exc:
-                    await self._fail_batch(exc)
-                    return False
+            try:
+                server = await self._checkout(role, avoid)
+            except ProxyError as exc:
+                await self._fail_batch(exc)
+                return False
             if not server.needs_check or await check_server(
                     server, server.pool.settings.healthcheck_timeout):  # type: ignore[union-attr]
                 self.server = server
@@ -443,6 +439,30 @@ class ClientSession:
         if discarded_all:
             self.recheck = None  # every setting is back to its default
         return data
+
+    async def _checkout(self, role: str, avoid: Pool | None) -> ServerConnection:
+        """A server connection from the client's current hosts. A reload that retires the
+        pool being tried sends the client on to the new hosts (no error: moving a waiter
+        to the pool that replaced its own happens inside the pool, this covers the rest)."""
+        while True:
+            pools = self._current_group().choose(role)
+            if avoid is not None and len(pools) > 1:
+                pools = [p for p in pools if p is not avoid] or pools
+            server = pools[0].take_idle()
+            if server is not None:
+                return server
+            try:
+                return await self._checkout_watching_client(pools)
+            except PoolRetired:
+                continue  # the group is stale now: _current_group() picks the new one
+
+    async def _startup_params(self) -> dict[str, str]:
+        """The ParameterStatus values a new client gets, from its current hosts."""
+        while True:
+            try:
+                return await self._current_group().startup_params()
+            except PoolRetired:
+                continue
 
     async def _checkout_watching_client(self, pools: list[Pool]) -> ServerConnection:
         """Wait for a server connection; if the client hung up meanwhile, pass the connection
