@@ -59,8 +59,10 @@ def test_sql_level_prepare_is_refused_clearly(proxy):
             conn.execute("PREPARE p AS select 1")
         assert conn.execute("select 2").fetchone() == (2,)
         with conn.transaction():
-            with pytest.raises(psycopg.errors.FeatureNotSupported), conn.transaction():
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as refused, conn.transaction():
                 conn.execute("/* hi */ prepare p2 as select 1")
+            assert refused.value.diag.context is None  # no PL/pgSQL detail of how it was raised
+            assert refused.value.diag.datatype_name is None
             assert conn.execute("select 3").fetchone() == (3,)
 
 

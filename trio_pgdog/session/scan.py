@@ -10,6 +10,7 @@ import struct
 
 from ..protocol import ProtocolError
 from ..protocol.messages import MAX_MESSAGE_LENGTH
+from .sqltext import MARK_FIELD
 
 _LEN = struct.Struct("!i").unpack_from
 
@@ -133,10 +134,11 @@ class ServerScan:
     so a FATAL error is never half-forwarded. `fatal` = a FATAL ErrorResponse was found (the
     server is about to close); the returned bytes stop before it and `fatal_body` is its body.
     `copy_in`: the server is in COPY FROM STDIN, reading client data (from its
-    CopyInResponse to its next ReadyForQuery).
+    CopyInResponse to its next ReadyForQuery). `marked`: (start, end) in the returned bytes
+    of errors the proxy had the server raise (session/sqltext.py).
     """
 
-    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "params", "ready")
+    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "marked", "params", "ready")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -146,11 +148,14 @@ class ServerScan:
         self.fatal = False
         self.fatal_body = b""
         self.params: list[bytes] = []  # ParameterStatus bodies in this chunk
+        self.marked: list[tuple[int, int]] = []
 
     def feed(self, data: bytes) -> bytes:
         self.ready = []
         if self.params:
             self.params = []
+        if self.marked:
+            self.marked = []
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -174,6 +179,8 @@ class ServerScan:
                         self.fatal_body = data[pos + 5 : nxt]
                         self._skip = 0
                         return data[:pos]
+                    if MARK_FIELD in data[pos + 5 : nxt]:
+                        self.marked.append((pos, nxt))
                 elif kind == PARAMETER:
                     self.params.append(data[pos + 5 : nxt])
                 else:

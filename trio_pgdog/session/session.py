@@ -33,7 +33,7 @@ from .hooked import HookedStream
 from .overrides import answer_role_set
 from .params import ClientParams, set_targets
 from .scan import ClientScan, ServerScan
-from .sqltext import quote_literal, raise_sql
+from .sqltext import quote_literal, raise_sql, unmark_errors
 from .startup import Cancel, Startup, read_startup
 from .tracker import Tracker
 
@@ -627,6 +627,8 @@ class ClientSession:
             if sscan.fatal:
                 await self._server_lost(data, m.parse_error_fields(sscan.fatal_body))
                 return
+            if sscan.marked:
+                data = unmark_errors(data, sscan.marked)
             ready = sscan.ready
             self.copy_in = sscan.copy_in
         else:

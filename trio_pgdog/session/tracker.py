@@ -20,6 +20,7 @@ from ..protocol import ProtocolError
 from ..protocol import extended as ext
 from ..protocol.messages import MAX_MESSAGE_LENGTH
 from .owed import COPY_END, ENDS_READY, CopyInput, Owed, drop_copy_ends, enter_copy, skip_to_sync
+from .sqltext import MARK_FIELD, unmarked
 
 if TYPE_CHECKING:
     from .prepared import ServerStatements, StatementRegistry
@@ -296,6 +297,9 @@ class Tracker:
                     ready.append(buf[pos + 5 : nxt])
             elif kind == _ERROR:
                 self.copy.open = False  # an error ends a COPY
+                if MARK_FIELD in buf[pos + 5 : nxt]:  # raised for the proxy: shown without
+                    out += [buf[start:pos], unmarked(buf[pos:nxt])]  # what is the proxy's own
+                    start = nxt
                 if head is not None and head.ends is not _ENDS_READY:
                     self._skip_to_sync(server)
             elif head is not None and kind in head.ends:
