@@ -99,3 +99,41 @@ def test_sql_set_of_unreported_settings_follows_the_client(proxy_factory, pg):
         a.execute("RESET ALL")
         assert _show(a, "search_path") == default_path
         assert _show(a, "statement_timeout") == "0"
+
+
+@pytest.mark.parametrize(("name", "given"), [
+    ("client_encoding", "utf-8"), ("client_encoding", "eucjp"), ("client_encoding", "Unicode"),
+    ("DateStyle", "iso"), ("IntervalStyle", "SQL_Standard"),
+])
+def test_settings_are_reported_as_postgresql_spells_them(pg, proxy_factory, name, given):
+    """A value PostgreSQL accepts in another spelling (client_encoding 'utf-8' is UTF8) is
+    reported in PostgreSQL's spelling, at login (ParameterStatus) and by SHOW, in every
+    transaction, whichever server connection it runs on."""
+    proxy = proxy_factory(default_pool_size=1)
+    option = f"-c {name}={given}"
+    with psycopg.connect(pg.dsn("app", "app-secret", "appdb"), options=option) as direct, \
+            psycopg.connect(pg.dsn("app", "app-secret", "appdb")) as plain:
+        spelled = direct.info.parameter_status(name)
+        assert direct.execute(f"SHOW {name}").fetchone()[0] == spelled
+        default = plain.info.parameter_status(name)
+    assert spelled is not None and spelled != given
+    with proxy.connect(options=option) as conn, proxy.connect() as other:
+        assert conn.info.parameter_status(name) == spelled
+        for _ in range(2):
+            assert conn.execute(f"SHOW {name}").fetchone()[0] == spelled
+            assert other.execute(f"SHOW {name}").fetchone()[0] == default
+        conn.execute(f"RESET {name}")
+        conn.execute(f"SET {name} TO '{given}'")
+        assert conn.info.parameter_status(name) == spelled
+        other.execute("SELECT 1")
+        assert conn.execute(f"SHOW {name}").fetchone()[0] == spelled
+
+
+def test_a_startup_setting_postgresql_refuses_is_refused_at_login(proxy_factory):
+    proxy = proxy_factory()
+    with pytest.raises(psycopg.OperationalError) as refused:
+        proxy.connect(options="-c client_encoding=klingon")
+    # As PostgreSQL itself refuses it (psycopg does not expose a login's SQLSTATE).
+    assert 'invalid value for parameter "client_encoding": "klingon"' in str(refused.value)
+    with proxy.connect() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)

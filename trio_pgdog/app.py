@@ -25,6 +25,7 @@ from .router.cache import ParseCache
 from .session import departures
 from .session.prepared import StatementRegistry
 from .session.session import ClientSession
+from .session.spellings import Spellings
 from .session.startup import Cancel
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Proxy:
         self.hooks = HookRegistry()  # loaded in run(), rebuilt on reload
         self.sessions: dict[int, ClientSession] = {}  # by the pid in their BackendKeyData
         self.statements = StatementRegistry()  # shared prepared-statement names
+        self.spellings = Spellings()  # PostgreSQL's spelling of clients' setting values
         self.parse_cache = ParseCache()  # statement facts per distinct SQL text, for routing
         self.shutting_down = False
         self.listening: list[tuple[str, int]] = []

@@ -103,6 +103,10 @@ class ClientParams:
         self.wanted.update(parse_options(startup.get("options", "")))
         self.key = frozenset(self.wanted.items())
 
+    def changed(self) -> None:
+        """`wanted` was changed in place: refresh the fingerprint."""
+        self.key = frozenset(self.wanted.items())
+
     def reported(self, bodies: list[bytes], server: ServerConnection) -> None:
         """ParameterStatus messages from the server this client is using."""
         for body in bodies:

@@ -223,6 +223,7 @@ class ClientSession:
         defaults = await self._startup_params()
         self.transaction_mode = self._current_group().any_pool.settings.pooler_mode == "transaction"
         self.settings = ClientParams(defaults, startup.params)
+        await self._spell_settings(defaults)
         params = dict(defaults)
         params.update((k, v) for k, v in self.settings.wanted.items() if k in defaults)
         self.pid, self.secret = app.register(self)
@@ -231,6 +232,29 @@ class ClientSession:
         out += [m.backend_key_data(self.pid, self.secret), m.ready_for_query()]
         await self.client.send(b"".join(out))
         log.debug("client %s logged in as %s@%s", self.addr, self.user, self.database)
+
+    async def _spell_settings(self, reported: dict[str, str]) -> None:
+        """The client's values of settings PostgreSQL reports, as PostgreSQL spells them
+        (session/spellings.py); learned from a server the first time a value is seen."""
+        spellings = self.app.spellings
+        unknown = spellings.unknown(self.settings.wanted, reported)
+        if unknown:
+            try:  # any host will do: a replica if there is one
+                server = await self._checkout(REPLICA, None)
+            except ProxyError as exc:  # no server now: report the values as given
+                log.warning("client %s: could not learn how the server spells its settings: %s",
+                            self.addr, exc.message)
+                return
+            try:
+                await spellings.learn(server, unknown)
+            except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError) as exc:
+                log.warning("client %s: could not learn how the server spells its settings: %r",
+                            self.addr, exc)
+                server.broken = True
+            finally:
+                _give_back(server)
+        spellings.respell(self.settings.wanted)
+        self.settings.changed()
 
     # --- relay ----------------------------------------------------------------------------------
 
