@@ -12,7 +12,7 @@ setup(
     ext_modules=[
         Extension(
             "trio_pgdog._speedups",
-            sources=["trio_pgdog/_speedups.c"],
+            sources=["trio_pgdog/_speedups.c", "trio_pgdog/_hashing.c"],
             include_dirs=["hooks/include"],
             optional=True,
         )

@@ -12,6 +12,8 @@
  *                         the returned PgdogOutput)
  *   native_lane(...)      all of it, for one Query or one execution, when every pre_query
  *                         hook is a native plugin (session/hooked.py, "the native lane")
+ *   partition_hash_*      a sharding key's hash as PostgreSQL's hash partitioning computes it
+ *                         (in _hashing.c, linked into this module)
  *
  * Each has a pure-Python twin with the same contract, used where this module is not built
  * (setup.py builds it as an optional extension) or when TRIO_PGDOG_SPEEDUPS=0; the tests
@@ -514,6 +516,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+extern PyMethodDef hashing_methods[];  /* _hashing.c */
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_speedups", "The hook path's per-statement work in C.", -1, methods,
     NULL, NULL, NULL, NULL,
@@ -523,7 +527,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "ABI_VERSION", PGDOG_PLUGIN_ABI_VERSION) < 0 ||
+    if (PyModule_AddFunctions(m, hashing_methods) < 0 ||
+        PyModule_AddIntConstant(m, "ABI_VERSION", PGDOG_PLUGIN_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "OUTPUT_SIZE", (long)sizeof(PgdogOutput)) < 0) {
         Py_DECREF(m);
         return NULL;
