@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trio_pgdog import bench
+from trio_pgdog.bench_memory import MemoryFigure
 
 
 def test_paired_rounds_report_the_median_difference():
@@ -29,3 +30,24 @@ def test_probe_subtracts_the_timers_own_clock_reads_and_judges_the_plugin():
     assert bench.hook_probe_lines([probe])[0].endswith("**MISS**")
     probe.target = bench.TRIO_PGDOG_LOGGER   # no target for the other hooks
     assert bench.hook_probe_lines([probe])[0].endswith("clock reads)")
+
+
+def test_memory_per_idle_client_is_judged_for_trio_pgdog_only():
+    ours = MemoryFigure(bench.TRIO_PGDOG, 2000, 38_000, 45_000)
+    theirs = MemoryFigure(bench.PGBOUNCER, 2000, 8_400, 10_400)
+    assert ours.kb_per_client == 3.5
+    assert bench.memory_line(ours) == ("- trio_pgdog: 3.5 KB per idle client (RSS 37.1 MB with no "
+                                       "client, 43.9 MB with 2,000); target < 4 KB **PASS**")
+    assert bench.memory_line(theirs) == ("- PgBouncer: 1.0 KB per idle client (RSS 8.2 MB with no "
+                                         "client, 10.2 MB with 2,000)")
+    assert bench.memory_line(MemoryFigure(bench.TRIO_PGDOG, 1000, 38_000, 46_000)).endswith("**MISS**")
+
+
+def test_memory_only_report_has_no_pgbench_table():
+    plan = bench.plan_from_args(bench.parse_args(["--memory-only", "--idle-clients", "500"]))
+    assert not plan.pgbench and plan.idle_clients == 500
+    figure = MemoryFigure(bench.TRIO_PGDOG, 500, 38_000, 39_500)
+    text = bench.report(bench.Findings(memory=[figure]), plan, [], "abc1234")
+    assert "| target |" not in text and "Ratios" not in text
+    assert f"trio_pgdog {bench.__version__} at git abc1234" in text.splitlines()[0]
+    assert "- trio_pgdog: 3.0 KB per idle client" in text

@@ -31,7 +31,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 30) -> subproc
 def refuses_connections(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the connection was still in the listener's queue when the listener closed.
         return True
     return False
 

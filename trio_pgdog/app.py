@@ -31,6 +31,7 @@ from .session.startup import Cancel
 log = logging.getLogger(__name__)
 
 _LISTEN_BACKLOG = 4096
+_SESSION_TASK = "trio_pgdog client session"
 
 
 class Proxy:
@@ -151,7 +152,8 @@ class Proxy:
                 continue
             set_nodelay(sock)
             peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-            clients.start_soon(ClientSession(self, Conn(sock, peer), peer).run)
+            # A name given: Trio would otherwise format one string per client.
+            clients.start_soon(ClientSession(self, Conn(sock, peer), peer).run, name=_SESSION_TASK)
 
     async def _signals(self, root_scope: trio.CancelScope, clients: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

@@ -5,8 +5,9 @@ One run starts a throw-away PostgreSQL cluster, loads `pgbench -i -s 1`, then dr
 subprocess) with `pgbench -S` in simple and extended query mode at several client counts. For
 every run it reports TPS, failed transactions and the pooler's CPU time per transaction, read
 from /proc/<pid>/stat, and finally the two ratios against PgBouncer the project aims at.
-Everything it starts (cluster, PgBouncer, proxy, temporary files) is removed again, also on
-Ctrl-C, SIGTERM and errors. See docs/benchmarks.md.
+Last, each pooler's memory per idle logged-in client (trio_pgdog.bench_memory; that figure
+alone with --memory-only). Everything it starts (cluster, PgBouncer, proxy, temporary files)
+is removed again, also on Ctrl-C, SIGTERM and errors. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import trio
+
 from . import __version__
+from .bench_memory import IdleClientError, MemoryFigure, measure_sync, raise_fd_limit
 from .embedded import Cluster, EmbeddedError, find_pg_binary, free_port
 
 USER = PASSWORD = DATABASE = "pgdog"
@@ -64,6 +68,9 @@ RATIO_CLIENTS = 16
 MAX_CPU_RATIO = 4.0
 MIN_TPS_RATIO = 0.45
 MAX_PLUGIN_US = 10.0   # a no-op native plugin's extra proxy CPU per statement
+# Memory per idle client: the poolers' RSS with none and with this many idle logged-in clients.
+IDLE_CLIENTS = 2_000
+MAX_IDLE_CLIENT_KB = 4.0
 # Runs of this machine differ by more than a hook costs: each hook target is measured in
 # rounds, each paired with a run of plain trio_pgdog, and the median difference reported.
 HOOK_ROUNDS = 5
@@ -353,17 +360,18 @@ def make_workdir(stack: contextlib.ExitStack, cluster: Cluster, prefix: str) -> 
 # --- targets ---------------------------------------------------------------------------------
 
 
-def start_cluster(stack: contextlib.ExitStack) -> Cluster:
+def start_cluster(stack: contextlib.ExitStack, pgbench_data: bool = True) -> Cluster:
     cluster = Cluster.create(free_port(), settings={"max_connections": str(MAX_CONNECTIONS)})
     stack.callback(cluster.destroy)
     cluster.start()
     cluster.add_user(USER, PASSWORD, auth="scram-sha-256")
     cluster.add_database(DATABASE, owner=USER)
-    init_pgbench_data(cluster.port)
+    if pgbench_data:
+        init_pgbench_data(cluster.port)
     return cluster
 
 
-def pgbouncer_files(cluster: Cluster, port: int, workdir: str) -> str:
+def pgbouncer_files(cluster: Cluster, port: int, workdir: str, max_client_conn: int = 500) -> str:
     """Write pgbouncer.ini and its userlist into `workdir`; return the ini's path."""
     # The role's SCRAM secret: PgBouncer checks clients with it and, since the client proved
     # it knows the password, logs in to PostgreSQL with the same keys.
@@ -378,7 +386,7 @@ def pgbouncer_files(cluster: Cluster, port: int, workdir: str) -> str:
         "auth_file": userlist,
         "pool_mode": "transaction",
         "default_pool_size": str(POOL_SIZE),
-        "max_client_conn": "500",
+        "max_client_conn": str(max_client_conn),
         # trio_pgdog logs connections at DEBUG only; keep logging cost out of the comparison.
         "log_connections": "0",
         "log_disconnections": "0",
@@ -395,10 +403,11 @@ def pgbouncer_files(cluster: Cluster, port: int, workdir: str) -> str:
     return ini
 
 
-def start_pgbouncer(stack: contextlib.ExitStack, cluster: Cluster, binary: str) -> Target:
+def start_pgbouncer(stack: contextlib.ExitStack, cluster: Cluster, binary: str,
+                    max_client_conn: int = 500) -> Target:
     workdir = make_workdir(stack, cluster, "trio_pgdog-bench-pgbouncer-")
     port = free_port()
-    ini = pgbouncer_files(cluster, port, workdir)
+    ini = pgbouncer_files(cluster, port, workdir, max_client_conn)
     log_path = os.path.join(workdir, "pgbouncer.log")
     as_user = cluster.runner.as_user
     # PgBouncer refuses to run as root. Popen(user=...) rather than runuser, so that the pid we
@@ -489,12 +498,13 @@ def find_pgbouncer() -> str | None:
     return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
 
 
-def start_target(key: str, stack: contextlib.ExitStack, cluster: Cluster, pgbouncer: str | None) -> Target:
+def start_target(key: str, stack: contextlib.ExitStack, cluster: Cluster, pgbouncer: str | None,
+                 max_client_conn: int = 500) -> Target:
     if key == "direct":
         return Target(DIRECT, cluster.port)
     if key == "pgbouncer":
         assert pgbouncer is not None
-        return start_pgbouncer(stack, cluster, pgbouncer)
+        return start_pgbouncer(stack, cluster, pgbouncer, max_client_conn)
     return start_trio_pgdog(stack, cluster, key)
 
 
@@ -508,6 +518,8 @@ class Plan:
     transactions: int
     prepared: bool
     timeout: float
+    pgbench: bool = True          # False: the memory figure alone
+    idle_clients: int = IDLE_CLIENTS  # for the memory figure; 0: none
 
     def modes_for(self, target_key: str) -> tuple[str, ...]:
         # PgBouncer 1.18 keeps no prepared statements across transactions in transaction mode.
@@ -541,16 +553,30 @@ def benchmark_target(target: Target, plan: Plan, modes: Sequence[str]) -> list[R
     return results
 
 
-def run_plan(plan: Plan, problems: list[str]) -> tuple[list[RunResult], list[HookCost], list[HookProbe]]:
+@dataclass
+class Findings:
+    results: list[RunResult] = field(default_factory=list)
+    costs: list[HookCost] = field(default_factory=list)
+    probes: list[HookProbe] = field(default_factory=list)
+    memory: list[MemoryFigure] = field(default_factory=list)
+
+
+def run_plan(plan: Plan, problems: list[str]) -> Findings:
     pgbouncer = find_pgbouncer()
     keys = [k for k in plan.targets if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS]
-    hook_keys = [k for k in plan.targets if k in HOOK_TARGETS]
+    hook_keys = [k for k in plan.targets if k in HOOK_TARGETS] if plan.pgbench else []
     if "pgbouncer" in plan.targets and not pgbouncer:
         problems.append("PgBouncer is not installed (apt-get install -y pgbouncer): its rows are skipped.")
-    results: list[RunResult] = []
+    found = Findings()
     with cleanup_shielded() as stack:
+        if not plan.pgbench:
+            progress("starting a throw-away PostgreSQL ...")
+            cluster = start_cluster(stack, pgbench_data=False)
+            found.memory = measure_memory(plan, keys, cluster, pgbouncer, problems)
+            return found
         progress("starting a throw-away PostgreSQL and loading pgbench -i -s 1 ...")
         cluster = start_cluster(stack)
+        results = found.results
         for key in keys:
             with cleanup_shielded() as target_stack:
                 try:
@@ -562,10 +588,41 @@ def run_plan(plan: Plan, problems: list[str]) -> tuple[list[RunResult], list[Hoo
                 results += benchmark_target(target, plan, plan.modes_for(key))
                 # Read before the work directory (and the log with it) is removed.
                 problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
-        costs = measure_hook_costs(plan, hook_keys, cluster, problems) if hook_keys else []
-        probes = [probe for key in hook_keys for mode in plan.modes_for("trio_pgdog")
-                  if (probe := probe_hook_path(plan, key, mode, cluster, problems)) is not None]
-    return results, costs, probes
+        found.costs = measure_hook_costs(plan, hook_keys, cluster, problems) if hook_keys else []
+        found.probes = [probe for key in hook_keys for mode in plan.modes_for("trio_pgdog")
+                        if (probe := probe_hook_path(plan, key, mode, cluster, problems)) is not None]
+        found.memory = measure_memory(plan, keys, cluster, pgbouncer, problems)
+    return found
+
+
+def measure_memory(plan: Plan, keys: Sequence[str], cluster: Cluster, pgbouncer: str | None,
+                   problems: list[str]) -> list[MemoryFigure]:
+    """Each pooler's RSS with no clients and with plan.idle_clients idle logged-in ones, each
+    in a fresh process (trio_pgdog.bench_memory)."""
+    clients = plan.idle_clients
+    if not clients:
+        return []
+    # Our clients' sockets, and the pooler's (it inherits the limit), plus some to spare.
+    limit = raise_fd_limit(clients + 1000)
+    if limit < clients + 100:
+        problems.append(f"memory per idle client: the file descriptor limit is {limit}; "
+                        f"{clients:,} clients need more (ulimit -n)")
+        return []
+    figures = []
+    for key in [k for k in keys if k in ("pgbouncer", "trio_pgdog")]:
+        with cleanup_shielded() as stack:
+            try:
+                target = start_target(key, stack, cluster, pgbouncer, max_client_conn=clients + 100)
+                assert target.pid is not None
+                figure = measure_sync(target.name, target.pid, target.port, clients,
+                                      USER, PASSWORD, DATABASE)
+            except (BenchError, EmbeddedError, OSError, IdleClientError, trio.TooSlowError) as exc:
+                problems.append(f"memory per idle client: {TARGET_KEYS[key]}: {exc!r}")
+                continue
+            progress(f"  {memory_line(figure)}")
+            figures.append(figure)
+            problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
+    return figures
 
 
 def probe_hook_path(plan: Plan, key: str, mode: str, cluster: Cluster,
@@ -753,20 +810,33 @@ def source_revision() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def report(results: Sequence[RunResult], costs: Sequence[HookCost], probes: Sequence[HookProbe],
-           plan: Plan, problems: Sequence[str], revision: str) -> str:
+def memory_line(f: MemoryFigure) -> str:
+    verdict = ""
+    if f.target == TRIO_PGDOG:
+        passes = f.kb_per_client < MAX_IDLE_CLIENT_KB
+        verdict = f"; target < {MAX_IDLE_CLIENT_KB:g} KB **{'PASS' if passes else 'MISS'}**"
+    return (f"- {f.target}: {f.kb_per_client:.1f} KB per idle client (RSS {f.rss_before_kb / 1024:.1f} MB "
+            f"with no client, {f.rss_after_kb / 1024:.1f} MB with {f.clients:,}){verdict}")
+
+
+def report(found: Findings, plan: Plan, problems: Sequence[str], revision: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [
-        f"pgbench -S, scale 1, {plan.transactions:,} transactions per run (-t = that ÷ clients), "
-        f"pool size {POOL_SIZE}, {os.cpu_count()} cores, {when}"
-        + (f", trio_pgdog {__version__} at git {revision}" if revision else f", trio_pgdog {__version__}"),
-        "",
-        markdown_table(results),
-        "",
-        f"Ratios at {RATIO_CLIENTS} clients:",
-        "",
-        *ratio_lines(results),
-    ]
+    version = f"trio_pgdog {__version__}" + (f" at git {revision}" if revision else "")
+    results, costs, probes = found.results, found.costs, found.probes
+    parts = []
+    if plan.pgbench:
+        parts += [
+            f"pgbench -S, scale 1, {plan.transactions:,} transactions per run (-t = that ÷ clients), "
+            f"pool size {POOL_SIZE}, {os.cpu_count()} cores, {when}, {version}",
+            "",
+            markdown_table(results),
+            "",
+            f"Ratios at {RATIO_CLIENTS} clients:",
+            "",
+            *ratio_lines(results),
+        ]
+    else:
+        parts += [f"{os.cpu_count()} cores, {when}, {version}"]
     if hook_lines := hook_cost_lines(costs):
         parts += ["", f"Hook cost over plain {TRIO_PGDOG}: proxy CPU per statement at {RATIO_CLIENTS} "
                   f"clients, the median of {HOOK_ROUNDS} rounds each paired with a plain run (the "
@@ -775,6 +845,10 @@ def report(results: Sequence[RunResult], costs: Sequence[HookCost], probes: Sequ
         parts += ["", f"The hook path measured inside the proxy (thread CPU time of its entry points, "
                   f"{RATIO_CLIENTS} clients, one run each; the no-op plugin's target is judged on "
                   "this):", "", *probe_lines]
+    if found.memory:
+        parts += ["", f"Memory per idle client: the pooler's RSS (VmRSS) with no client and with "
+                  f"{found.memory[0].clients:,} logged-in idle clients (SCRAM, one login first):", "",
+                  *map(memory_line, found.memory)]
     if notes := [*(f"- {p}" for p in problems), *error_lines(results)]:
         parts += ["", "Problems:", "", *notes]
     return "\n".join(parts) + "\n"
@@ -800,6 +874,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="also run -M prepared against PostgreSQL and trio_pgdog")
     p.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                    help="give up on one pgbench run after this long (default: %(default)s)")
+    p.add_argument("--idle-clients", type=int, default=IDLE_CLIENTS, metavar="N",
+                   help="idle logged-in clients for the memory figure (default %(default)s; 0: skip it)")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the memory per idle client of PgBouncer and trio_pgdog (about 30 s)")
     p.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
     return p.parse_args(argv)
 
@@ -816,7 +894,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     transactions = args.transactions or (QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS)
     if transactions < 1 or min(clients) < 1:
         raise SystemExit("--transactions and --clients must be at least 1")
-    return Plan(targets, clients, transactions, args.prepared, args.timeout)
+    if args.idle_clients < 0 or (args.memory_only and not args.idle_clients):
+        raise SystemExit("--idle-clients must be at least 1 with --memory-only, and never negative")
+    return Plan(targets, clients, transactions, args.prepared, args.timeout,
+                pgbench=not args.memory_only, idle_clients=args.idle_clients)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -830,18 +911,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     revision = source_revision()
     problems: list[str] = []
-    if note := busy_machine_note(os.getloadavg()[0]):
+    if plan.pgbench and (note := busy_machine_note(os.getloadavg()[0])):
         progress(note)
         problems.append(note)
     try:
-        results, costs, probes = run_plan(plan, problems)
+        found = run_plan(plan, problems)
     except KeyboardInterrupt:
         progress("interrupted; everything the benchmark started has been stopped and removed")
         return 130
     except (BenchError, EmbeddedError) as exc:
         progress(f"benchmark failed: {exc}")
         return 1
-    text = report(results, costs, probes, plan, problems, revision)
+    text = report(found, plan, problems, revision)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -54,13 +54,15 @@ class Conn:
         self.fd = sock.fileno()
         self.peer = peer
         self.closed = False
-        self._buf = bytearray()
+        # Bytes read past a message in the message-at-a-time phases (login); b"" (shared, no
+        # allocation per connection) while there are none.
+        self._buf: bytes | bytearray = b""
 
     async def recv(self) -> bytes:
         """Whatever bytes arrive next (at least one); ConnectionClosed at EOF."""
         if self._buf:
             data = bytes(self._buf)
-            self._buf.clear()
+            self._buf = b""
             return data
         sock = self.sock
         while True:
@@ -111,15 +113,20 @@ class Conn:
                 await trio.lowlevel.wait_writable(self.sock)
 
     async def read_exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
+        buf = self._buf
+        while len(buf) < n:
             # recv() hands back a non-empty buffer first: empty it so recv reads the socket.
-            have, self._buf = self._buf, bytearray()
+            self._buf = b""
+            buf = buf if isinstance(buf, bytearray) else bytearray(buf)
             try:
-                have += await self.recv()
+                buf += await self.recv()
             finally:
-                self._buf = have  # kept on EOF too: the caller may report a partial message
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+                self._buf = buf  # kept on EOF too: the caller may report a partial message
+        data = bytes(buf[:n])
+        if len(buf) == n:
+            self._buf = b""
+        else:
+            del buf[:n]  # type: ignore[union-attr]  # longer than n: read into a bytearray
         return data
 
     async def read_message(self, max_length: int = MAX_MESSAGE_LENGTH) -> tuple[bytes, bytes]:

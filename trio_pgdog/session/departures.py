@@ -25,9 +25,20 @@ GRACE = 1.0      # seconds a departed client's server has to answer the cancel
 _HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
+class Departure:
+    """A client that hung up while its query ran: when it was seen, and the cancel's fate."""
+
+    __slots__ = ("aborted", "at", "cancelled")
+
+    def __init__(self, at: float):
+        self.at = at
+        self.cancelled = trio.Event()  # set once the CancelRequest went out (or could not)
+        self.aborted = False  # the server did not answer in time: its connection is closed
+
+
 def waiting_on_server(session: ClientSession) -> bool:
     """Does the session hold a server that owes answers (or a departed client's server)?"""
-    return session.server is not None and bool(session.pending or session.departed_at is not None)
+    return session.server is not None and bool(session.pending or session.departure is not None)
 
 
 def hung_up(fds: list[int]) -> set[int]:
@@ -43,12 +54,13 @@ def look(sessions: list[ClientSession], now: float) -> None:
     waiting = [s for s in sessions if waiting_on_server(s)]
     if not waiting:
         return
-    gone = hung_up([s.client.fd for s in waiting if s.departed_at is None])
+    gone = hung_up([s.client.fd for s in waiting if s.departure is None])
     for session in waiting:
-        if session.departed_at is None:
+        departure = session.departure
+        if departure is None:
             if session.client.fd in gone:
                 session.client_departed(now)
-        elif now - session.departed_at > GRACE:
+        elif now - departure.at > GRACE:
             session.abort()
 
 

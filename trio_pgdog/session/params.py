@@ -10,6 +10,7 @@ those reports keeps the client's view exact without parsing SQL.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
@@ -90,18 +91,50 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+@functools.lru_cache(maxsize=64)
+def _lower_names(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(k.lower() for k in names)
+
+
+# Settings shared by clients that want the same: most clients of one application log in
+# with the same parameters, and a dict plus its frozenset of items cost ~2.5 KB per client.
+# Bounded: past _SHARED_MAX distinct sets of settings it starts over (what clients already
+# share stays shared).
+_SHARED_MAX = 1024
+_shared: dict[frozenset[tuple[str, str]], tuple[dict[str, str], frozenset[tuple[str, str]]]] = {}
+
+
+def _share(wanted: dict[str, str]) -> tuple[dict[str, str], frozenset[tuple[str, str]]]:
+    """(settings, key) equal to `wanted` and its key, the same objects for every client
+    that wants the same; the dict is never changed (ClientParams copies it first)."""
+    key = frozenset(wanted.items())
+    known = _shared.get(key)
+    if known is not None:
+        return known
+    if len(_shared) >= _SHARED_MAX:
+        _shared.clear()
+    _shared[key] = wanted, key
+    return wanted, key
+
+
 class ClientParams:
     """What one client believes its session settings are (`wanted`), and `key`, a cheap
-    fingerprint a server connection remembers once it matches."""
+    fingerprint a server connection remembers once it matches.
+
+    `wanted` and `key` are shared with every client that wants the same settings (_share),
+    so `wanted` is never changed in place: a change is made to a copy, which is then shared.
+    """
+
+    __slots__ = ("key", "reported_names", "wanted")
 
     def __init__(self, server_defaults: dict[str, str], startup: dict[str, str]):
         # What this server version reports (search_path only from PostgreSQL 18 on, say).
-        self.reported_names = frozenset(k.lower() for k in server_defaults)
-        self.wanted = {k: v for k, v in server_defaults.items() if k in TRACKED}
-        self.wanted.update((k, v) for k, v in startup.items()
-                           if k not in _NOT_SETTINGS and not k.startswith("_pq_."))
-        self.wanted.update(parse_options(startup.get("options", "")))
-        self.key = frozenset(self.wanted.items())
+        self.reported_names = _lower_names(tuple(server_defaults))
+        wanted = {k: v for k, v in server_defaults.items() if k in TRACKED}
+        wanted.update((k, v) for k, v in startup.items()
+                      if k not in _NOT_SETTINGS and not k.startswith("_pq_."))
+        wanted.update(parse_options(startup.get("options", "")))
+        self.wanted, self.key = _share(wanted)
 
     def changed(self) -> None:
         """`wanted` was changed in place: refresh the fingerprint."""
@@ -109,17 +142,22 @@ class ClientParams:
 
     def reported(self, bodies: list[bytes], server: ServerConnection) -> None:
         """ParameterStatus messages from the server this client is using."""
+        wanted = self.wanted
         for body in bodies:
             name, value = m.parse_parameter_status(body)
             server.params[name] = value
-            if name in TRACKED or name in self.wanted:
-                self.wanted[name] = value
-        self.key = frozenset(self.wanted.items())
+            if (name in TRACKED or name in wanted) and wanted.get(name) != value:
+                if wanted is self.wanted:
+                    wanted = dict(wanted)
+                wanted[name] = value
+        if wanted is not self.wanted:
+            self.wanted, self.key = _share(wanted)
         server.synced_key = self.key
 
     def sync_sql(self, server: ServerConnection) -> str | None:
         """Statements that give `server` this client's settings, or None if it has them."""
-        if server.synced_key == self.key:
+        key = self.key
+        if server.synced_key is key or server.synced_key == key:
             return None
         stale = server.extra - self.wanted.keys()
         statements = [f"RESET {_ident(k)}" for k in sorted(stale)]
@@ -130,23 +168,24 @@ class ClientParams:
         if changes:
             statements.append("SELECT " + ", ".join(changes))
         if not statements:
-            server.synced_key = self.key
+            server.synced_key = key
             return None
         return "; ".join(statements)
 
     def synced(self, server: ServerConnection, reported: set[str]) -> None:
         """After sync_sql ran: adopt the server's spelling of reported values (DateStyle 'ISO'
         becomes 'ISO, MDY'), and remember the settings the server does not report."""
-        for k in server.extra - self.wanted.keys():
+        wanted = dict(self.wanted)
+        for k in server.extra - wanted.keys():
             server.params.pop(k, None)
-        server.extra &= self.wanted.keys()
-        for k, v in self.wanted.items():
+        server.extra &= wanted.keys()
+        for k, v in wanted.items():
             if k in reported:
-                self.wanted[k] = server.params[k]
+                wanted[k] = server.params[k]
             elif server.params.get(k) != v:
                 server.params[k] = v
                 server.extra.add(k)
-        self.key = frozenset(self.wanted.items())
+        self.wanted, self.key = _share(wanted)
         server.synced_key = self.key
 
     def unreported(self) -> set[str]:
@@ -155,23 +194,20 @@ class ClientParams:
 
     def refreshed(self, server: ServerConnection, values: dict[str, str | None]) -> None:
         """Values read back from the server after a transaction that ran SET/RESET."""
+        wanted = dict(self.wanted)
         for name, value in values.items():
             if value is None:  # not a setting after all (PostgreSQL refused the SET)
-                self.wanted.pop(name, None)
+                wanted.pop(name, None)
                 server.params.pop(name, None)
                 server.extra.discard(name)
             else:
-                self.wanted[name] = server.params[name] = value
+                wanted[name] = server.params[name] = value
                 server.extra.add(name)
-        self.key = frozenset(self.wanted.items())
+        self.wanted, self.key = _share(wanted)
         server.synced_key = self.key
 
     def give_up(self, server: ServerConnection) -> None:
         """The server refused the settings: take its values instead of retrying forever."""
-        for k in list(self.wanted):
-            if k in server.params:
-                self.wanted[k] = server.params[k]
-            else:
-                del self.wanted[k]
-        self.key = frozenset(self.wanted.items())
+        wanted = {k: server.params[k] for k in self.wanted if k in server.params}
+        self.wanted, self.key = _share(wanted)
         server.synced_key = self.key

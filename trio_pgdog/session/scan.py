@@ -143,19 +143,20 @@ class ServerScan:
     def __init__(self) -> None:
         self._skip = 0
         self._carry = b""
-        self.ready: list[bytes] = []  # the status byte of each ReadyForQuery, in order
+        # Empty tuples until a feed: no lists kept for a client that has sent nothing yet.
+        self.ready: list[bytes] | tuple[()] = ()  # the status byte of each ReadyForQuery, in order
         self.copy_in = False
         self.fatal = False
         self.fatal_body = b""
-        self.params: list[bytes] = []  # ParameterStatus bodies in this chunk
-        self.marked: list[tuple[int, int]] = []
+        self.params: list[bytes] | tuple[()] = ()  # ParameterStatus bodies in this chunk
+        self.marked: list[tuple[int, int]] | tuple[()] = ()
 
     def feed(self, data: bytes) -> bytes:
-        self.ready = []
+        self.ready = ready = []
         if self.params:
-            self.params = []
+            self.params = ()
         if self.marked:
-            self.marked = []
+            self.marked = ()
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -171,7 +172,7 @@ class ServerScan:
                 if nxt > end:  # hold the whole (small) message until it is complete
                     break
                 if kind == READY:
-                    self.ready.append(data[pos + 5 : nxt])
+                    ready.append(data[pos + 5 : nxt])
                     self.copy_in = False
                 elif kind == ERROR:
                     if data.startswith(_FATAL, pos + 5):
@@ -180,9 +181,11 @@ class ServerScan:
                         self._skip = 0
                         return data[:pos]
                     if MARK_FIELD in data[pos + 5 : nxt]:
-                        self.marked.append((pos, nxt))
+                        self.marked = [*self.marked, (pos, nxt)]
                 elif kind == PARAMETER:
-                    self.params.append(data[pos + 5 : nxt])
+                    if not self.params:
+                        self.params = []
+                    self.params.append(data[pos + 5 : nxt])  # type: ignore[union-attr]
                 else:
                     self.copy_in = True
             pos = nxt

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 import trio
@@ -29,6 +30,7 @@ from ..protocol import extended as ext
 from ..protocol import messages as m
 from ..router.fastpath import plain_select
 from ..router.keywords import leading_keywords
+from .departures import Departure
 from .hooked import HookedStream
 from .overrides import answer_role_set
 from .params import ClientParams, set_targets
@@ -58,7 +60,45 @@ class ClientGone(Exception):
     """The client closed its connection or sent Terminate."""
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+_wait_readable = trio.lowlevel.wait_readable
+
+
 class ClientSession:
+    # An idle client costs the proxy what its session keeps (docs/benchmarks.md, "memory per
+    # idle client"): slots instead of a __dict__, shared empty values, objects made when
+    # first needed, and no coroutine frame but run's above Trio's wait while the client is
+    # quiet (so the relay loop lives in run).
+    __slots__ = (
+        "_hooked_syncs",
+        "_idle_on",
+        "_poller",
+        "_registry",
+        "_replay",
+        "addr",
+        "app",
+        "client",
+        "copy_in",
+        "cscan",
+        "database",
+        "departure",
+        "discarding",
+        "group",
+        "hooked",
+        "hooks",
+        "pending",
+        "pid",
+        "recheck",
+        "role_override",
+        "secret",
+        "server",
+        "settings",
+        "sscan",
+        "tracker",
+        "transaction_mode",
+        "user",
+    )
+
     def __init__(self, app: Proxy, conn: Conn, addr: str):
         self.app = app
         self.client = conn
@@ -76,14 +116,14 @@ class ClientSession:
         self.pending = 0          # ReadyForQuery messages the server still owes the client
         self.copy_in = False      # the server is in COPY FROM STDIN, reading client data
         self.discarding = False   # dropping client messages up to a Sync after an error
-        self.idle = False         # waiting for the client between transactions
         self.cscan = ClientScan()
-        self.sscan = ServerScan()
+        self.sscan: ServerScan | None = None  # made when the first server answers
         self.tracker: Tracker | None = None  # set once a transaction-mode client goes extended
         self.settings = ClientParams({}, {})  # the client's session parameters
-        self.recheck: set[str] | None = set()  # settings a SET may have changed; None: all
+        self.recheck: frozenset[str] | None = _NO_NAMES  # settings a SET may have changed; None: all
         self._poller: Poller | None = None
-        self._idle_waitable: object | None = None
+        # What the session waits on while it waits for its client between transactions.
+        self._idle_on: object | None = None
         # Hooks that watch statements put the session on the statement-aware path.
         self.hooks: HookSet = EMPTY
         self.hooked: HookedStream | None = None
@@ -91,43 +131,81 @@ class ClientSession:
         self._hooked_syncs = 0
         # Set by the departure watch (session/departures.py) when the client hung up while
         # its query ran: the query is cancelled and its answer goes nowhere.
-        self.departed_at: float | None = None
-        self._cancelled: trio.Event | None = None  # set once the CancelRequest was delivered
-        self._scope: trio.CancelScope | None = None
+        self.departure: Departure | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        with trio.CancelScope() as self._scope:  # abort() ends a session whose client left
-            await self._run()
-
-    async def _run(self) -> None:
+        """The session's task: login, then the relay loop until the client leaves. (The loop
+        is written out here rather than in a coroutine of its own: see the class comment.)"""
         try:
-            if await self._login():
-                await self._relay()
+            if not await self._login():
+                return
+            client = self.client
+            while True:
+                data = b""  # the last chunk (up to RECV_SIZE) is not kept through the next wait
+                server = self.server
+                if server is None:  # between transactions: wait for the client
+                    if self.app.shutting_down:
+                        raise _shutdown_error()
+                    if client.buffered:
+                        data = await client.recv()
+                    else:
+                        self._idle_on = client.sock
+                        try:
+                            await _wait_readable(client.fd)
+                        except trio.ClosedResourceError:  # shutdown interrupted the wait
+                            raise _shutdown_error() from None
+                        finally:
+                            self._idle_on = None
+                        data = client.recv_nowait()
+                        if data is None:
+                            continue
+                    await self._from_client(data)
+                elif (self.pending and not self.copy_in and not self.cscan.in_batch
+                      and not self.cscan.mid_message):
+                    try:
+                        data = await server.conn.recv()
+                    except ConnectionClosed:
+                        await self._server_lost(b"")
+                        continue
+                    except trio.ClosedResourceError:  # abort(): the server stays silent
+                        raise ClientGone from None
+                    await self._from_server(data)
+                elif not self.pending and not self.copy_in and not self.cscan.in_batch \
+                        and server.status != b"I":
+                    # Idle inside a transaction: the client has the floor.
+                    await self._from_client(await client.recv())
+                else:
+                    await self._wait_both(server)
         except ClientGone:
             pass
-        except ConnectionClosed as exc:
-            log.debug("client %s: connection lost: %s", self.addr, exc)
-        except ProtocolError as exc:
-            log.info("client %s: protocol violation: %s", self.addr, exc)
-            await self._send_error(ProxyError(codes.PROTOCOL_VIOLATION, str(exc), fatal=True))
-        except ProxyError as exc:
-            log.info("client %s (%s@%s): %s: %s", self.addr, self.user or "?", self.database or "?",
-                     exc.sqlstate, exc.message)
-            await self._send_error(exc)
-        except Exception as exc:  # a bug of ours: this client gets an error, nobody else notices
-            log.error("client %s (%s@%s): internal error, connection closed: %r", self.addr,
-                      self.user or "?", self.database or "?", exc)
-            log.debug("internal error details", exc_info=True)
-            await self._send_error(ProxyError(codes.INTERNAL_ERROR,
-                                              f"trio_pgdog internal error: {exc!r}", fatal=True))
+        except Exception as exc:
+            await self._ended_by(exc)
         finally:
             await self._release_server()
             self.app.forget(self)
             if self._poller is not None:
                 self._poller.close()
             self.client.close()
+
+    async def _ended_by(self, exc: Exception) -> None:
+        """Log why the session ends and tell the client where it should know."""
+        if isinstance(exc, ConnectionClosed):
+            log.debug("client %s: connection lost: %s", self.addr, exc)
+        elif isinstance(exc, ProtocolError):
+            log.info("client %s: protocol violation: %s", self.addr, exc)
+            await self._send_error(ProxyError(codes.PROTOCOL_VIOLATION, str(exc), fatal=True))
+        elif isinstance(exc, ProxyError):
+            log.info("client %s (%s@%s): %s: %s", self.addr, self.user or "?", self.database or "?",
+                     exc.sqlstate, exc.message)
+            await self._send_error(exc)
+        else:  # a bug of ours: this client gets an error, nobody else notices
+            log.error("client %s (%s@%s): internal error, connection closed: %r", self.addr,
+                      self.user or "?", self.database or "?", exc)
+            log.debug("internal error details", exc_info=exc)
+            await self._send_error(ProxyError(codes.INTERNAL_ERROR,
+                                              f"trio_pgdog internal error: {exc!r}", fatal=True))
 
     async def _send_error(self, exc: ProxyError) -> None:
         """Best effort: the client may already be gone."""
@@ -140,14 +218,13 @@ class ClientSession:
         """The departure watch saw the client hang up while its query runs: cancel the
         query; the session gives its server back once PostgreSQL has answered."""
         server = self.server
-        if server is None or self.departed_at is not None:
+        if server is None or self.departure is not None:
             return
-        self.departed_at = now
+        self.departure = departure = Departure(now)
         log.info("client %s (%s@%s): gone while its query runs on %s:%d (pid %s); cancelling "
                  "the query", self.addr, self.user, self.database, server.host, server.port,
                  server.pid)
-        self._cancelled = trio.Event()
-        self.app.spawn(self._cancel_query, server, self._cancelled)
+        self.app.spawn(self._cancel_query, server, departure.cancelled)
 
     async def _cancel_query(self, server: ServerConnection, done: trio.Event) -> None:
         try:
@@ -157,25 +234,26 @@ class ClientSession:
 
     def abort(self) -> None:
         """End a departed client's session whose server did not answer after the cancel:
-        its server connection is closed, not reused."""
-        if self._scope is None or self._scope.cancel_called:
+        the session's wait on the server ends, and the connection is closed, not reused."""
+        server, departure = self.server, self.departure
+        if server is None or departure is None or departure.aborted:
             return
+        departure.aborted = True
         log.warning("client %s (%s@%s): server %r did not answer after the cancel; closing "
-                    "the connection", self.addr, self.user, self.database, self.server)
-        self._scope.cancel()
+                    "the connection", self.addr, self.user, self.database, server)
+        trio.lowlevel.notify_closing(server.conn.sock)
 
     def interrupt_idle(self) -> None:
         """Shutdown: wake this session if it is waiting for its client between transactions."""
-        if self.idle and self._idle_waitable is not None:
-            trio.lowlevel.notify_closing(self._idle_waitable)
+        if self._idle_on is not None:
+            trio.lowlevel.notify_closing(self._idle_on)
 
-    async def _cancel_delivered(self) -> bool:
+    async def _cancel_delivered(self, departure: Departure) -> bool:
         """A cancel sent for a departed client's query must have reached PostgreSQL before
         its connection serves anyone else (a late one would cancel the next client's query)."""
-        assert self._cancelled is not None
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
-            await self._cancelled.wait()
-        return self._cancelled.is_set()
+            await departure.cancelled.wait()
+        return departure.cancelled.is_set() and not departure.aborted
 
     # --- login ----------------------------------------------------------------------------------
 
@@ -194,7 +272,8 @@ class ClientSession:
 
     async def _admit(self, startup: Startup) -> None:
         app = self.app
-        self.user, self.database = startup.user, startup.database
+        # One string object for all clients of the same user and database.
+        self.user, self.database = sys.intern(startup.user), sys.intern(startup.database)
         if self.app.shutting_down:
             raise ProxyError(codes.CANNOT_CONNECT_NOW, "trio_pgdog is shutting down", fatal=True)
         if not app.config.databases_named(self.database):
@@ -258,43 +337,6 @@ class ClientSession:
 
     # --- relay ----------------------------------------------------------------------------------
 
-    async def _relay(self) -> None:
-        client = self.client
-        while True:
-            server = self.server
-            if server is None:
-                data = await self._recv_idle()
-                if data is None:
-                    raise _shutdown_error()
-                await self._from_client(data)
-            elif (self.pending and not self.copy_in and not self.cscan.in_batch
-                  and not self.cscan.mid_message):
-                try:
-                    data = await server.conn.recv()
-                except ConnectionClosed:
-                    await self._server_lost(b"")
-                    continue
-                await self._from_server(data)
-            elif not self.pending and not self.copy_in and not self.cscan.in_batch \
-                    and server.status != b"I":
-                # Idle inside a transaction: the client has the floor.
-                await self._from_client(await client.recv())
-            else:
-                await self._wait_both(server)
-
-    async def _recv_idle(self) -> bytes | None:
-        """The client's next bytes between transactions; None when shutdown interrupts."""
-        if self.app.shutting_down:
-            return None
-        self.idle = True
-        self._idle_waitable = self.client.sock
-        try:
-            return await self.client.recv()
-        except trio.ClosedResourceError:
-            return None
-        finally:
-            self.idle = False
-
     async def _wait_both(self, server: ServerConnection) -> None:
         if self._poller is None:
             self._poller = Poller()
@@ -302,14 +344,13 @@ class ClientSession:
         idle = not self.pending and not self.copy_in and not self.cscan.in_batch
         if idle and self.app.shutting_down:
             raise _shutdown_error()
-        self.idle = idle
-        self._idle_waitable = self._poller.waitable
+        self._idle_on = self._poller.waitable if idle else None
         try:
             client_ready, server_ready = await self._poller.wait()
         except trio.ClosedResourceError:
             raise _shutdown_error() from None
         finally:
-            self.idle = False
+            self._idle_on = None
         if server_ready:
             try:
                 data = server.conn.recv_nowait()
@@ -397,7 +438,8 @@ class ClientSession:
     def _drop_server(self, server: ServerConnection) -> None:
         """Forget a server connection that failed: nothing more is read from it."""
         self.server = None
-        self.sscan.reset()
+        if self.sscan is not None:
+            self.sscan.reset()
         if self.tracker is not None:
             self.tracker.reset_server_side()
         _give_back(server, reusable=False)
@@ -539,13 +581,13 @@ class ClientSession:
                 if targets is None or self.recheck is None:
                     self.recheck = None
                 else:
-                    self.recheck |= targets
+                    self.recheck = self.recheck | targets
 
     async def _refresh_settings(self, server: ServerConnection) -> bool:
         """After a transaction that ran SET/RESET of settings PostgreSQL does not report, read
         their values back (a rollback may have undone them) so they follow the client."""
         names = sorted(self.settings.unreported() if self.recheck is None else self.recheck)
-        self.recheck = set()
+        self.recheck = _NO_NAMES
         if not names:
             return True
         sql = "SELECT " + ", ".join(f"current_setting({quote_literal(n)}, true)" for n in names)
@@ -647,6 +689,8 @@ class ClientSession:
         tracker = self.tracker
         if tracker is None:
             sscan = self.sscan
+            if sscan is None:
+                sscan = self.sscan = ServerScan()
             data = sscan.feed(data)
             if sscan.fatal:
                 await self._server_lost(data, m.parse_error_fields(sscan.fatal_body))
@@ -668,7 +712,7 @@ class ClientSession:
             else:  # everything went as the client sent it: only the status matters
                 hooked.server_ready(ready, self.copy_in)
         client = self.client
-        if data and self.departed_at is None:
+        if data and self.departure is None:
             if data[0] != 0x4E or not _only_notices(data):
                 self._replay = None  # the client has seen an answer: no silent retry now
             try:
@@ -689,7 +733,7 @@ class ClientSession:
             self.pending -= len(ready)
             if self.pending < 0:
                 raise ProtocolError("server sent an unexpected ReadyForQuery")
-        if self.departed_at is not None:
+        if self.departure is not None:
             if not self.pending:
                 raise ClientGone  # the departed client's query is over: release it
             return
@@ -697,7 +741,7 @@ class ClientSession:
                 and not self.copy_in and not self.cscan.in_batch and not self.cscan.mid_message
                 and (tracker is None or tracker.idle)
                 and (self.hooked is None or self.hooked.idle)):
-            if self.recheck != set() and not await self._refresh_settings(server):
+            if (self.recheck is None or self.recheck) and not await self._refresh_settings(server):
                 return
             self.server = None
             _give_back(server)
@@ -771,7 +815,8 @@ class ClientSession:
         if server is None:
             return
         clean = not (self.pending or self.copy_in or self.cscan.in_batch or self.cscan.mid_message)
-        if clean and self._cancelled is not None and not await self._cancel_delivered():
+        departure = self.departure
+        if clean and departure is not None and not await self._cancel_delivered(departure):
             clean = False
         if not clean or server.pool is None or server.pool.closed:
             if not clean:
@@ -782,7 +827,7 @@ class ClientSession:
         with trio.CancelScope(shield=True), trio.move_on_after(_CLEANUP_TIMEOUT):
             # After a cancel, a statement of ours runs first: if the cancel were still on its
             # way it would hit this one (the connection is then dropped), not a client's.
-            if server.status != b"I" or self.departed_at is not None:
+            if server.status != b"I" or departure is not None:
                 await try_execute(server, "ROLLBACK", _CLEANUP_TIMEOUT)
             if not self.transaction_mode and not server.broken:
                 await try_execute(server, "DISCARD ALL", _CLEANUP_TIMEOUT)
