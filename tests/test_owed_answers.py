@@ -253,3 +253,72 @@ def owed_pool(pg, owed_table, tmp_path_factory):
     yield proxy
     proxy.stop()
     assert "Traceback" not in proxy.log and "internal error" not in proxy.log, proxy.log
+
+
+# --- a server that does not answer the cancel -----------------------------------------------
+
+
+async def _silent_postgres(stream: trio.SocketStream, seen: list[str]) -> None:
+    """A fake PostgreSQL that logs anyone in, then never answers; a CancelRequest changes
+    nothing. (PostgreSQL itself cannot be made to ignore a cancel; this stands in for a
+    backend stuck where cancels do not reach it.)"""
+    async def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = await stream.receive_some(n - len(data))
+            if not chunk:
+                raise trio.EndOfChannel
+            data += chunk
+        return data
+
+    try:
+        body = await exactly(struct.unpack("!i", await exactly(4))[0] - 4)
+        if struct.unpack_from("!i", body)[0] == pgwire.CANCEL_REQUEST_CODE:
+            seen.append("cancel")
+            return
+        seen.append("login")
+        await stream.send_all(message(b"R", struct.pack("!i", 0))
+                              + message(b"S", b"server_version\x0015.0\x00")
+                              + message(b"K", struct.pack("!ii", 4242, 99)) + message(b"Z", b"I"))
+        while await stream.receive_some(65536):
+            pass  # a query: no answer, ever
+        seen.append("closed")
+    except (trio.EndOfChannel, trio.BrokenResourceError):
+        seen.append("closed")
+    finally:
+        await stream.aclose()
+
+
+async def test_a_server_silent_after_the_cancel_is_closed_and_its_slot_freed(tmp_path):
+    from conftest import start_proxy, users_toml
+
+    from trio_pgdog.embedded import free_port
+
+    seen: list[str] = []
+    fake_port, port = free_port(), free_port()
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(fake_port, host="127.0.0.1")
+        nursery.start_soon(trio.serve_listeners, lambda s: _silent_postgres(s, seen), listeners)
+        toml = (f'[general]\nhost = "127.0.0.1"\nport = {port}\ndefault_pool_size = 1\n'
+                f'checkout_timeout = 5000\n\n[[databases]]\nname = "{APP_DB}"\n'
+                f'host = "127.0.0.1"\nport = {fake_port}\n')
+        proxy = await trio.to_thread.run_sync(start_proxy, tmp_path, toml, users_toml(), port)
+        try:
+            async with await Wire.connect(port) as wire:
+                await wire.login("app", APP_DB, PASSWORD)
+                await wire.send(q("select 'never answered'"))
+                await trio.sleep(0.2)
+            # The client left: a cancel, nothing from the server, so the connection is closed
+            # after the grace period and the pool's only slot serves a new connection.
+            with trio.fail_after(5):
+                async with await Wire.connect(port) as wire:
+                    await wire.login("app", APP_DB, PASSWORD)
+                    await wire.send(q("select 'mine'"))
+                    while seen.count("login") < 2:
+                        await trio.sleep(0.05)
+            assert seen[:4] == ["login", "cancel", "closed", "login"], seen
+            assert "did not answer after the cancel" in proxy.log
+            assert "Traceback" not in proxy.log
+        finally:
+            await trio.to_thread.run_sync(proxy.stop)
+            nursery.cancel_scope.cancel()
