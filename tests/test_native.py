@@ -604,6 +604,30 @@ def test_check_plugin_of_a_name_with_a_dot_is_a_file(tmp_path):
     assert f"{ROOT / 'README.md'}: not a loadable shared library" in out.stdout
 
 
+def test_check_config_loads_plugins_as_the_proxy_does(libs, tmp_path):
+    """check-config loads each [[plugins]] entry (init, configure, fini) and reports it."""
+    from trio_pgdog.embedded import free_port
+
+    marker = tmp_path / "marker"
+    (tmp_path / "pgdog.toml").write_text(
+        f'[[databases]]\nname = "appdb"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        f'\n[[plugins]]\nname = "{libs / "libnoop.so"}"\ndatabases = ["appdb"]\n'
+        f'\n[[plugins]]\nname = "{libs / "libconfigure_fails.so"}"\nconfig = "{marker}"\n')
+    (tmp_path / "users.toml").write_text('[[users]]\nname = "app"\ndatabase = "appdb"\n'
+                                         'password = "x"\n')
+    out = subprocess.run([sys.executable, "-m", "trio_pgdog", "check-config", "--config",
+                          str(tmp_path / "pgdog.toml"), "--users", str(tmp_path / "users.toml")],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert f"OK   plugin {libs / 'libnoop.so'}: pre_query (databases: appdb)" in lines
+    assert (f"FAIL plugin '{libs / 'libconfigure_fails.so'}' refused: "
+            f"{libs / 'libconfigure_fails.so'}: pgdog_configure('{marker}') returned 3 "
+            "(the proxy would not start)") in lines
+    assert (tmp_path / "marker.fini").exists()  # refused, and still given its pgdog_fini
+    assert lines[-1] == "2 problems found"  # the plugin and the server that is not there
+
+
 def test_check_plugin_invalid_answers(libs):
     out = check_plugin(libs / "libgarbage.so")
     assert out.returncode == 1

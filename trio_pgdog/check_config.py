@@ -64,7 +64,9 @@ def _check_hooks(config: Config, report: _Report) -> bool:
     try:
         for entry in registry.entries:
             where = f" (databases: {', '.join(sorted(entry.databases))})" if entry.databases else ""
-            report.ok(f"hook {entry.label}: {', '.join(entry.events) or 'no events'}{where}")
+            name = entry.label if entry.label.startswith(("plugin ", "python hook ")) \
+                else f"hook {entry.label}"
+            report.ok(f"{name}: {', '.join(entry.events) or 'no events'}{where}")
     finally:
         registry.close()
     for exc in failed:
