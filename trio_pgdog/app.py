@@ -198,10 +198,6 @@ class Proxy:
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
-        g_old, g_new = old.general, new.general
-        if (g_old.host, g_old.port) != (g_new.host, g_new.port):
-            log.warning("reload: host/port changes need a restart; still listening on %s:%d",
-                        g_old.host, g_old.port)
         # From here to the pools' swap nothing awaits: a client sees the old configuration
         # or the new one, never half of each.
         try:
@@ -209,6 +205,10 @@ class Proxy:
         except HookLoadError as exc:
             log.error("reload failed, keeping the running configuration (hooks included): %s", exc)
             return
+        g_old, g_new = old.general, new.general
+        if (g_old.host, g_old.port) != (g_new.host, g_new.port):
+            log.warning("reload: host/port changes need a restart; still listening on %s:%d",
+                        g_old.host, g_old.port)
         self.config = new
         logs.use_format(g_new.log_format)
         self.pools.apply(new, self._root)
