@@ -178,6 +178,8 @@ def test_demo_runs_a_throwaway_cluster_and_cleans_up(tmp_path):
 
         text = log_path.read_text()
         assert f"psql postgres://pgdog:pgdog@127.0.0.1:{port}/pgdog" in text
+        # Announced once it is true: after the proxy listens.
+        assert text.index(f"listening on 127.0.0.1:{port}") < text.index("Connect with")
         found = re.search(r"throw-away PostgreSQL in (\S+)", text)
         assert found, text
         base_dir = Path(found.group(1))

@@ -101,6 +101,8 @@ def test_defaults_follow_pgdog() -> None:
     assert (g.connect_timeout, g.checkout_timeout) == (5000, 5000)
     assert (g.idle_timeout, g.server_lifetime) == (60_000, 86_400_000)
     assert (g.shutdown_timeout, g.client_login_timeout) == (60_000, 60_000)
+    assert g.log_format == "text"
+    assert load_config_text('[general]\nlog_format = "json"\n', None).general.log_format == "json"
     assert config.databases == ()
     assert config.users == ()
     assert config.pgdog_path is None and config.users_path is None
@@ -207,12 +209,25 @@ def test_load_config_from_files(tmp_path: Path) -> None:
     assert load_config(config.pgdog_path, config.users_path) == config
 
 
-def test_missing_users_file_gives_no_users(tmp_path: Path) -> None:
+def test_missing_users_file_is_an_error(tmp_path: Path) -> None:
+    """Without users.toml nobody could log in: a mistake (a wrong --users, a file not
+    deployed), not a configuration; the error says what the file is for."""
     pgdog = tmp_path / "pgdog.toml"
     pgdog.write_text(README_PGDOG)
-    config = load_config(pgdog, tmp_path / "users.toml")
+    users = tmp_path / "users.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(pgdog, users)
+    assert str(info.value).startswith(f"{users}: cannot read: No such file or directory; ")
+    assert "--users" in str(info.value)
+
+
+def test_empty_users_file_gives_no_users(tmp_path: Path) -> None:
+    pgdog, users = tmp_path / "pgdog.toml", tmp_path / "users.toml"
+    pgdog.write_text(README_PGDOG)
+    users.write_text("# nobody yet\n")
+    config = load_config(pgdog, users)
     assert config.users == ()
-    assert config.users_path == str(tmp_path / "users.toml")
+    assert config.users_path == str(users)
 
 
 def test_missing_pgdog_file_is_an_error(tmp_path: Path) -> None:
@@ -367,6 +382,10 @@ def test_wrong_types(text: str, expected: str) -> None:
         (
             '[[databases]]\nname = "a"\nhost = "h"\nshard = -1\n',
             "line 4: [[databases]] #1 'shard': must be at least 0, got -1",
+        ),
+        (
+            '[general]\nlog_format = "xml"\n',
+            "line 2: [general] 'log_format': must be 'text' or 'json', got 'xml'",
         ),
     ],
 )

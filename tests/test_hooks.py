@@ -278,6 +278,40 @@ def test_pre_connect_refusal(pg, proxy_factory, tmp_path):
     assert "application badapp is not welcome" in proxy.log  # one line for the refusal
 
 
+@pytest.mark.parametrize(("obj", "why"), [
+    ("hookmods.sample_hook:NoSuchClass", "hookmods.sample_hook has no attribute 'NoSuchClass'"),
+    ("hookmods.broken_import:Hook",
+     "cannot import hookmods.broken_import: RuntimeError: broken on purpose"),
+    ("hookmods.sample_hook:FailingInit", "FailingInit(**options) raised RuntimeError"),
+])
+def test_a_hook_that_cannot_load_stops_the_start(pg, proxy_factory, obj, why):
+    """With a guard configured next to it, a proxy that started anyway would run half its
+    configuration: it refuses to start, in one line naming the hook and why, exit status 2."""
+    proxy = proxy_factory(wait=False, pgdog_text=_hooks_toml(
+        pg, TABLE_ACCESS + f'\n[[hooks.python]]\nobject = "{obj}"\n'))
+    assert proxy.proc.wait(timeout=20) == 2, proxy.log
+    assert "Traceback" not in proxy.log and "listening on" not in proxy.log
+    message = [line for line in proxy.log.splitlines() if line.startswith("trio_pgdog: ")]
+    assert len(message) == 1, proxy.log
+    assert message[0].startswith(f"trio_pgdog: [[hooks.python]] object {obj!r}: {why}")
+    assert message[0].endswith("not starting without it (fix the entry in "
+                               f"{proxy.workdir / 'pgdog.toml'} or remove it)")
+
+
+def test_a_reload_that_would_lose_a_hook_keeps_the_running_configuration(pg, proxy_factory):
+    proxy = proxy_factory(pgdog_text=_hooks_toml(pg, TABLE_ACCESS))
+    config = proxy.workdir / "pgdog.toml"
+    config.write_text(config.read_text().replace(TABLE_ACCESS, "")
+                      + '\n[[hooks.python]]\nobject = "hookmods.sample_hook:NoSuchClass"\n')
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in proxy.log, what="the reload to fail")
+    assert ("reload failed, keeping the running configuration (hooks included): [[hooks.python]] "
+            "object 'hookmods.sample_hook:NoSuchClass'") in proxy.log
+    with proxy.connect() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT count(*) FROM secrets")  # the guard is still on
+    assert "configuration reloaded" not in proxy.log
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_reload_adds_and_removes_hooks(pg, proxy_factory, mode):
     proxy = proxy_factory(users=_users(mode))

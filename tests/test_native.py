@@ -32,6 +32,7 @@ from trio_pgdog.hooks.api import (
     QueryInfo,
     ServerInfo,
 )
+from trio_pgdog.hooks.errors import HookLoadError
 from trio_pgdog.hooks.native import NativeHook, load_plugin
 from trio_pgdog.router.classify import classify
 
@@ -266,8 +267,8 @@ def _refusal_cases(libs: Path, tmp: Path) -> list[tuple[str, str | None, str]]:
     text_so = tmp / "x.so"
     text_so.write_text("this is not a library\n")
     return [
-        (str(tmp / "missing.so"), None, f"plugin '{tmp / 'missing.so'}' refused: {tmp / 'missing.so'}: "
-                                        "file not found"),
+        (str(tmp / "missing.so"), None, f"plugin '{tmp / 'missing.so'}' refused: no such file: "
+                                        f"{tmp / 'missing.so'}"),
         ("no_such_plugin_anywhere", None,
          "plugin 'no_such_plugin_anywhere' refused: libno_such_plugin_anywhere.so not found in "
          "LD_LIBRARY_PATH or the system library directories"),
@@ -285,19 +286,29 @@ def _refusal_cases(libs: Path, tmp: Path) -> list[tuple[str, str | None, str]]:
 
 
 @pytest.mark.parametrize("case", range(7))
-def test_refusals_return_none_with_one_log_line(libs, tmp_path, caplog, case):
+def test_refusals_raise_one_line_naming_the_plugin(libs, tmp_path, caplog, case):
     caplog.set_level(logging.INFO, logger=LOGGER)
     name, config, expected = _refusal_cases(libs, tmp_path)[case]
-    assert load_plugin(Plugin(name=name, config=config)) is None
-    errors = native_records(caplog)
-    assert len(errors) == 1, errors
-    assert expected in errors[0]
-    assert native_records(caplog, logging.INFO) == []
+    with pytest.raises(HookLoadError) as refused:
+        load_plugin(Plugin(name=name, config=config))
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert native_records(caplog, logging.INFO) == []  # no "loaded" line
+
+
+@pytest.mark.parametrize("name", ["README.md", "notes.txt", "sub/dir"])
+def test_a_name_with_a_dot_or_slash_is_a_path(tmp_path, name):
+    """Not libREADME.md.so on the library path: "no such file", naming what was given."""
+    with pytest.raises(HookLoadError) as refused:
+        load_plugin(Plugin(name=name), base_dir=str(tmp_path))
+    assert str(refused.value) == (f"plugin {name!r} refused: no such file: {name} "
+                                  f"({tmp_path / name})")
 
 
 def test_refused_configure_still_gets_fini(libs, tmp_path):
     marker = tmp_path / "marker"
-    assert load_plugin(Plugin(name=str(libs / "libconfigure_fails.so"), config=str(marker))) is None
+    with pytest.raises(HookLoadError):
+        load_plugin(Plugin(name=str(libs / "libconfigure_fails.so"), config=str(marker)))
     assert (tmp_path / "marker.fini").exists()
 
 
@@ -528,21 +539,22 @@ def test_primary_only_tables(libs, tables_file, sql, primary):
         hook.close()
 
 
-def test_primary_only_tables_needs_its_config(libs, caplog):
+def test_primary_only_tables_needs_its_config(libs):
     path = libs / "libprimary_only_tables.so"
-    assert load_plugin(Plugin(name=str(path))) is None
-    assert load_plugin(Plugin(name=str(path), config="/nonexistent/tables.txt")) is None
-    assert [e.split(": ", 1)[1] for e in native_records(caplog)] == [
-        f"{path}: pgdog_configure(None) returned 1",
-        f"{path}: pgdog_configure('/nonexistent/tables.txt') returned 2"]
+    for config, expected in ((None, f"{path}: pgdog_configure(None) returned 1"),
+                             ("/nonexistent/tables.txt",
+                              f"{path}: pgdog_configure('/nonexistent/tables.txt') returned 2")):
+        with pytest.raises(HookLoadError) as refused:
+            load_plugin(Plugin(name=str(path), config=config))
+        assert str(refused.value) == f"plugin {str(path)!r} refused: {expected}"
 
 
 # --- check-plugin ---------------------------------------------------------------------------
 
 
-def check_plugin(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def check_plugin(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "trio_pgdog", "check-plugin", *map(str, args)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def test_check_plugin_ok(libs):
@@ -567,12 +579,53 @@ def test_check_plugin_every_event_and_config(libs, tables_file):
     assert "wants AST:   yes" in out.stdout
 
 
-@pytest.mark.parametrize("name", ["libwrong_abi.so", "libno_abi.so", "libabi_only.so", "missing.so"])
-def test_check_plugin_refused(libs, name):
+@pytest.mark.parametrize(("name", "why"), [
+    ("libwrong_abi.so", "built for plugin ABI version 2"),
+    ("libno_abi.so", "no pgdog_plugin_abi_version function"),
+    ("libabi_only.so", "exports no event function"),
+    ("missing.so", "no such file"),
+])
+def test_check_plugin_refused(libs, name, why):
     out = check_plugin(libs / name)
     assert out.returncode == 1
-    assert "cannot be loaded as a plugin" in out.stdout
-    assert f"ERROR {LOGGER}: plugin " in out.stderr
+    assert out.stdout.startswith(f"FAILED: plugin '{libs / name}' refused: ")
+    assert why in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_check_plugin_of_a_name_with_a_dot_is_a_file(tmp_path):
+    """`check-plugin README.md` means that file, not libREADME.md.so on the library path."""
+    out = check_plugin("README.md", cwd=tmp_path)
+    assert out.returncode == 1
+    assert f"no such file: README.md ({tmp_path / 'README.md'})" in out.stdout
+    assert "libREADME" not in out.stdout + out.stderr
+    out = check_plugin("README.md")  # the repository's README: there, but not a library
+    assert out.returncode == 1
+    assert f"{ROOT / 'README.md'}: not a loadable shared library" in out.stdout
+
+
+def test_check_config_loads_plugins_as_the_proxy_does(libs, tmp_path):
+    """check-config loads each [[plugins]] entry (init, configure, fini) and reports it."""
+    from trio_pgdog.embedded import free_port
+
+    marker = tmp_path / "marker"
+    (tmp_path / "pgdog.toml").write_text(
+        f'[[databases]]\nname = "appdb"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        f'\n[[plugins]]\nname = "{libs / "libnoop.so"}"\ndatabases = ["appdb"]\n'
+        f'\n[[plugins]]\nname = "{libs / "libconfigure_fails.so"}"\nconfig = "{marker}"\n')
+    (tmp_path / "users.toml").write_text('[[users]]\nname = "app"\ndatabase = "appdb"\n'
+                                         'password = "x"\n')
+    out = subprocess.run([sys.executable, "-m", "trio_pgdog", "check-config", "--config",
+                          str(tmp_path / "pgdog.toml"), "--users", str(tmp_path / "users.toml")],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert f"OK   plugin {libs / 'libnoop.so'}: pre_query (databases: appdb)" in lines
+    assert (f"FAIL plugin '{libs / 'libconfigure_fails.so'}' refused: "
+            f"{libs / 'libconfigure_fails.so'}: pgdog_configure('{marker}') returned 3 "
+            "(the proxy would not start)") in lines
+    assert (tmp_path / "marker.fini").exists()  # refused, and still given its pgdog_fini
+    assert lines[-1] == "2 problems found"  # the plugin and the server that is not there
 
 
 def test_check_plugin_invalid_answers(libs):

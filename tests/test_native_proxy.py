@@ -532,33 +532,62 @@ def test_post_query_reports_errors_in_the_simple_protocol(start, libs, tmp_path)
 # --- plugins that are refused or answer garbage ----------------------------------------------
 
 
-def test_refused_plugins_leave_the_proxy_serving(start, libs, tmp_path):
+def _refused_cases(libs: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
     not_a_library = tmp_path / "libtext.so"
     not_a_library.write_text("this is not an ELF file\n")
-    missing = tmp_path / "libmissing.so"
-    proxy = start(plugin(libs / "libwrong_abi.so") + plugin(libs / "libno_abi.so")
-                  + plugin(not_a_library) + plugin(missing) + plugin(libs / "libabi_only.so")
-                  + plugin(libs / "libanswers.so"))
+    return {
+        "wrong ABI": (libs / "libwrong_abi.so",
+                      "built for plugin ABI version 2, this proxy speaks version 1"),
+        "no ABI function": (libs / "libno_abi.so", "no pgdog_plugin_abi_version function"),
+        "not a library": (not_a_library, "not a loadable shared library"),
+        "missing file": (tmp_path / "libmissing.so", f"no such file: {tmp_path / 'libmissing.so'}"),
+        "no event": (libs / "libabi_only.so", "exports no event function"),
+    }
+
+
+@pytest.mark.parametrize("case", ["wrong ABI", "no ABI function", "not a library", "missing file",
+                                  "no event"])
+def test_a_plugin_that_cannot_load_stops_the_start(pg, proxy_factory, libs, tmp_path, case):
+    """Fail closed: the proxy does not serve without a hook it was configured with. It says
+    which plugin and why in one line, exits 2, and the plugins loaded before it are unloaded."""
+    path, why = _refused_cases(libs, tmp_path)[case]
+    log_path = tmp_path / "recorder.log"
+    proxy = proxy_factory(wait=False, pgdog_text=lambda port: pgdog_toml(pg, port)
+                          + plugin(libs / "librecorder.so", log_path) + plugin(path))
+    assert proxy.proc.wait(timeout=20) == 2, proxy.log
     log = proxy.log
-    assert re.search(r"plugin '[^']*libwrong_abi\.so' refused: \S+: built for plugin ABI version 2, "
-                     r"this proxy speaks version 1", log)
-    assert re.search(r"plugin '[^']*libno_abi\.so' refused: \S+: no pgdog_plugin_abi_version "
-                     r"function \(not a trio_pgdog plugin", log)
-    assert f"plugin '{not_a_library}' refused: {not_a_library}: not a loadable shared library" in log
-    assert f"plugin '{missing}' refused: {missing}: file not found" in log
-    assert re.search(r"plugin '[^']*libabi_only\.so' refused: \S+: exports no event function", log)
-    assert len(re.findall(r"ERROR trio_pgdog\.hooks\.native: plugin .* refused", log)) == 5
-    for kwargs in PROTOCOLS.values():
-        with proxy.connect(**kwargs) as conn:
-            assert conn.execute("SELECT count(*) FROM native_t").fetchone() == (3,)
-            assert conn.execute("intercept").fetchall() == [(1, "one"), (2, None)]  # the one that loaded
+    assert "Traceback" not in log and "listening on" not in log
+    message = [line for line in log.splitlines() if not re.match(r"\d{4}-\d\d-\d\d ", line)]
+    assert len(message) == 1, log
+    assert message[0].startswith(f"trio_pgdog: plugin '{path}' refused: ")
+    assert why in message[0] and "not starting without it" in message[0]
+    assert log_path.read_text().splitlines() == ["init 1", "fini 1"]
 
 
-def test_only_refused_plugins(start, libs, tmp_path):
-    proxy = start(plugin(libs / "libwrong_abi.so") + plugin(tmp_path / "nothing_here.so"))
+def test_a_reload_that_would_lose_a_plugin_keeps_the_running_configuration(start, libs, tmp_path):
+    """The new file changes the recorder's entry and adds a plugin that cannot load: the
+    recorder goes back to its running entry, the table guard stays on, the pools stay."""
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    guard = '\n[hooks.table_access]\nenabled = true\ntables = ["native_secret"]\n'
+    proxy = start(plugin(libs / "librecorder.so", first) + guard)
+    config = proxy.workdir / "pgdog.toml"
+    config.write_text(config.read_text().replace(str(first), str(second)).replace(guard, "")
+                      + plugin(tmp_path / "nothing_here.so"))
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed" in proxy.log, what="the reload to fail")
+    line = next(x for x in proxy.log.splitlines() if "reload failed" in x)
+    assert "keeping the running configuration" in line
+    assert f"plugin '{tmp_path / 'nothing_here.so'}' refused: no such file" in line
+    assert "configuration reloaded" not in proxy.log and "is now OFF" not in proxy.log
+    with proxy.connect() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT * FROM native_secret")
     with proxy.connect() as conn:
-        assert conn.execute("SELECT count(*) FROM native_t").fetchone() == (3,)
-    assert "built for plugin ABI version 2" in proxy.log and "file not found" in proxy.log
+        conn.execute("SELECT 'after the failed reload'")
+    done = wait_for(lambda: [r for r in records(first, "post_query")
+                             if r[0] == "SELECT 'after the failed reload'"], timeout=3,
+                    what="post_query in the running plugin's log")
+    assert done
+    assert "Traceback" not in proxy.log
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -7,15 +7,18 @@ import logging
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
+import attrs
 import trio
 
-from . import __version__
+from . import __version__, listener, logs
 from .config import Config, ConfigError, load_config
 from .hooks.api import ServerInfo
+from .hooks.errors import HookLoadError
 from .hooks.registry import HookRegistry, build_registry
 from .netio import Conn, set_nodelay
+from .pool import probe
 from .pool.manager import PoolManager
 from .pool.pool import Pool
 from .pool.server import CONNECT_ERRORS, ServerConnection, send_cancel
@@ -30,13 +33,20 @@ from .session.startup import Cancel
 
 log = logging.getLogger(__name__)
 
-_LISTEN_BACKLOG = 4096
-_SESSION_TASK = "trio_pgdog client session"
+_SESSION_TASK = "trio_pgdog client session"  # one shared name: no string per task
+
+def with_general(config: Config, overrides: Mapping[str, object]) -> Config:
+    """`config` with some [general] keys replaced (--host, --port on the command line)."""
+    if not overrides:
+        return config
+    return attrs.evolve(config, general=attrs.evolve(config.general, **overrides))
 
 
 class Proxy:
-    def __init__(self, config: Config):
-        self.config = config
+    def __init__(self, config: Config, overrides: Mapping[str, object] | None = None):
+        # [general] keys from the command line: they win over the files, on reload too.
+        self.overrides = dict(overrides or {})
+        self.config = with_general(config, self.overrides)
         self.pools = PoolManager(on_connect=self._after_connect)
         self.hooks = HookRegistry()  # loaded in run(), rebuilt on reload
         self.sessions: dict[int, ClientSession] = {}  # by the pid in their BackendKeyData
@@ -86,20 +96,28 @@ class Proxy:
 
     # --- serving --------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, sock: socket.socket | None = None,
+                  on_listening: Callable[[], object] | None = None, *,
+                  task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until shut down, on `sock` (from listener.bind) or on [general] host:port.
+        Raises HookLoadError (a configured hook cannot load) or ListenError before serving;
+        `on_listening` runs once clients can connect."""
         g = self.config.general
+        if sock is None:
+            sock = listener.bind(g.host, g.port)
         # Plugins load (and pgdog_init runs) before the port opens: a client never meets a
-        # proxy whose hooks are still loading.
+        # proxy whose hooks are still loading, nor one without a hook it was configured with.
         self.hooks = build_registry(self.config)
         try:
-            listener = _listen(g.host, g.port)
-            self.listening = [listener.getsockname()[:2]]
-            await self._serve(listener, task_status)
+            listener.listen(sock)
+            self.listening = [sock.getsockname()[:2]]
+            await self._serve(sock, task_status, on_listening)
         finally:
             self.hooks.close()  # native plugins' pgdog_fini, log files
         log.info("trio_pgdog stopped")
 
-    async def _serve(self, listener: socket.socket, task_status: trio.TaskStatus) -> None:
+    async def _serve(self, sock: socket.socket, task_status: trio.TaskStatus,
+                     on_listening: Callable[[], object] | None) -> None:
         g = self.config.general
         async with trio.open_nursery() as root:
             self._root = root
@@ -109,10 +127,13 @@ class Proxy:
                 root.start_soon(departures.watch, self.sessions)
                 log.info("listening on %s:%d (%s pooling)", *self.listening[0], g.pooler_mode)
                 task_status.started(self.listening[0])
+                if on_listening is not None:
+                    on_listening()
+                root.start_soon(check_servers, self.config)
                 with trio.CancelScope() as accept_scope:
                     self._accept_scope = accept_scope
-                    await self._accept(listener, clients)
-                listener.close()
+                    await self._accept(sock, clients)
+                sock.close()
                 await self._drain()
                 clients.cancel_scope.cancel()
             self.pools.close()
@@ -139,11 +160,11 @@ class Proxy:
                                  f"new server connection for pool {pool.name} refused: {label} "
                                  f"after_connect statement failed: {why}") from None
 
-    async def _accept(self, listener: socket.socket, clients: trio.Nursery) -> None:
+    async def _accept(self, listening: socket.socket, clients: trio.Nursery) -> None:
         while True:
-            await trio.lowlevel.wait_readable(listener)
+            await trio.lowlevel.wait_readable(listening)
             try:
-                sock, addr = listener.accept()
+                sock, addr = listening.accept()
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as exc:  # e.g. EMFILE: keep serving the clients we have
@@ -170,30 +191,49 @@ class Proxy:
                 self.shutdown()
 
     def reload(self) -> None:
-        """SIGHUP: reread both files; an invalid one keeps the running configuration."""
+        """SIGHUP: reread both files; an invalid one, or a hook that cannot load, keeps the
+        running configuration."""
         old = self.config
         if old.pgdog_path is None:
             log.warning("SIGHUP: configuration did not come from files; nothing to reload")
             return
         try:
-            new = load_config(old.pgdog_path, old.users_path)
+            new = with_general(load_config(old.pgdog_path, old.users_path), self.overrides)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        # From here to the pools' swap nothing awaits: a client sees the old configuration
+        # or the new one, never half of each.
+        try:
+            self.hooks = self._reload_hooks(old, new)
+        except HookLoadError as exc:
+            log.error("reload failed, keeping the running configuration (hooks included): %s", exc)
             return
         g_old, g_new = old.general, new.general
         if (g_old.host, g_old.port) != (g_new.host, g_new.port):
             log.warning("reload: host/port changes need a restart; still listening on %s:%d",
                         g_old.host, g_old.port)
-        # From here to the pools' swap nothing awaits: a client sees the old configuration
-        # or the new one, never half of each.
         self.config = new
-        # Hooks that do not stay are unloaded before their replacements load: a native
-        # plugin's library is loaded once per process, so old and new share its state.
-        kept = [e for e in self.hooks.entries if e.key is not None and e.key in new.plugins]
-        self.hooks.close(keep=kept)
-        self.hooks = build_registry(new, self.hooks)
+        logs.use_format(g_new.log_format)
         self.pools.apply(new, self._root)
         log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))
+
+    def _reload_hooks(self, old: Config, new: Config) -> HookRegistry:
+        """The hooks of `new`; HookLoadError if one cannot load, with the running hooks back."""
+        # Hooks that do not stay are unloaded before their replacements load: a native
+        # plugin's library is loaded once per process, so old and new share its state.
+        kept = HookRegistry([e for e in self.hooks.entries
+                             if e.key is not None and e.key in new.plugins])
+        self.hooks.close(keep=kept.entries)
+        try:
+            return build_registry(new, kept)
+        except HookLoadError:
+            # Load the running configuration's hooks again (they loaded before, so they
+            # should now); one that cannot is named, and the proxy runs without it.
+            self.hooks = build_registry(old, kept, on_error=lambda exc: log.error(
+                "reload: a hook of the running configuration could not be loaded again and "
+                "is now OFF until a reload or restart succeeds: %s", exc))
+            raise
 
     def shutdown(self) -> None:
         """Stop accepting; idle clients are told and closed, busy ones finish their transaction."""
@@ -210,14 +250,28 @@ class Proxy:
                     len(self.sessions))
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(_LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
+async def check_servers(config: Config) -> None:
+    """Log in to each configured server once, as its first user (in the background, right
+    after the port opened): one WARNING per server that fails, one INFO line if none does."""
+    found = probe.targets(config, every_user=False)
+    if config.users:
+        for db in probe.unused_databases(config):
+            log.warning("server %s (%s) %s:%d: no user in users.toml may connect to database "
+                        "%r, so no client can use it", db.name, db.role, db.host, db.port, db.name)
+    if not found:
+        return
+    try:
+        outcomes = await probe.probe_all(found)
+    except Exception:  # a diagnostic must not take the proxy down with it
+        log.exception("start-up check of the servers failed")
+        return
+    failed = [o for o in outcomes if o.error is not None]
+    for outcome in failed:
+        log.warning("server %s: cannot log in: %s (clients of %r get errors until it can)",
+                    outcome.target.describe(), outcome.error, outcome.target.entry.name)
+    if not failed:
+        log.info("start-up check: logged in to every configured server (%d login%s)",
+                 len(outcomes), "" if len(outcomes) == 1 else "s")
 
 
 def startup_banner() -> str:

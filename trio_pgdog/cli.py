@@ -1,22 +1,38 @@
-"""Command line: `python -m trio_pgdog [--config ...] [--users ...]` and `python -m trio_pgdog demo`."""
+"""Command line: `python -m trio_pgdog [--config ...] [--users ...]`, `demo`, `check-config`,
+`check-plugin`."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import os
+import socket
 import sys
+from collections.abc import Callable
 
 import trio
 
-from . import __version__
+from . import __version__, listener, logs
 from .app import Proxy, startup_banner
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
+from .hooks.errors import HookLoadError
 
 log = logging.getLogger("trio_pgdog")
 
-EXIT_CONFIG = 2
+EXIT_FAILED = 1  # could not serve (e.g. the port is taken), or a check failed
+EXIT_CONFIG = 2  # the configuration (files, hooks, options) cannot be used
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 65535, got {port}")
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,14 +43,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"trio_pgdog {__version__}")
     p.add_argument("--config", default="pgdog.toml", help="path to pgdog.toml (default: %(default)s)")
     p.add_argument("--users", default="users.toml", help="path to users.toml (default: %(default)s)")
-    p.add_argument("--log-level", default=os.environ.get("PGDOG_LOG_LEVEL", "INFO"),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: %(default)s")
+    p.add_argument("--host", default=None,
+                   help="address to listen on, instead of [general] host of pgdog.toml")
+    p.add_argument("--port", type=_port, default=None,
+                   help="port to listen on, instead of [general] port of pgdog.toml")
+    p.add_argument("--log-level", default=None, metavar="LEVEL",
+                   help="debug, info, warning, error or critical, in any case "
+                        "(default: $PGDOG_LOG_LEVEL, else info)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="start a throw-away PostgreSQL and run the proxy on it")
-    demo.add_argument("--port", type=int, default=6432, help="proxy port (default: %(default)s)")
+    # SUPPRESS: `--port` before or after `demo` both work.
+    demo.add_argument("--port", type=_port, default=argparse.SUPPRESS,
+                      help="proxy port (default: 6432)")
+    demo.add_argument("--host", default=argparse.SUPPRESS,
+                      help="address the proxy listens on (default: 127.0.0.1)")
+    check_config = sub.add_parser(
+        "check-config", help="validate pgdog.toml and users.toml, load the hooks and plugins, log "
+                             "in to every server as every user; non-zero exit on any problem")
+    check_config.add_argument("--config", default=argparse.SUPPRESS,
+                              help="path to pgdog.toml (default: pgdog.toml)")
+    check_config.add_argument("--users", default=argparse.SUPPRESS,
+                              help="path to users.toml (default: users.toml)")
     check = sub.add_parser("check-plugin", help="load a native plugin, show its events and answers to "
                                                 "sample statements; non-zero exit if anything is wrong")
-    check.add_argument("path", help="the plugin: a path to a .so, or NAME for libNAME.so on the library path")
+    check.add_argument("path", help='the plugin: a path (any name with "/" or "." in it), or NAME '
+                                    "for libNAME.so on the library path")
     check.add_argument("--config", dest="plugin_config", metavar="FILE", default=None,
                        help="the value passed to the plugin's pgdog_configure (its `config`)")
     check.add_argument("--shards", type=int, default=2,
@@ -44,42 +77,84 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _log_level(args: argparse.Namespace) -> str | None:
+    """The level asked for by --log-level or PGDOG_LOG_LEVEL; None (said why) if unknown."""
+    given, source = args.log_level, "--log-level"
+    if given is None:
+        given, source = os.environ.get("PGDOG_LOG_LEVEL") or "info", "PGDOG_LOG_LEVEL"
+    level = logs.parse_level(given)
+    if level is None:
+        choices = ", ".join(name.lower() for name in logs.LEVELS)
+        print(f"trio_pgdog: {source}: unknown log level {given!r} (use one of {choices})",
+              file=sys.stderr)
+    return level
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    setup_logging(args.log_level)
-    log.info("%s (pid %d)", startup_banner(), os.getpid())
+    level = _log_level(args)
+    if level is None:
+        return EXIT_CONFIG
+    logs.setup(level)
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(args.port)
+        log.info("%s (pid %d)", startup_banner(), os.getpid())
+        return run_demo(getattr(args, "port", None) or 6432, getattr(args, "host", None) or "127.0.0.1")
     if args.command == "check-plugin":
         from .hooks.check import check_plugin
 
+        log.info("%s (pid %d)", startup_banner(), os.getpid())
         return check_plugin(args.path, args.plugin_config, shards=args.shards, bench=args.bench)
+    if args.command == "check-config":
+        from .check_config import check_config
+
+        return check_config(args.config, args.users)
     try:
         config = load_config(args.config, args.users)
     except ConfigError as exc:
         print(f"trio_pgdog: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return serve(config)
+    # Logged once the configuration is known, so that every line is in its log_format.
+    logs.use_format(config.general.log_format)
+    log.info("%s (pid %d)", startup_banner(), os.getpid())
+    overrides = {key: value for key, value in (("host", args.host), ("port", args.port))
+                 if value is not None}
+    return serve(config, overrides=overrides)
 
 
-def serve(config) -> int:
-    """Run the proxy until SIGINT/SIGTERM; the exit status for the process."""
+def serve(config: Config, *, overrides: dict[str, object] | None = None,
+          sock: socket.socket | None = None, on_listening: Callable[[], object] | None = None
+          ) -> int:
+    """Run the proxy until SIGINT/SIGTERM; the exit status for the process.
+
+    `sock` is a socket from listener.bind (the demo binds before it starts its clusters);
+    `on_listening` runs once clients can connect."""
+    proxy = Proxy(config, overrides)
+    g = proxy.config.general
     if not config.users:
-        log.warning("no users configured (%s missing or empty): every login will be refused",
-                    config.users_path or "users.toml")
-    # Everything imported so far (pglast's AST classes among it) lives as long as the process:
-    # keep it out of the garbage collector's way so collections stay cheap on the data path.
-    gc.freeze()
+        log.warning("no users in %s: every login will be refused until users are added and "
+                    "the configuration reloaded (SIGHUP)", config.users_path or "users.toml")
     try:
-        trio.run(Proxy(config).run)
+        # Bound before plugins load: a port that is taken is reported before any other work.
+        if sock is None:
+            sock = listener.bind(g.host, g.port)
+        # Everything imported so far (pglast's AST classes among it) lives as long as the
+        # process: keep it out of the garbage collector's way so collections stay cheap.
+        gc.freeze()
+        trio.run(functools.partial(proxy.run, sock, on_listening))
+    except listener.ListenError as exc:
+        print(f"trio_pgdog: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except HookLoadError as exc:
+        where = f" in {config.pgdog_path}" if config.pgdog_path else ""
+        print(f"trio_pgdog: {exc}; not starting without it (fix the entry{where} or remove it)",
+              file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         log.error("cannot serve: %s", exc)
-        return 1
+        return EXIT_FAILED
+    finally:
+        if sock is not None:
+            sock.close()
     return 0

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterable
 
+from . import listener
 from .config import load_config
 from .embedded import Cluster, EmbeddedError
 
@@ -30,13 +31,15 @@ role = "{role}"
 """
 
 
-def demo_configs(proxy_port: int, pg_port: int, replica_ports: Iterable[int] = ()) -> tuple[str, str]:
-    """pgdog.toml and users.toml for a proxy on `proxy_port` in front of 127.0.0.1:`pg_port`.
+def demo_configs(proxy_port: int, pg_port: int, replica_ports: Iterable[int] = (),
+                 proxy_host: str = "127.0.0.1") -> tuple[str, str]:
+    """pgdog.toml and users.toml for a proxy on `proxy_host`:`proxy_port` in front of
+    127.0.0.1:`pg_port`.
 
     Each port in `replica_ports` adds a `role = "replica"` entry of the same logical database.
     """
     pgdog = f"""[general]
-host = "127.0.0.1"
+host = "{proxy_host}"
 port = {proxy_port}
 pooler_mode = "transaction"
 default_pool_size = 10
@@ -84,8 +87,17 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(port: int, primary: Cluster, replica: Cluster, paths: list[str]) -> str:
-    url = f"postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{port}/{DEMO_DATABASE}"
+def _client_host(host: str) -> str:
+    """Where a client on this machine reaches a proxy listening on `host`."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _banner(host: str, port: int, primary: Cluster, replica: Cluster, paths: list[str]) -> str:
+    url = f"postgres://{DEMO_USER}:{DEMO_PASSWORD}@{_client_host(host)}:{port}/{DEMO_DATABASE}"
     return (
         f"\ntrio_pgdog demo: PostgreSQL {primary.port} behind the proxy on port {port}, "
         f"with a streaming replica on port {replica.port}.\n"
@@ -101,13 +113,20 @@ def _banner(port: int, primary: Cluster, replica: Cluster, paths: list[str]) -> 
     )
 
 
-def run_demo(port: int) -> int:
-    from .cli import serve
+def run_demo(port: int, host: str = "127.0.0.1") -> int:
+    from .cli import EXIT_FAILED, serve
 
+    # The proxy's port first: if it is taken, say so before spending time on clusters. It
+    # stays bound (clients are refused) until the proxy listens, then the banner is shown.
+    try:
+        sock = listener.bind(host, port)
+    except listener.ListenError as exc:
+        print(f"trio_pgdog: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     # Until trio.run takes over signals, SIGTERM must unwind too so the clusters are removed.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with contextlib.ExitStack() as clusters:
+        with sock, contextlib.ExitStack() as clusters:
             # Entered one by one, so whatever was created is destroyed on any way out.
             cluster = clusters.enter_context(Cluster.create())
             log.info("starting a throw-away PostgreSQL in %s", cluster.base_dir)
@@ -118,7 +137,7 @@ def run_demo(port: int) -> int:
             log.info("starting a streaming replica of it in %s", replica.base_dir)
             replica.start()
             wait_replica_ready(replica)
-            pgdog_text, users_text = demo_configs(port, cluster.port, [replica.port])
+            pgdog_text, users_text = demo_configs(port, cluster.port, [replica.port], host)
             paths = []
             for name, text in (("pgdog.toml", pgdog_text), ("users.toml", users_text)):
                 path = os.path.join(cluster.base_dir, name)
@@ -126,8 +145,11 @@ def run_demo(port: int) -> int:
                     f.write(text)
                 paths.append(path)
             config = load_config(*paths)
-            print(_banner(port, cluster, replica, paths), file=sys.stderr, flush=True)
-            return serve(config)
+
+            def announce() -> None:
+                print(_banner(host, port, cluster, replica, paths), file=sys.stderr, flush=True)
+
+            return serve(config, sock=sock, on_listening=announce)
     except EmbeddedError as exc:
         log.error("demo: %s", exc)
         return 1

@@ -258,14 +258,18 @@ def load_config_text(
     return _build(pgdog_text, users_text, pgdog_name, users_name, None, None)
 
 
-def _read(path: str, *, missing_ok: bool = False) -> str | None:
+_NO_USERS_FILE = ("the proxy needs it to let anyone log in (create it with [[users]] entries, "
+                  "or pass its path with --users)")
+
+
+def _read(path: str, *, missing: str = "") -> str:
+    """The text of `path`; `missing` is added to the error when the file does not exist."""
     try:
         with open(path, encoding="utf-8") as file:
             return file.read()
     except FileNotFoundError as exc:
-        if missing_ok:
-            return None
-        raise ConfigError(path, f"cannot read: {exc.strerror}") from None
+        hint = f"; {missing}" if missing else ""
+        raise ConfigError(path, f"cannot read: {exc.strerror}{hint}") from None
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -281,15 +285,17 @@ def load_config(
 ) -> Config:
     """Load pgdog.toml and users.toml from disk.
 
-    A missing pgdog.toml is an error. A missing users.toml (or ``None``) gives a
-    config without users; the caller decides whether to warn. Error messages
-    name the files by the paths given here.
+    Both files must exist: without users.toml nobody could log in, which is a
+    mistake rather than a configuration (an empty users.toml is allowed; the
+    caller decides whether to warn). ``users_path=None`` gives a config without
+    users. Error messages name the files by the paths given here.
     """
     pgdog_label = os.fspath(pgdog_path)
     pgdog_text = _read(pgdog_label)
-    assert pgdog_text is not None
     users_label = os.fspath(users_path) if users_path is not None else None
-    users_text = _read(users_label, missing_ok=True) if users_label is not None else None
+    users_text = None
+    if users_label is not None:
+        users_text = _read(users_label, missing=_NO_USERS_FILE)
     return _build(
         pgdog_text,
         users_text,

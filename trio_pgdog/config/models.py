@@ -20,6 +20,7 @@ POOLER_MODES = ("transaction", "session")
 ROLES = ("primary", "replica")
 AUTH_TYPES = ("scram", "md5", "trust")
 LOAD_BALANCING_STRATEGIES = ("round_robin", "random", "least_active_connections")
+LOG_FORMATS = ("text", "json")
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -96,6 +97,8 @@ class General:
     ban_timeout: int = attrs.field(default=300_000, validator=at_least(0))
     healthcheck_interval: int = attrs.field(default=30_000, validator=at_least(0))
     healthcheck_timeout: int = attrs.field(default=5_000, validator=at_least(0))
+    # The proxy's own log lines on standard error: "text", or "json" (one object per line).
+    log_format: str = attrs.field(default="text", validator=one_of(LOG_FORMATS))
 
 
 def _same_as_name(db: Database) -> str:
@@ -121,8 +124,6 @@ class Database:
 
 
 # --- pgdog.toml: hooks and plugins -------------------------------------------
-
-LOG_FORMATS = ("text", "json")
 
 
 def _pairs(_inst: Any, attribute: attrs.Attribute[Any], value: tuple[tuple[str, ...], ...]) -> None:

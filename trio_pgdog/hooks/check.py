@@ -1,8 +1,12 @@
 """`python -m trio_pgdog check-plugin PATH [--config FILE]`: load a native plugin the way the
 proxy would, show what it implements and how it answers a few sample statements and events.
 
-Exit status 0 when the plugin loads and every answer made sense, 1 otherwise (the reasons
-are the ERROR lines the proxy would log, on stderr).
+PATH follows the rule of `[[plugins]] name`: a name with "/" or "." in it is a file
+(`./libx.so`, `README.md`: "no such file" if it is not there), any other name is a library
+found as lib<NAME>.so on the library path.
+
+Exit status 0 when the plugin loads and every answer made sense, 1 otherwise (why it did
+not load is printed; invalid answers are also the ERROR lines the proxy would log, on stderr).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TextIO
 from ..config.models import Plugin
 from ..router.classify import classify
 from .api import ALL_SHARDS, Action, ConnectInfo, Decision, QueryDone, QueryInfo, ServerInfo
+from .errors import HookLoadError
 from .native import ABI_VERSION, NativeHook, load_plugin
 
 __all__ = ["SAMPLES", "check_plugin", "describe", "route_cost_us"]
@@ -118,9 +123,10 @@ def check_plugin(path: str, config: str | None = None, *, shards: int = 2, bench
     print what happened; the exit status. `bench`: also time pgdog_route_query on the
     samples (adapter plus plugin, CPU time per call)."""
     out = out if out is not None else sys.stdout
-    hook = load_plugin(Plugin(name=path, config=config))
-    if hook is None:
-        print(f"{path}: cannot be loaded as a plugin (the reason is logged above)", file=out)
+    try:
+        hook = load_plugin(Plugin(name=path, config=config))
+    except HookLoadError as exc:
+        print(f"FAILED: {exc}", file=out)
         return 1
     try:
         print(f"plugin:      {hook.path}", file=out)

@@ -1,20 +1,24 @@
 """Native plugins: shared libraries speaking the C ABI of hooks/include/pgdog_plugin.h,
 adapted to the hook interface of `api.py` with ctypes.
 
-    hook = load_plugin(plugin, base_dir)   # a NativeHook, or None (refused, one ERROR line)
+    hook = load_plugin(plugin, base_dir)   # a NativeHook; HookLoadError says why not
     hook.events                            # e.g. ("pre_query", "post_query")
     hook.pre_query(info)                   # Decision | None
     hook.close()                           # pgdog_fini, once
 
-Resolution of `[[plugins]] name`: a name containing "/" or ending in ".so" is a path
-(relative to `base_dir`, the directory of pgdog.toml, or to the working directory);
-any other name means `lib<name>.so`, found like the dynamic loader finds libraries
-(LD_LIBRARY_PATH, the ld.so cache, the system directories).
+Resolution of `[[plugins]] name`: a name containing "/" or "." is a path (relative to
+`base_dir`, the directory of pgdog.toml, or to the working directory): `./libx.so`,
+`libx.so`, `/opt/x.so`, and also `README.md`, which then is "no such file" rather than a
+search for `libREADME.md.so`. Any other name (letters, digits, "_", "-") is a library name:
+`lib<name>.so`, found like the dynamic loader finds libraries (LD_LIBRARY_PATH, the ld.so
+cache, the system directories).
 
 Loading: dlopen, check `pgdog_plugin_abi_version()`, check that at least one event
 function is exported, `pgdog_init()`, `pgdog_configure(config)` (refused on non-zero, after
-which `pgdog_fini()` runs), read `pgdog_wants_ast`. Each refusal is one ERROR line on the
-"trio_pgdog.hooks.native" logger; each plugin that loads is one INFO line.
+which `pgdog_fini()` runs), read `pgdog_wants_ast`. Each refusal raises HookLoadError whose
+message is one line naming the plugin and the reason (the proxy then refuses to start, or a
+reload keeps the running configuration); each plugin that loads is one INFO line on the
+"trio_pgdog.hooks.native" logger.
 
 Answers that make no sense (unknown decision, shard out of range, role out of range, NULL
 where data is required, invalid SQLSTATE, empty rewrite, strings that are not UTF-8) become
@@ -61,6 +65,7 @@ from .api import (
     QueryInfo,
     ServerInfo,
 )
+from .errors import HookLoadError
 
 __all__ = ["ABI_VERSION", "NativeHook", "encode_text", "load_plugin"]
 
@@ -478,9 +483,14 @@ def _hook_class(events: tuple[str, ...]) -> type[NativeHook]:
 # --- loading ----------------------------------------------------------------------------
 
 
+def is_path(name: str) -> bool:
+    """Whether a [[plugins]] name is a file path rather than a library name (see the top)."""
+    return "/" in name or "." in name
+
+
 def _resolve(name: str, base_dir: str | None) -> tuple[str, bool]:
     """(what to dlopen, is it a path)."""
-    if "/" in name or name.endswith(".so"):
+    if is_path(name):
         path = os.path.expanduser(name)
         if not os.path.isabs(path):
             path = os.path.join(base_dir if base_dir is not None else os.getcwd(), path)
@@ -508,48 +518,44 @@ def _loaded_from(fn: Any, fallback: str) -> str:
     return fallback
 
 
-def load_plugin(plugin: Plugin, base_dir: str | None = None) -> NativeHook | None:
+def load_plugin(plugin: Plugin, base_dir: str | None = None) -> NativeHook:
     """Load the native plugin of one [[plugins]] entry, run its pgdog_init and pgdog_configure.
 
     `base_dir` is the directory relative paths are taken from (that of pgdog.toml); None is
-    the working directory. Returns None, after logging one ERROR line saying why, when the
-    plugin is refused.
+    the working directory. Raises HookLoadError ("plugin 'name' refused: why") when the
+    plugin cannot be used.
     """
     name = plugin.name
 
-    def refuse(reason: str) -> None:
-        log.error("plugin %r refused: %s", name, reason)
+    def refused(reason: str) -> HookLoadError:
+        return HookLoadError(f"plugin {name!r} refused: {reason}")
 
-    target, is_path = _resolve(name, base_dir)
-    if is_path and not os.path.isfile(target):
-        refuse(f"{target}: file not found")
-        return None
+    target, as_path = _resolve(name, base_dir)
+    if as_path and not os.path.isfile(target):
+        shown = name if os.path.normpath(name) == target else f"{name} ({target})"
+        raise refused(f"no such file: {shown}")
     try:
         lib = ctypes.CDLL(target)
     except OSError as exc:
         detail = str(exc)
-        if not is_path and "No such file" in detail:
-            refuse(f"{target} not found in LD_LIBRARY_PATH or the system library directories")
-        else:
-            refuse(f"{target}: not a loadable shared library ({detail})")
-        return None
+        if not as_path and "No such file" in detail:
+            raise refused(f"{target} not found in LD_LIBRARY_PATH or the system library "
+                          "directories (a path to the file works too)") from None
+        raise refused(f"{target}: not a loadable shared library ({detail})") from None
     functions = abi.bind_functions(lib)
     version_fn = functions.get("pgdog_plugin_abi_version")
     if version_fn is None:
-        refuse(f"{target}: no pgdog_plugin_abi_version function (not a trio_pgdog plugin; "
-               "plugins define it with PGDOG_PLUGIN_DECLARE())")
-        return None
+        raise refused(f"{target}: no pgdog_plugin_abi_version function (not a trio_pgdog plugin; "
+                      "plugins define it with PGDOG_PLUGIN_DECLARE())")
     path = _loaded_from(version_fn, target)
     version = version_fn()
     if version != ABI_VERSION:
-        refuse(f"{path}: built for plugin ABI version {version}, this proxy speaks version "
-               f"{ABI_VERSION} (rebuild it against this proxy's hooks/include/pgdog_plugin.h)")
-        return None
+        raise refused(f"{path}: built for plugin ABI version {version}, this proxy speaks version "
+                      f"{ABI_VERSION} (rebuild it against this proxy's hooks/include/pgdog_plugin.h)")
     events = tuple(e for e in EVENTS if abi.EVENT_SYMBOLS[e] in functions)
     if not events:
-        refuse(f"{path}: exports no event function (pgdog_route_query, pgdog_pre_connect, "
-               "pgdog_after_connect or pgdog_post_query)")
-        return None
+        raise refused(f"{path}: exports no event function (pgdog_route_query, pgdog_pre_connect, "
+                      "pgdog_after_connect or pgdog_post_query)")
     hook = _hook_class(events)(name, path, lib, functions, version)
     init = functions.get("pgdog_init")
     if init is not None:
@@ -560,8 +566,7 @@ def load_plugin(plugin: Plugin, base_dir: str | None = None) -> NativeHook | Non
         rc = configure(abi.PgdogStrIn(config, len(config)) if config is not None else _EMPTY)
         if rc != 0:
             hook.close()
-            refuse(f"{path}: pgdog_configure({plugin.config!r}) returned {rc}")
-            return None
+            raise refused(f"{path}: pgdog_configure({plugin.config!r}) returned {rc}")
     try:
         hook.wants_ast = bool(ctypes.c_int.in_dll(lib, "pgdog_wants_ast").value)
     except ValueError:

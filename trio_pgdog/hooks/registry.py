@@ -2,8 +2,9 @@
 
 Built from the configuration at start-up and rebuilt on reload. A session asks once for the
 `HookSet` of its database; a `HookSet` with no hooks for an event costs nothing on the data
-path (the session checks the tuple is empty). Every call into a hook is guarded: a hook that
-raises is logged and counts as "no decision".
+path (the session checks the tuple is empty). A hook that cannot be loaded stops the proxy
+from starting (HookLoadError); every call into a loaded hook is guarded: a hook that raises
+is logged and counts as "no decision".
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import attrs
 from .. import speedups
 from ..config.models import Config, Plugin
 from .api import ALL_SHARDS, EVENTS, Action, ConnectInfo, Decision, QueryDone, QueryInfo, ServerInfo
+from .errors import HookLoadError
 
 log = logging.getLogger(__name__)
 
@@ -164,27 +166,43 @@ class HookRegistry:
                 log.error("%s: close() raised %r", entry.label, exc)
 
 
-def build_registry(config: Config, previous: HookRegistry | None = None) -> HookRegistry:
-    """Load the hooks `config` enables, in configured order. A hook that cannot be loaded is
-    logged and left out: the proxy still starts. Native plugins whose entry did not change
-    are taken over from `previous` instead of being loaded again."""
+def build_registry(config: Config, previous: HookRegistry | None = None,
+                   on_error: Callable[[HookLoadError], None] | None = None) -> HookRegistry:
+    """Load the hooks `config` enables, in configured order. Native plugins whose entry did
+    not change are taken over from `previous` instead of being loaded again.
+
+    A hook that cannot be loaded raises HookLoadError (after the hooks loaded so far, except
+    those taken over, are closed): a guard the configuration asks for is never silently
+    off. With `on_error`, each failure is given to it instead and the hook left out
+    (check-config reports every failure; a reload restoring the running hooks keeps what
+    it can).
+    """
     base_dir = os.path.dirname(os.path.abspath(config.pgdog_path)) if config.pgdog_path else None
-    reuse = {e.key: e for e in previous.entries} if previous is not None else {}
+    previous_entries = previous.entries if previous is not None else ()
+    reuse = {e.key: e for e in previous_entries if e.key is not None}
     entries: list[Entry] = []
+
+    def add(load: Callable[[], Entry]) -> None:
+        try:
+            entries.append(load())
+        except HookLoadError as exc:
+            if on_error is None:
+                HookRegistry(entries).close(keep=previous_entries)
+                raise
+            on_error(exc)
+
     for name in _configured_order(config):
         if name == "plugins":
             for plugin in config.plugins:
-                entry = reuse.get(plugin) or _load_plugin(plugin, base_dir)
-                if entry is not None:
-                    entries.append(entry)
+                add(lambda p=plugin: reuse.get(p) or _load_plugin(p, base_dir))
         elif name == "hooks.python":
             for spec in config.hooks.python:
                 if spec.enabled:
-                    entries += _load_python(spec)
+                    add(lambda s=spec: _load_python(s))
         else:
             section = getattr(config.hooks, name.removeprefix("hooks."), None)
             if section is not None and section.enabled:
-                entries += _load_builtin(name, section, base_dir)
+                add(lambda n=name, s=section: _load_builtin(n, s, base_dir))
     return HookRegistry(entries)
 
 
@@ -205,35 +223,27 @@ def _entry(label: str, hook: Any, databases: Sequence[str], key: object = None) 
     return Entry(label, hook, frozenset(databases), events, key)
 
 
-def _load_builtin(name: str, section: Any, base_dir: str | None) -> list[Entry]:
+def _load_builtin(name: str, section: Any, base_dir: str | None) -> Entry:
     from .builtin import BUILTINS
 
     try:
         hook = BUILTINS[name.removeprefix("hooks.")](section, base_dir)
     except Exception as exc:
-        log.error("%s not loaded: %s", name, exc)
-        return []
-    return [_entry(name, hook, section.databases)]
+        raise HookLoadError(f"[{name}] cannot be loaded: {exc}") from exc
+    return _entry(name, hook, section.databases)
 
 
-def _load_python(spec: Any) -> list[Entry]:
+def _load_python(spec: Any) -> Entry:
     from .builtin.python_hook import load_python_hook
-    from .errors import HookLoadError
 
-    try:
-        hook = load_python_hook(spec)
-    except HookLoadError as exc:
-        log.error("[[hooks.python]] %s not loaded: %s", spec.object, exc)
-        return []
-    return [_entry(f"python hook {spec.object}", hook, spec.databases)]
+    hook = load_python_hook(spec)  # HookLoadError names the entry and says why
+    return _entry(f"python hook {spec.object}", hook, spec.databases)
 
 
-def _load_plugin(plugin: Plugin, base_dir: str | None) -> Entry | None:
+def _load_plugin(plugin: Plugin, base_dir: str | None) -> Entry:
     from .native import load_plugin
 
     hook = load_plugin(plugin, base_dir)
-    if hook is None:
-        return None  # load_plugin logged why
     return Entry(f"plugin {plugin.name}", hook, frozenset(plugin.databases), hook.events, plugin)
 
 
