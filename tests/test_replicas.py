@@ -206,13 +206,15 @@ def test_a_row_written_through_the_proxy_is_read_back_from_the_replicas(topology
     with proxy.connect() as conn:
         conn.execute("DELETE FROM rw_t WHERE id = 200")
         conn.execute("INSERT INTO rw_t VALUES (200, 'replicated')")
+        # read_your_writes: the writer sees its row at once, wherever the read runs.
+        assert conn.execute("SELECT v FROM rw_t WHERE id = 200").fetchone() == ("replicated",)
 
-        def visible() -> bool:
+        def from_a_replica() -> bool:
             row = conn.execute("SELECT v, pg_is_in_recovery() FROM rw_t WHERE id = 200").fetchone()
-            assert row is None or row[1] is True  # reads come from replicas, row or not
-            return row is not None
+            assert row is not None and row[0] == "replicated"
+            return row[1] is True
 
-        wait_for(visible, timeout=10, what="the row to reach the replicas")
+        wait_for(from_a_replica, timeout=10, what="reads to go to the replicas again")
         # Both replicas have it once they have caught up.
         wait_replicated(primary, replicas)
         seen = {conn.execute("SELECT v, inet_server_port() FROM rw_t WHERE id = 200").fetchone()
@@ -228,9 +230,10 @@ def test_an_explicit_transaction_runs_on_the_primary(topology, start, begin):
         conn.execute(begin)
         inside = [where(conn) for _ in range(4)]
         conn.execute("COMMIT")
-        after = where(conn)
+        # A transaction that is not READ ONLY may have written: the client's reads stay on
+        # the primary until the replicas have caught up with it (read_your_writes).
+        wait_for(lambda: where(conn)[1] is True, timeout=10, what="reads on a replica again")
     assert inside == [(primary.port, False)] * 4
-    assert after[1] is True
 
 
 @pytest.mark.parametrize("begin", ["BEGIN READ ONLY", "START TRANSACTION READ ONLY"])
@@ -281,8 +284,8 @@ def test_set_pgdog_role_pins_the_session(topology, start):
         with pytest.raises(errors.InvalidParameterValue) as exc:
             conn.execute("SET pgdog.role TO 'bogus'")
         assert exc.value.sqlstate == "22023"
-        # The session goes on, still splitting.
-        assert where(conn)[1] is True
+        # The session goes on, still splitting (once the replicas have its INSERT).
+        wait_for(lambda: where(conn)[1] is True, timeout=10, what="reads on a replica again")
         assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
 
 
@@ -316,10 +319,13 @@ def test_extended_protocol_reads_spread_and_writes_go_to_the_primary(topology, s
                               "RETURNING inet_server_port(), pg_is_in_recovery()", (400 + i, "x"))
                   for i in range(5)]
         assert writes == [(primary.port, False)] * 5
-        # The same prepared read is still spread after the writes.
-        again = [where(conn, "SELECT inet_server_port(), pg_is_in_recovery(), %s::int", (i,))
-                 for i in range(4)]
+        # The same prepared read goes to the replicas again once they have the writes.
+        read = "SELECT inet_server_port(), pg_is_in_recovery(), %s::int"
+        wait_for(lambda: where(conn, read, (0,))[1] is True, timeout=10,
+                 what="reads on a replica again")
+        again = [where(conn, read, (i,)) for i in range(4)]
         assert {r for _, r in again} == {True}
+        assert set(Counter(p for p, _ in again)) == ports_of(replicas)
 
 
 def test_read_write_split_off_sends_everything_to_the_primary(topology, start):
