@@ -1,17 +1,17 @@
 """Replication lag, learnt from a light poll of the hosts of one logical database.
 
-Every `lag_poll_interval` the monitor asks the primary for `pg_current_wal_lsn()` and, right
-after, each replica for `pg_last_wal_replay_lsn()`, each host on a connection of its own (not
-a slot of the client pools). What it learns serves two features:
+Every `lag_poll_interval` the monitor asks the primary for its WAL positions and, right after,
+each replica for `pg_last_wal_replay_lsn()`, each host on a connection of its own (not a slot
+of the client pools). What it learns serves two features:
 
-- read-your-writes. A poll round that *started* after a client's write committed samples a
-  primary LSN at or past that commit; a replica that has replayed that LSN has the write.
-  Each replica keeps `caught_up_at`: the start time of the latest round whose primary LSN it
-  has replayed. A client whose last write ended at time w may read from it once
-  `caught_up_at > w`. No client transaction ever waits for the poll: it compares two floats.
-- replica_lag_limit. A replica further behind the primary's LSN than this many bytes is out
-  of rotation until it catches up.
-"""
+- read-your-writes. A poll round that *started* after a client's write ended samples a
+  primary position at or past that commit (its target, see _Round); a replica that has
+  replayed up to it has the write. Each replica keeps `caught_up_at`: the start time of the
+  latest round whose target it has replayed. A client whose last write ended at time w may
+  read from it once `caught_up_at > w`. No client transaction waits for the poll: choosing
+  a host compares two floats.
+- replica_lag_limit. A replica further behind the primary's written WAL than this many bytes
+  is out of rotation until it catches up."""
 
 from __future__ import annotations
 
@@ -34,14 +34,49 @@ log = logging.getLogger(__name__)
 _ROUNDS = 256
 # Reconnecting to a host the monitor cannot reach backs off up to this many seconds.
 _MAX_BACKOFF = 5.0
-_PRIMARY_SQL = "SELECT pg_current_wal_lsn()"
+_PRIMARY_SQL = ("SELECT pg_current_wal_insert_lsn(), pg_current_wal_lsn(), "
+                "current_setting('wal_block_size'), "
+                "(SELECT setting FROM pg_settings WHERE name = 'wal_writer_delay')")
 _REPLICA_SQL = "SELECT pg_last_wal_replay_lsn()"
+# Sizes of a WAL page header (short, and long at a segment's start) on 64-bit builds.
+_PAGE_HEADERS = (24, 40)
+# Slack on top of the WAL writer's own bound (3 x wal_writer_delay) for an asynchronous
+# commit to be written.
+_WRITER_SLACK = 1.0
 
 
 def parse_lsn(text: str) -> int:
     """PostgreSQL's text form of an LSN ('16/B374D848') as a byte position."""
     high, _, low = text.partition("/")
     return int(high, 16) << 32 | int(low, 16)
+
+
+def past_headers(lsn: int, block_size: int) -> int:
+    """`lsn`, a position on the primary (insert or write), as a position a replica can
+    reach: a record that ends exactly at a WAL page boundary leaves the primary's position
+    past the next page's header, where no record ends, and a replica sits at the boundary.
+
+    No record ends between a page's start and the end of its header except one that spans
+    the boundary (whose end is that position), so the boundary says the same."""
+    if lsn % block_size in _PAGE_HEADERS:
+        return lsn - lsn % block_size
+    return lsn
+
+
+class _Round:
+    """One primary sample: when it started, and the position that holds every commit
+    acknowledged before then."""
+
+    __slots__ = ("settled", "started", "target")
+
+    def __init__(self, started: float, target: int):
+        self.started = started
+        # The insert position first: it covers commits made with synchronous_commit off,
+        # whose WAL may not be written yet. WAL that is neither a commit nor followed by one
+        # (e.g. a page pruned by a read) can stay unwritten on an idle primary, so once any
+        # asynchronous commit has surely been written, what was written by then will do.
+        self.target = target
+        self.settled = False
 
 
 class ReplicaLag:
@@ -90,11 +125,11 @@ class LagMonitor:
                 continue
             lag = self.replicas[where] = ReplicaLag(*where)
             self._polled_replicas.append((settings, lag))
-        self.primary_lsn: int | None = None
+        self.primary_lsn: int | None = None  # written WAL, at the last sample
         # False while the primary does not answer the poll: a client's reads after its
         # writes then use the replicas (better a read than an error).
         self.primary_answers = True
-        self._rounds: deque[tuple[float, int]] = deque(maxlen=_ROUNDS)  # (started, LSN)
+        self._rounds: deque[_Round] = deque(maxlen=_ROUNDS)
         self._polled = trio.Event()  # set after each primary sample, then replaced
         self._round_started = 0.0
         self._scope: trio.CancelScope | None = None
@@ -111,7 +146,7 @@ class LagMonitor:
                 nursery.start_soon(self._watch, self.primary, _PRIMARY_SQL, self._primary_sampled)
                 for settings, lag in self._polled_replicas:
                     nursery.start_soon(self._watch, settings, _REPLICA_SQL,
-                                       lambda lsn, lag=lag: self._replica_sampled(lag, lsn))
+                                       lambda row, lag=lag: self._replica_sampled(lag, row))
 
     def close(self) -> None:
         self._closed = True
@@ -120,31 +155,37 @@ class LagMonitor:
 
     # --- what a sample means --------------------------------------------------------------
 
-    def _primary_sampled(self, lsn: int | None) -> None:
-        if lsn is None:  # not a primary (in recovery): nothing to compare with
-            return
+    def _primary_sampled(self, row: list[str | None]) -> bool:
+        if not row or row[0] is None or row[1] is None:
+            return False  # in recovery: not a primary
         started = self._round_started
-        self.primary_lsn = lsn
-        self._rounds.append((started, lsn))
+        block = int(row[2] or 8192)
+        written = past_headers(parse_lsn(row[1]), block)
+        settle_after = 3 * int(row[3] or 200) / 1000 + _WRITER_SLACK
+        for rnd in self._rounds:  # oldest first
+            if started - rnd.started < settle_after:
+                break
+            if not rnd.settled:
+                rnd.target = min(rnd.target, written)
+                rnd.settled = True
+        self._rounds.append(_Round(started, past_headers(parse_lsn(row[0]), block)))
+        self.primary_lsn = written
         for _settings, lag in self._polled_replicas:
-            if lag.replay_lsn is not None and lag.replay_lsn >= lsn:
-                lag.caught_up_at = max(lag.caught_up_at, started)
+            self._catch_up(lag)
         self._polled.set()
         self._polled = trio.Event()
+        return True
 
-    def _replica_sampled(self, lag: ReplicaLag, lsn: int | None) -> None:
-        if lsn is None:
-            return  # not replaying WAL (promoted, or not a streaming standby): unknown
-        lag.replay_lsn = lsn
-        for started, primary_lsn in reversed(self._rounds):
-            if primary_lsn <= lsn:
-                lag.caught_up_at = max(lag.caught_up_at, started)
-                break
+    def _replica_sampled(self, lag: ReplicaLag, row: list[str | None]) -> bool:
+        if not row or row[0] is None:
+            return False  # not replaying WAL (promoted, or not a streaming standby)
+        lag.replay_lsn = replayed = parse_lsn(row[0])
+        self._catch_up(lag)
         if self.primary_lsn is None:
-            return
-        lag.lag_bytes = behind = max(0, self.primary_lsn - lsn)
+            return True
+        lag.lag_bytes = behind = max(0, self.primary_lsn - replayed)
         if not self.limit:
-            return
+            return True
         if lag.in_rotation and behind > self.limit:
             lag.in_rotation = False
             log.warning("%s: replica %s:%d is %d bytes behind the primary (replica_lag_limit "
@@ -154,11 +195,24 @@ class LagMonitor:
             lag.in_rotation = True
             log.info("%s: replica %s:%d caught up (%d bytes behind the primary): back in "
                      "rotation", self.name, lag.host, lag.port, behind)
+        return True
+
+    def _catch_up(self, lag: ReplicaLag) -> None:
+        """Move `caught_up_at` to the latest round whose target the replica has replayed
+        (targets never decrease from one round to the next)."""
+        replayed = lag.replay_lsn
+        if replayed is None:
+            return
+        for rnd in reversed(self._rounds):
+            if rnd.target <= replayed:
+                if rnd.started > lag.caught_up_at:
+                    lag.caught_up_at = rnd.started
+                return
 
     # --- polling ------------------------------------------------------------------------
 
     async def _watch(self, settings: PoolSettings, sql: str,
-                     sampled: Callable[[int | None], None]) -> None:
+                     sampled: Callable[[list[str | None]], bool]) -> None:
         """Sample one host forever: the primary every interval, a replica right after each
         primary sample (or every interval while the primary does not answer)."""
         is_primary = sql == _PRIMARY_SQL
@@ -203,13 +257,11 @@ class LagMonitor:
                     if is_primary:
                         self.primary_answers = True
                     log.info("%s: lag monitor reaches %s again", self.name, where)
-                value = row[0] if row else None
-                if value is None and not warned_null:
+                if not sampled(row) and not warned_null:
                     warned_null = True
-                    log.warning("%s: %s answers no WAL position for %s; read_your_writes keeps "
-                                "the reads of clients that wrote on the primary", self.name,
-                                where, sql)
-                sampled(parse_lsn(value) if value is not None else None)
+                    log.warning("%s: %s reports no WAL position: is it a %s? Clients that "
+                                "wrote keep reading from the primary", self.name, where,
+                                "primary" if is_primary else "streaming replica")
                 if is_primary:
                     await trio.sleep_until(next_round)
         finally:
