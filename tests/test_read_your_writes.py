@@ -8,6 +8,8 @@ presence is proven by reads that never miss.
 from __future__ import annotations
 
 import itertools
+import logging
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -27,6 +29,8 @@ from conftest import (
 
 from trio_pgdog.config import ConfigError, load_config_text
 from trio_pgdog.embedded import Cluster
+from trio_pgdog.pool.lag import LagMonitor, ReplicaLag, past_headers
+from trio_pgdog.pool.pool import PoolSettings
 
 # Long enough that a read right after a commit always beats the replica to it, even on a
 # busy machine; short enough that catching up does not slow the tests down.
@@ -253,3 +257,138 @@ def test_a_replica_past_the_lag_limit_leaves_the_rotation_until_it_catches_up(to
              what="both replicas to come back")
     assert set(_ports_read(proxy)) == {slow.port, quick.port}
     assert "Traceback" not in proxy.log
+
+
+# --- the lag monitor's connections ----------------------------------------------------------
+
+MONITOR_SQL = ("SELECT string_agg(pid::text, ',') FROM pg_stat_activity "
+               "WHERE application_name = 'trio_pgdog lag monitor'")
+
+
+def _monitor_pids(clusters: list[Cluster]) -> list[str]:
+    return [c.sql(MONITOR_SQL) for c in clusters]
+
+
+def test_the_lag_monitor_holds_one_connection_per_host_and_a_reload_replaces_it(topology, start):
+    primary, replicas = topology
+    hosts = [primary, *replicas]
+    proxy = start(lag_poll_interval=100)
+    wait_for(lambda: all(p and "," not in p for p in _monitor_pids(hosts)), timeout=5,
+             what="one monitor connection on each host")
+    before = _monitor_pids(hosts)
+
+    # A reload that changes the poll interval: a new monitor, the old one's connections closed.
+    (proxy.workdir / "pgdog.toml").write_text(
+        replica_pgdog_toml(primary, replicas, proxy.port, lag_poll_interval=150))
+    done = proxy.log.count("configuration reloaded")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: proxy.log.count("configuration reloaded") > done, what="the reload")
+
+    def replaced() -> bool:
+        now = _monitor_pids(hosts)
+        return all(p and "," not in p for p in now) and not set(now) & set(before)
+
+    wait_for(replaced, timeout=5, what="the monitor connections to be replaced")
+    # The client pools are not touched by it: a fresh client reads from a replica at once.
+    with proxy.connect() as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    proxy.stop()
+    wait_for(lambda: _monitor_pids(hosts) == [""] * 3, timeout=5,
+             what="the monitor connections to close with the proxy")
+
+
+def test_no_lag_monitor_without_replicas_to_watch(topology, start):
+    primary, replicas = topology
+    proxy = start(read_write_split=False)
+    with proxy.connect() as conn:
+        conn.execute("SELECT 1")
+    time.sleep(0.3)
+    assert _monitor_pids([primary, *replicas]) == [""] * 3
+
+
+# --- what the monitor concludes from its samples (no server needed) --------------------------
+
+
+def _monitor(limit: int = 0) -> tuple[LagMonitor, ReplicaLag]:
+    def settings(port: int) -> PoolSettings:
+        return PoolSettings(host="127.0.0.1", port=port, database="appdb", user="app",
+                            password="x", pool_size=1, min_pool_size=0, pooler_mode="transaction",
+                            connect_timeout=1, checkout_timeout=1, idle_timeout=1,
+                            server_lifetime=10)
+
+    monitor = LagMonitor("appdb", settings(5432), [settings(5433)], interval=0.2, limit=limit,
+                         timeout=1)
+    return monitor, monitor.lag_for(settings(5433))
+
+
+def _lsn(n: int) -> str:
+    return f"{n >> 32:X}/{n & 0xFFFFFFFF:X}"
+
+
+def _primary(monitor: LagMonitor, at: float, insert: int, written: int | None = None) -> None:
+    monitor._round_started = at
+    monitor._primary_sampled([_lsn(insert), _lsn(insert if written is None else written),
+                              "8192", "200"])
+
+
+def test_a_replica_serves_a_writer_only_after_a_round_that_started_after_the_write():
+    monitor, lag = _monitor()
+    _primary(monitor, 1.0, 0x5000)
+    monitor._replica_sampled(lag, [_lsn(0x5000)])
+    assert lag.caught_up_at == 1.0
+    wrote_at = 1.5  # a client's write ends (its commit is at 0x5100)
+    monitor._replica_sampled(lag, [_lsn(0x5100)])  # the replica has it, but nobody knows yet
+    assert not lag.caught_up_at > wrote_at
+    _primary(monitor, 2.0, 0x5100)  # the first round after the write
+    assert lag.caught_up_at == 2.0 and lag.caught_up_at > wrote_at
+    assert lag.lag_bytes == 0
+
+
+def test_a_replica_behind_a_later_round_serves_writes_older_than_what_it_replayed():
+    monitor, lag = _monitor()
+    for i, at in enumerate((1.0, 1.2, 1.4)):
+        _primary(monitor, at, 0x1000 * (i + 1))
+    monitor._replica_sampled(lag, [_lsn(0x2800)])  # past the 1.2 round, short of the 1.4 one
+    assert lag.caught_up_at == 1.2
+    assert lag.lag_bytes == 0x3000 - 0x2800
+
+
+def test_wal_inserted_but_not_written_holds_writers_back_only_until_it_must_be_written():
+    monitor, lag = _monitor()
+    # Insert position past what is written (a pruned page, an asynchronous commit), and it
+    # stays there: the replica cannot get past what is written.
+    _primary(monitor, 1.0, insert=0x9000, written=0x8000)
+    monitor._replica_sampled(lag, [_lsn(0x8000)])
+    assert lag.caught_up_at == float("-inf")
+    _primary(monitor, 2.0, insert=0x9000, written=0x8000)
+    assert lag.caught_up_at == float("-inf")
+    # 3 x wal_writer_delay + slack after the 1.0 round, its commits are surely written.
+    _primary(monitor, 1.0 + 3 * 0.2 + 1.0, insert=0x9000, written=0x8000)
+    assert lag.caught_up_at == 1.0
+
+
+def test_positions_just_past_a_page_header_count_as_the_page_boundary():
+    assert past_headers(0x3000000 + 40, 8192) == 0x3000000  # a segment's long header
+    assert past_headers(0x3002000 + 24, 8192) == 0x3002000  # a page's short header
+    assert past_headers(0x3002000 + 48, 8192) == 0x3002030
+    monitor, lag = _monitor()
+    _primary(monitor, 1.0, 0x3002000 + 24)
+    monitor._replica_sampled(lag, [_lsn(0x3002000)])  # the last record ended at the boundary
+    assert lag.caught_up_at == 1.0
+
+
+def test_the_lag_limit_takes_a_replica_out_and_back_once_each(caplog):
+    monitor, lag = _monitor(limit=1000)
+    _primary(monitor, 1.0, 0x10000)
+    with caplog.at_level(logging.INFO, logger="trio_pgdog.pool.lag"):
+        for _ in range(3):
+            monitor._replica_sampled(lag, [_lsn(0x10000 - 5000)])
+        assert lag.in_rotation is False and lag.lag_bytes == 5000
+        for _ in range(3):
+            monitor._replica_sampled(lag, [_lsn(0x10000 - 10)])
+        assert lag.in_rotation is True
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "5000 bytes behind" in messages[0] and "out of rotation" in messages[0]
+    assert caplog.records[0].levelname == "WARNING"
+    assert "back in rotation" in messages[1] and caplog.records[1].levelname == "INFO"

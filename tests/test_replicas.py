@@ -427,15 +427,26 @@ def test_demo_sends_reads_to_its_replica_and_writes_to_its_primary(tmp_path):
         wait_for(lambda: _accepts(dsn), timeout=30, what="the demo to accept clients")
         text = log_path.read_text()
         assert 'select inet_server_port(), pg_is_in_recovery()' in text
+        # The banner says where writes and reads go, and about a client's own writes.
+        flat = " ".join(text.split())
+        assert f"go to the primary on port {primary_port};" in flat, text
+        assert f"reads go to the replica on port {replica_port}, except a client's reads right " \
+               "after its own writes, which go to the primary until the replica has caught up " \
+               "(read_your_writes)" in flat, text
         base_dirs = [Path(m) for m in re.findall(r"(?:PostgreSQL|replica of it) in (\S+)", text)]
         assert len(base_dirs) == 2 and all(d.is_dir() for d in base_dirs), text
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert where(conn) == (replica_port, True)
             conn.execute("CREATE TABLE demo_t (v int)")
+            # A first impression: the table just created is there, and so is a row.
+            assert conn.execute("SELECT * FROM demo_t").fetchall() == []
             assert where(conn, "INSERT INTO demo_t VALUES (1) "
                                "RETURNING inet_server_port(), pg_is_in_recovery()") == \
                 (primary_port, False)
+            assert conn.execute("SELECT count(*) FROM demo_t").fetchone() == (1,)
+            wait_for(lambda: where(conn) == (replica_port, True), timeout=10,
+                     what="reads to go to the replica again")
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log_path.read_text()
