@@ -89,7 +89,7 @@ class ReplicaLag:
         self.host = host
         self.port = port
         self.replay_lsn: int | None = None
-        self.lag_bytes: int | None = None  # behind the primary's last sampled LSN
+        self.lag_bytes: int | None = None  # behind the WAL the primary had written, last sample
         self.in_rotation = True  # False while further behind than replica_lag_limit
         self.caught_up_at = caught_up_at
 
