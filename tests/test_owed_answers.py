@@ -304,6 +304,10 @@ async def test_a_server_silent_after_the_cancel_is_closed_and_its_slot_freed(tmp
                 f'host = "127.0.0.1"\nport = {fake_port}\n')
         proxy = await trio.to_thread.run_sync(start_proxy, tmp_path, toml, users_toml(), port)
         try:
+            with trio.fail_after(5):  # the proxy's own start-up check of the server comes first
+                while "start-up check" not in proxy.log or "closed" not in seen:
+                    await trio.sleep(0.05)
+            seen.clear()
             async with await Wire.connect(port) as wire:
                 await wire.login("app", APP_DB, PASSWORD)
                 await wire.send(q("select 'never answered'"))

@@ -206,13 +206,15 @@ def test_a_row_written_through_the_proxy_is_read_back_from_the_replicas(topology
     with proxy.connect() as conn:
         conn.execute("DELETE FROM rw_t WHERE id = 200")
         conn.execute("INSERT INTO rw_t VALUES (200, 'replicated')")
+        # read_your_writes: the writer sees its row at once, wherever the read runs.
+        assert conn.execute("SELECT v FROM rw_t WHERE id = 200").fetchone() == ("replicated",)
 
-        def visible() -> bool:
+        def from_a_replica() -> bool:
             row = conn.execute("SELECT v, pg_is_in_recovery() FROM rw_t WHERE id = 200").fetchone()
-            assert row is None or row[1] is True  # reads come from replicas, row or not
-            return row is not None
+            assert row is not None and row[0] == "replicated"
+            return row[1] is True
 
-        wait_for(visible, timeout=10, what="the row to reach the replicas")
+        wait_for(from_a_replica, timeout=10, what="reads to go to the replicas again")
         # Both replicas have it once they have caught up.
         wait_replicated(primary, replicas)
         seen = {conn.execute("SELECT v, inet_server_port() FROM rw_t WHERE id = 200").fetchone()
@@ -228,9 +230,10 @@ def test_an_explicit_transaction_runs_on_the_primary(topology, start, begin):
         conn.execute(begin)
         inside = [where(conn) for _ in range(4)]
         conn.execute("COMMIT")
-        after = where(conn)
+        # A transaction that is not READ ONLY may have written: the client's reads stay on
+        # the primary until the replicas have caught up with it (read_your_writes).
+        wait_for(lambda: where(conn)[1] is True, timeout=10, what="reads on a replica again")
     assert inside == [(primary.port, False)] * 4
-    assert after[1] is True
 
 
 @pytest.mark.parametrize("begin", ["BEGIN READ ONLY", "START TRANSACTION READ ONLY"])
@@ -281,8 +284,8 @@ def test_set_pgdog_role_pins_the_session(topology, start):
         with pytest.raises(errors.InvalidParameterValue) as exc:
             conn.execute("SET pgdog.role TO 'bogus'")
         assert exc.value.sqlstate == "22023"
-        # The session goes on, still splitting.
-        assert where(conn)[1] is True
+        # The session goes on, still splitting (once the replicas have its INSERT).
+        wait_for(lambda: where(conn)[1] is True, timeout=10, what="reads on a replica again")
         assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
 
 
@@ -316,10 +319,13 @@ def test_extended_protocol_reads_spread_and_writes_go_to_the_primary(topology, s
                               "RETURNING inet_server_port(), pg_is_in_recovery()", (400 + i, "x"))
                   for i in range(5)]
         assert writes == [(primary.port, False)] * 5
-        # The same prepared read is still spread after the writes.
-        again = [where(conn, "SELECT inet_server_port(), pg_is_in_recovery(), %s::int", (i,))
-                 for i in range(4)]
+        # The same prepared read goes to the replicas again once they have the writes.
+        read = "SELECT inet_server_port(), pg_is_in_recovery(), %s::int"
+        wait_for(lambda: where(conn, read, (0,))[1] is True, timeout=10,
+                 what="reads on a replica again")
+        again = [where(conn, read, (i,)) for i in range(4)]
         assert {r for _, r in again} == {True}
+        assert set(Counter(p for p, _ in again)) == ports_of(replicas)
 
 
 def test_read_write_split_off_sends_everything_to_the_primary(topology, start):
@@ -421,15 +427,26 @@ def test_demo_sends_reads_to_its_replica_and_writes_to_its_primary(tmp_path):
         wait_for(lambda: _accepts(dsn), timeout=30, what="the demo to accept clients")
         text = log_path.read_text()
         assert 'select inet_server_port(), pg_is_in_recovery()' in text
+        # The banner says where writes and reads go, and about a client's own writes.
+        flat = " ".join(text.split())
+        assert f"go to the primary on port {primary_port};" in flat, text
+        assert f"reads go to the replica on port {replica_port}, except a client's reads right " \
+               "after its own writes, which go to the primary until the replica has caught up " \
+               "(read_your_writes)" in flat, text
         base_dirs = [Path(m) for m in re.findall(r"(?:PostgreSQL|replica of it) in (\S+)", text)]
         assert len(base_dirs) == 2 and all(d.is_dir() for d in base_dirs), text
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert where(conn) == (replica_port, True)
             conn.execute("CREATE TABLE demo_t (v int)")
+            # A first impression: the table just created is there, and so is a row.
+            assert conn.execute("SELECT * FROM demo_t").fetchall() == []
             assert where(conn, "INSERT INTO demo_t VALUES (1) "
                                "RETURNING inet_server_port(), pg_is_in_recovery()") == \
                 (primary_port, False)
+            assert conn.execute("SELECT count(*) FROM demo_t").fetchone() == (1,)
+            wait_for(lambda: where(conn) == (replica_port, True), timeout=10,
+                     what="reads to go to the replica again")
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log_path.read_text()

@@ -44,6 +44,10 @@ port = {proxy_port}
 pooler_mode = "transaction"
 default_pool_size = 10
 """
+    replica_ports = list(replica_ports)
+    if replica_ports:
+        pgdog += ("# A client's reads after its own writes go to the primary until the replicas "
+                  "have replayed them.\nread_your_writes = true\n")
     pgdog += _database_entry(pg_port, "primary")
     for replica_port in replica_ports:
         pgdog += _database_entry(replica_port, "replica")
@@ -102,9 +106,10 @@ def _banner(host: str, port: int, primary: Cluster, replica: Cluster, paths: lis
         f"\ntrio_pgdog demo: PostgreSQL {primary.port} behind the proxy on port {port}, "
         f"with a streaming replica on port {replica.port}.\n"
         f"Connect with:\n\n    psql {url}\n\n"
-        f"Reads outside transactions are spread over the replica ({replica.port}); writes, "
-        f"explicit transactions and\nSELECT ... FOR UPDATE go to the primary ({primary.port}). "
-        "See which server answered:\n\n"
+        f"Writes, explicit transactions and SELECT ... FOR UPDATE go to the primary on port "
+        f"{primary.port};\nreads go to the replica on port {replica.port}, except a client's "
+        "reads right after its own writes,\nwhich go to the primary until the replica has "
+        "caught up (read_your_writes).\nSee which server answered:\n\n"
         f'    psql {url} -c "select inet_server_port(), pg_is_in_recovery()"\n'
         f'    psql {url} -c "/* pgdog_role: primary */ select inet_server_port(), '
         'pg_is_in_recovery()"\n\n'

@@ -94,6 +94,12 @@ class General:
     load_balancing_strategy: str = attrs.field(default="round_robin",
                                                validator=one_of(LOAD_BALANCING_STRATEGIES))
     read_write_split: bool = True
+    # A client's reads after its own write go to the primary until the replicas have it.
+    read_your_writes: bool = True
+    # Bytes a replica may be behind the primary before it gets no reads; 0: no limit.
+    replica_lag_limit: int = attrs.field(default=0, validator=at_least(0))
+    # How often the primary's WAL position and the replicas' replay positions are sampled.
+    lag_poll_interval: int = attrs.field(default=200, validator=at_least(10))
     ban_timeout: int = attrs.field(default=300_000, validator=at_least(0))
     healthcheck_interval: int = attrs.field(default=30_000, validator=at_least(0))
     healthcheck_timeout: int = attrs.field(default=5_000, validator=at_least(0))
@@ -257,12 +263,16 @@ class User:
     # Credentials for the server side, when they differ from the client's.
     server_user: str | None = None
     server_password: str | None = None
+    read_your_writes: bool | None = None  # None: as in [general]
 
     def effective_pool_size(self, general: General) -> int:
         return self.pool_size if self.pool_size is not None else general.default_pool_size
 
     def effective_pooler_mode(self, general: General) -> str:
         return self.pooler_mode if self.pooler_mode is not None else general.pooler_mode
+
+    def effective_read_your_writes(self, general: General) -> bool:
+        return self.read_your_writes if self.read_your_writes is not None else general.read_your_writes
 
 
 # --- the whole configuration ------------------------------------------------

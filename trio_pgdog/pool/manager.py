@@ -9,6 +9,7 @@ import trio
 
 from ..config import Config, Database, User
 from .hosts import HostGroup
+from .lag import LagMonitor
 from .pool import Pool, PoolSettings
 from .server import ServerConnection
 
@@ -44,6 +45,7 @@ class PoolManager:
                  ) -> None:
         self.pools: dict[tuple[str, str, str, int], Pool] = {}
         self.groups: dict[tuple[str, str], HostGroup] = {}
+        self.monitors: dict[str, LagMonitor] = {}  # per logical database with replicas
         self.on_connect = on_connect  # after_connect hooks, for every new server connection
 
     def get(self, user: str, database: str) -> HostGroup | None:
@@ -75,6 +77,7 @@ class PoolManager:
         retired = [(key, pool) for key, pool in self.pools.items() if pools.get(key) is not pool]
         self.pools = pools
         self._regroup(config, wanted)
+        self._watch_lag(config, nursery)
         for pool in fresh:
             nursery.start_soon(pool.run)
         for key, pool in retired:
@@ -88,9 +91,12 @@ class PoolManager:
         for (user, database, host, port), (_settings, db) in wanted.items():
             group = groups.get((user, database))
             if group is None:
+                entry = config.find_user(user, database)
+                assert entry is not None
                 group = groups[(user, database)] = HostGroup(
                     f"{user}@{database}", None, [], strategy=g.load_balancing_strategy,
-                    ban_timeout=g.ban_timeout / 1000, read_write_split=g.read_write_split)
+                    ban_timeout=g.ban_timeout / 1000, read_write_split=g.read_write_split,
+                    read_your_writes=entry.effective_read_your_writes(g))
             pool = self.pools[(user, database, host, port)]
             if db.role == "primary" and group.primary is None:
                 group.primary = pool
@@ -103,9 +109,40 @@ class PoolManager:
                 old.stale = True
         self.groups = groups
 
+    def _watch_lag(self, config: Config, nursery: trio.Nursery) -> None:
+        """One lag monitor per logical database whose reads go to replicas, when
+        read_your_writes or replica_lag_limit needs to know their lag. It logs in as the
+        database's first user; a monitor whose hosts and settings a reload kept stays."""
+        g = config.general
+        monitors: dict[str, LagMonitor] = {}
+        for (_user, database), group in self.groups.items():
+            if not group.splits or not (group.read_your_writes or g.replica_lag_limit):
+                group.watch(None)
+                continue
+            monitor = monitors.get(database)
+            if monitor is None:
+                assert group.primary is not None
+                monitor = LagMonitor(
+                    database, group.primary.settings, [p.settings for p in group.replicas],
+                    interval=g.lag_poll_interval / 1000, limit=g.replica_lag_limit,
+                    timeout=g.healthcheck_timeout / 1000)
+                old = self.monitors.get(database)
+                if old is not None and old.key == monitor.key:
+                    monitor = old
+                else:
+                    nursery.start_soon(monitor.run)
+                monitors[database] = monitor
+            group.watch(monitor)
+        for database, old in self.monitors.items():
+            if monitors.get(database) is not old:
+                old.close()
+        self.monitors = monitors
+
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+        for monitor in self.monitors.values():
+            monitor.close()
 
 
 def _same_server(a: PoolSettings, b: PoolSettings) -> bool:

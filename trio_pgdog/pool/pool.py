@@ -17,6 +17,7 @@ import trio
 
 from ..protocol import ProxyError
 from ..protocol import errors as codes
+from .lag import UNWATCHED, ReplicaLag
 from .server import CONNECT_ERRORS, ServerConnection, check_server, describe_connect_error
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Pool:
         self.retired = False  # closed by a reload, which may have named a successor
         self.successor: Pool | None = None
         self.banned_until = float("-inf")  # trio time until which the host gets no traffic
+        self.lag: ReplicaLag = UNWATCHED  # a replica's replication lag (HostGroup.watch)
         self.on_failure: Callable[[Pool, str], None] | None = None  # the host group bans
         # after_connect hooks: run on each new connection before it is used; raises to refuse.
         self.on_connect: Callable[[Pool, ServerConnection], Awaitable[None]] | None = None

@@ -75,6 +75,8 @@ class ClientSession:
         "_poller",
         "_registry",
         "_replay",
+        "_since",
+        "_writing",
         "addr",
         "app",
         "client",
@@ -97,6 +99,7 @@ class ClientSession:
         "tracker",
         "transaction_mode",
         "user",
+        "wrote_at",
     )
 
     def __init__(self, app: Proxy, conn: Conn, addr: str):
@@ -107,6 +110,12 @@ class ClientSession:
         self.database = ""
         self.group: HostGroup | None = None
         self.role_override: str | None = None  # SET pgdog.role: "primary" or "replica"
+        # read_your_writes: when this client's last write ended (trio time; None: none the
+        # replicas may lack), whether the transaction under way may write, and for a read
+        # the write it must see (HostGroup.choose).
+        self.wrote_at: float | None = None
+        self._writing = False
+        self._since: float | None = None
         # The chunk that started a read on a fresh server, until the server answers.
         self._replay: tuple[bytes, bool, bool, int] | None = None
         self.server: ServerConnection | None = None
@@ -401,7 +410,9 @@ class ClientSession:
                         await self._to_client(self._hooked_answer(local))
                         return
                 group = self._current_group()
-                if role is None:
+                if group.read_your_writes:
+                    role = self._route_fresh(data, role, group)
+                elif role is None:
                     role = self._route(data) if group.splits else PRIMARY
                 # Fast path (one host, a warm idle connection): no coroutine, no loop.
                 server = None if group.splits else group.choose(PRIMARY)[0].take_idle()
@@ -438,6 +449,8 @@ class ClientSession:
     def _drop_server(self, server: ServerConnection) -> None:
         """Forget a server connection that failed: nothing more is read from it."""
         self.server = None
+        if self._writing:  # it may have committed before the connection failed
+            self._wrote()
         if self.sscan is not None:
             self.sscan.reset()
         if self.tracker is not None:
@@ -511,7 +524,7 @@ class ClientSession:
         pool being tried sends the client on to the new hosts (no error: moving a waiter
         to the pool that replaced its own happens inside the pool, this covers the rest)."""
         while True:
-            pools = self._current_group().choose(role)
+            pools = self._current_group().choose(role, self._since)
             if avoid is not None and len(pools) > 1:
                 pools = [p for p in pools if p is not avoid] or pools
             server = pools[0].take_idle()
@@ -620,15 +633,55 @@ class ClientSession:
         """primary or replica for a transaction starting with `data` (design.md, routing)."""
         if self.role_override is not None:
             return self.role_override
+        own, hint = self._classify(data)
+        return own if hint is None else hint
+
+    def _classify(self, data: bytes) -> tuple[str, str | None]:
+        """The router's role for a transaction starting with `data`, and the role its
+        `pgdog_role` comment asks for (None: no comment)."""
         sql = _first_sql(data, self.tracker)
         if sql is None:
-            return PRIMARY
+            return PRIMARY, None
         if plain_select(sql):  # no parse for the commonest read, whatever its literals
-            return REPLICA
+            return REPLICA, None
         facts = self.app.parse_cache.get(sql)
-        if facts.role_hint is not None:
-            return facts.role_hint
-        return REPLICA if facts.read_only_transaction_start or not facts.writes else PRIMARY
+        own = REPLICA if facts.read_only_transaction_start or not facts.writes else PRIMARY
+        return own, facts.role_hint
+
+    def _route_fresh(self, data: bytes, decided: str | None, group: HostGroup) -> str:
+        """_route with read_your_writes (docs/routing.md): a transaction on the primary that
+        the router does not call read-only counts as this client's write when it ends; a
+        read after such a write goes where the write is known to be, unless the client
+        chose the role itself (SET pgdog.role, a pgdog_role comment). `decided`: the
+        role a hook chose."""
+        own, hint = self._classify(data)
+        chosen = False
+        if decided is not None:
+            role = decided
+        elif self.role_override is not None:
+            role, chosen = self.role_override, True
+        elif hint is not None:
+            role, chosen = hint, True
+        else:
+            role = own
+        self._since = None
+        if role == PRIMARY:
+            self._writing = own == PRIMARY
+            return role
+        self._writing = False
+        wrote_at = self.wrote_at
+        if wrote_at is not None and not chosen:
+            if group.caught_up(wrote_at):
+                self.wrote_at = None  # every replica has it: reads are free again
+            else:
+                self._since = wrote_at
+        return role
+
+    def _wrote(self) -> None:
+        """A transaction that may have written is over: from now on this client's reads
+        wait for the replicas to replay past this moment."""
+        self._writing = False
+        self.wrote_at = trio.current_time()
 
     async def _role_override(self, data: bytes, status: bytes) -> bool:
         """Answer `SET pgdog.role ...` locally; True if `data` was that."""
@@ -744,6 +797,8 @@ class ClientSession:
             if (self.recheck is None or self.recheck) and not await self._refresh_settings(server):
                 return
             self.server = None
+            if self._writing:
+                self._wrote()
             _give_back(server)
 
     # --- errors on the data path ----------------------------------------------------------------
