@@ -29,11 +29,16 @@ Being conservative: a condition it cannot read restricts nothing, so the stateme
 shards, never fewer. A key equality no row can satisfy (``key = NULL``) leaves no shard: any one
 shard answers then (the empty answer is the same everywhere).
 
-Measured on this machine (2-core Xeon @ 2.50GHz, Python 3.11.7, pglast 8.8; timeit, best of 5):
-``SELECT * FROM orders WHERE customer_id = $1`` analyze ~40 µs once per text; a `FactsCache`
-hit plus `shards_for` with one text parameter ~1.2 µs (0.2 + 1.0); with one binary int8 parameter
-~1.3 µs. A 3-table join with a CTE and an IN list: analyze ~120 µs. (`nox -s bench` has no
-sharding target yet; `python -m timeit` lines are in tests/test_sharding_keys.py's docstring.)
+Measured with timeit on this machine (2-core Xeon @ 2.50GHz, Python 3.11.7, pglast 8.8) while
+other work loaded it (classify, ~31 µs for a one-table SELECT on a quiet machine, took 68 µs),
+so read them against classify, measured alongside (best of 15 interleaved runs):
+  - `analyze`, once per text, costs about what `classify` does: 78 µs vs 68 µs for
+    ``SELECT * FROM orders WHERE customer_id = $1``; 260 µs vs 267 µs for a CTE, a 3-table join
+    and two IN lists. Parsing (parse_sql_json + json.loads) is a third of it.
+  - per execution: a `FactsCache` hit ~0.2 µs; hit + `shards_for` with one text parameter
+    ~0.8 µs (one binary int8 parameter ~1.2-1.6 µs); a 4-row INSERT with parameters,
+    `shards_for` + `insert_rows_by_shard` ~12-20 µs; `split_insert` ~4-7 µs cached,
+    ~160 µs the first time for a text (pglast's scanner).
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ _OWN_WALK = frozenset((*_DML, "CopyStmt"))
 # Subtrees with no subquery, column or table in them.
 _SKIP = frozenset({"A_Const", "ParamRef", "typeName", "String", "Integer", "Float", "A_Star",
                    "Boolean", "alias"})
+# What `visit` looks at rather than walks through.
+_SPECIAL = frozenset({"SubLink", "ColumnRef", "FuncCall", *_DML})
 
 
 @attrs.frozen
@@ -430,23 +437,32 @@ class _Analyzer:
         return None
 
     def visit(self, value: Any, scope: _Scope, ctes: dict[str, Route]) -> Route:
-        """Subqueries and column names anywhere in `value`: TRUE, or ALL if a subquery's rows
-        differ by shard."""
+        """Subqueries, writing functions and column names anywhere in `value`: TRUE, or ALL if a
+        subquery's rows differ by shard."""
         found: Route = TRUE
         stack = [value]
+        pop, push = stack.pop, stack.append
         while stack:
-            current = stack.pop()
-            if isinstance(current, list):
-                stack.extend(c for c in current if isinstance(c, dict | list))
+            current = pop()
+            if type(current) is list:
+                for child in current:
+                    if type(child) is dict or type(child) is list:
+                        push(child)
                 continue
-            if not isinstance(current, dict):
+            if type(current) is not dict:
                 continue
             for key, child in current.items():
-                if key == "SubLink":
+                if type(child) is list:
+                    push(child)
+                elif type(child) is not dict or key in _SKIP:
+                    continue
+                elif key not in _SPECIAL:
+                    push(child)
+                elif key == "SubLink":
                     if depends(self.wrapped(child["subselect"], scope, ctes)) is ALL:
                         found = ALL
                     if "testexpr" in child:
-                        stack.append(child["testexpr"])
+                        push(child["testexpr"])
                 elif key == "ColumnRef":
                     if self.anywhere is not None:
                         self.key_ref({"ColumnRef": child}, scope)
@@ -454,12 +470,9 @@ class _Analyzer:
                     name = child["funcname"][-1].get("String", {}).get("sval", "")
                     if name.lower() in WRITING_FUNCTIONS:
                         self.writes = True
-                    stack.append(child)
-                elif key in _DML:
-                    if depends(self.statement(key, child, scope, ctes)) is ALL:
-                        found = ALL
-                elif key not in _SKIP and isinstance(child, dict | list):
-                    stack.append(child)
+                    push(child)
+                elif depends(self.statement(key, child, scope, ctes)) is ALL:  # a statement node
+                    found = ALL
         return found
 
     # writes
@@ -634,12 +647,13 @@ class _Analyzer:
         if "query" in node:
             return self.wrapped(node["query"], None, {})
         scope = _Scope(None)
+        writes = self.writes
         item = self.target(node["relation"], scope)
         columns = [a.get("String", {}).get("sval", "") for a in node.get("attlist", ())]
         if node.get("whereClause") is not None:
             self.visit(node["whereClause"], scope, {})
         if not node.get("is_from"):
-            self.writes = "filename" in node
+            self.writes = writes or "filename" in node  # COPY TO a server file: the primary's
             return ANY if item.key is None else ALL
         if not self.is_sharded(item, columns):
             return self.written(item, ALL)
@@ -746,7 +760,7 @@ def analyze(sql: str | bytes, schema: ShardingSchema) -> ShardingFacts:
     return _facts(analyzer, schema, hints, kind=kind, writes=writes or analyzer.writes,
                   statements=len(statements), tables=tables,
                   route=_outermost(some(routes) if routes else ANY),
-                  setting=settings[0] if len(settings) == 1 else None)
+                  setting=settings[0] if len(statements) == 1 and settings else None)
 
 
 def _outermost(route: Route) -> Route:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .hashing import int_key_hash
 from .values import BadKey, array_hashes, binary_hash, text_hash
 
 __all__ = ["ALL", "ANY", "TRUE", "Route", "ShardingError", "depends", "evaluate", "every",
@@ -150,6 +151,11 @@ def _param_hash(node: tuple, params: Sequence[bytes | None], formats: Sequence[i
         return None
     if _format(formats, index) == 1:
         return binary_hash(value, data_type, types[index] if index < len(types) else 0)
+    if data_type == "bigint":
+        try:
+            return int_key_hash(int(value))  # plain decimal, the usual text form
+        except ValueError:
+            pass
     return text_hash(value, data_type)
 
 

@@ -90,8 +90,8 @@ def _split(sql: str, grouping: tuple[tuple[int, tuple[int, ...]], ...]
            ) -> tuple[tuple[int, tuple[str, tuple[int, ...]]], ...]:
     head_end, rows, tail_start, params = _layout(sql)
     if len(grouping) == 1:
-        used = tuple(sorted({number for _, _, number in params}))
-        return ((grouping[0][0], (sql, tuple(n - 1 for n in used))),)
+        count = max((number for _, _, number in params), default=0)
+        return ((grouping[0][0], (sql, tuple(range(count)))),)
     out = []
     for shard, chosen in grouping:
         if max(chosen) >= len(rows):
