@@ -604,5 +604,6 @@ def test_examples_in_the_docs_load() -> None:
     pgdog, quickstart, users = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.S)
     config = load_config_text(pgdog, users)
     assert len(config.databases_named("shop")) == 3
+    assert config.sharding_schema("shop") == ShardingSchema(2, (ShardedColumn("orders", "customer_id"),))
     assert config.find_user("reports", "analytics") is not None
     assert load_config_text(quickstart, None).databases[0].name == "pgdog"

@@ -15,7 +15,10 @@ import uuid
 import psycopg
 import pytest
 from conftest import APP_DB, PG_USERS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from trio_pgdog.router.sharding import routes
 from trio_pgdog.router.sharding.hashing import shard_of_int, shard_of_text, shard_of_uuid
 from trio_pgdog.router.sharding.keys import (
     FactsCache,
@@ -497,6 +500,44 @@ def test_text_array_parser():
             parse_text_array(bad)
 
 
+# --- the route formulas ------------------------------------------------------------
+
+_LEAVES = st.one_of(
+    st.sampled_from([routes.ALL, routes.ANY, routes.TRUE]),
+    st.frozensets(st.integers(0, SHARDS - 1), max_size=3),
+    st.builds(lambda i: ("=", i, "bigint"), st.integers(0, 2)),
+)
+_TREES = st.recursive(_LEAVES, lambda kids: st.tuples(st.sampled_from(["and", "or", "?"]),
+                                                      st.lists(kids, min_size=1, max_size=3)),
+                      max_leaves=8)
+
+
+def _built(tree):
+    if isinstance(tree, tuple) and tree[0] in ("and", "or", "?"):
+        parts = [_built(t) for t in tree[1]]
+        if tree[0] == "?":
+            return routes.restrict(parts[0])
+        return routes.every(parts) if tree[0] == "and" else routes.some(parts)
+    return tree
+
+
+def _reference(tree, params):
+    """Every part evaluated first, then combined: what the folded formula must agree with."""
+    if isinstance(tree, tuple) and tree[0] in ("and", "or", "?"):
+        parts = [_reference(t, params) for t in tree[1]]
+        if tree[0] == "?":
+            return routes.restrict(parts[0])
+        return routes.every(parts) if tree[0] == "and" else routes.some(parts)
+    return routes.evaluate(tree, SHARDS, params, (), ())
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=_TREES, params=st.lists(st.sampled_from([b"1", b"2", b"3", b"x", None]),
+                                    min_size=3, max_size=3))
+def test_folding_a_route_does_not_change_what_it_evaluates_to(tree, params):
+    assert routes.evaluate(_built(tree), SHARDS, params, (), ()) == _reference(tree, params)
+
+
 # --- caching and cost ---------------------------------------------------------------
 
 
@@ -530,6 +571,13 @@ def test_schema_names():
     assert schema.key_of("big", "sales") is None
     assert schema.key_of("items") == ("k", "bigint", True)
     assert schema.key_of("items", "other") is None
+    anywhere = ShardingSchema(2, (ShardedColumn(None, "tenant_id", "uuid"),
+                                  ShardedColumn("orders", "customer_id")))
+    assert anywhere.sharded_column("orders") == ShardedColumn("orders", "customer_id")
+    assert anywhere.sharded_column("plans") == ShardedColumn(None, "tenant_id", "uuid")
+    assert schema.sharded_column("plans") is None
+    with pytest.raises(ValueError):
+        ShardingSchema(0)
     assert route('SELECT * FROM "Orders" WHERE customer_id = 1') == frozenset({0})  # omnisharded
 
 

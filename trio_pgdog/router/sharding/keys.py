@@ -873,7 +873,8 @@ def shards_for(facts: ShardingFacts, schema: ShardingSchema,
             value = params[index]
             if value is None:
                 return single[any_shard % schema.shards]  # NULL equals no key
-            binary = formats and (formats[0] if len(formats) == 1 else formats[index]) == 1
+            binary = bool(formats) and (formats[0] if len(formats) == 1 else
+                                        formats[index] if index < len(formats) else 0) == 1
             try:
                 if not binary:
                     return single[int_key_hash(int(value)) % schema.shards]

@@ -205,15 +205,3 @@ def evaluate(route: Route, shards: int, params: Sequence[bytes | None], formats:
         return result
     raise AssertionError(f"unknown route {route!r}")
 
-
-def parameters_of(route: Route) -> Iterable[int]:
-    """The parameter indexes a route reads."""
-    if type(route) is not tuple:
-        return
-    if route[0] in ("=", "in", "k"):
-        yield route[1]
-    elif route[0] in ("&", "|"):
-        for part in route[1]:
-            yield from parameters_of(part)
-    else:
-        yield from parameters_of(route[1])
