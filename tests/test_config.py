@@ -18,6 +18,7 @@ from trio_pgdog.config import (
     load_config,
     load_config_text,
 )
+from trio_pgdog.router.sharding.schema import ShardedColumn, ShardingSchema
 
 # The quickstart from pgDog's README, byte for byte.
 README_PGDOG = (
@@ -479,7 +480,7 @@ def test_two_primaries_for_one_shard() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[[sharded_tables]]\nname = 'x'\n", "line 1: unknown table [[sharded_tables]]"),
+        ("[[omnisharded_tables]]\nname = 'x'\n", "line 1: unknown table [[omnisharded_tables]]"),
         ("[admin]\npassword = 'x'\n", "line 1: unknown table [admin]"),
         ("port = 6432\n", "line 1: unknown key 'port'"),
     ],
@@ -487,6 +488,83 @@ def test_two_primaries_for_one_shard() -> None:
 def test_unknown_top_level_sections(text: str, expected: str) -> None:
     message = error_of(text)
     assert message.startswith(f"pgdog.toml: {expected} (expected [general], [[databases]]")
+
+
+# --- sharding: [[sharded_tables]] and shard numbering --------------------------------
+
+SHARDED = """\
+[[databases]]
+name = "app"
+host = "10.0.0.1"
+shard = 0
+
+[[databases]]
+name = "app"
+host = "10.0.0.2"
+shard = 1
+
+[[databases]]
+name = "app"
+host = "10.0.0.3"
+shard = 1
+role = "replica"
+
+[[databases]]
+name = "plain"
+host = "10.0.1.1"
+
+[[sharded_tables]]
+database = "app"
+name = "orders"
+column = "customer_id"
+
+[[sharded_tables]]
+database = "app"
+column = "tenant_id"
+data_type = "varchar"
+"""
+
+
+def test_sharded_tables():
+    config = load_config_text(SHARDED, None)
+    assert (config.shards("app"), config.shards("plain"), config.shards("nope")) == (2, 1, 0)
+    schema = config.sharding_schema("app")
+    assert schema == ShardingSchema(2, (ShardedColumn("orders", "customer_id", "bigint"),
+                                        ShardedColumn(None, "tenant_id", "varchar")))
+    assert config.sharding_schema("app") is schema
+    assert config.sharding_schema("plain") is None and config.sharding_schema("nope") is None
+    # A replica-only unsharded database stays allowed, as before.
+    load_config_text('[[databases]]\nname = "r"\nhost = "h"\nrole = "replica"\n', None)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("shard = 1\n\n[[databases]]\nname = \"app\"\nhost = \"10.0.0.3\"\nshard = 1",
+      "shard = 2\n\n[[databases]]\nname = \"app\"\nhost = \"10.0.0.3\"\nshard = 2"),
+     "pgdog.toml: line 9: [[databases]] #2 'shard': database 'app' has no shard 1: number the "
+     "shards of a database 0, 1, 2, ... without gaps (it has shards 0 and 2)"),
+    (('host = "10.0.0.2"\nshard = 1\n', 'host = "10.0.0.2"\nshard = 1\nrole = "replica"\n'),
+     "pgdog.toml: line 10: [[databases]] #2 'role': shard 1 of database 'app' has no primary: "
+     'one of its entries must have role = "primary"'),
+    (('database = "app"\nname = "orders"', 'database = "ap"\nname = "orders"'),
+     "pgdog.toml: line 22: [[sharded_tables]] #1 'database': no [[databases]] entry named 'ap'"),
+    (('data_type = "varchar"', 'data_type = "text"'),
+     "pgdog.toml: line 29: [[sharded_tables]] #2 'data_type': must be 'bigint', 'varchar' or "
+     "'uuid', got 'text'"),
+    (('name = "orders"', 'name = "a.b.c"'),
+     "pgdog.toml: line 23: [[sharded_tables]] #1 'name': must be 'table' or 'schema.table', "
+     "got 'a.b.c'"),
+    (('column = "tenant_id"', 'column = "customer_id"\nname = "ORDERS"'),
+     "pgdog.toml: line 29: [[sharded_tables]] #2 'name': table 'ORDERS' of database 'app' already "
+     "has a sharding column ([[sharded_tables]] #1); a table is sharded on one column"),
+    (('column = "customer_id"', 'column = ""'),
+     "pgdog.toml: line 24: [[sharded_tables]] #1 'column': empty name in ''"),
+    (('column = "tenant_id"', "colum = 'tenant_id'"),
+     "pgdog.toml: line 26: [[sharded_tables]] #2: missing required key 'column'"),
+])
+def test_sharding_errors(change, expected):
+    old, new = change
+    assert old in SHARDED
+    assert error_of(SHARDED.replace(old, new, 1)) == expected
 
 
 def test_unknown_hook_section() -> None:
@@ -545,5 +623,6 @@ def test_examples_in_the_docs_load() -> None:
     pgdog, quickstart, users = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.S)
     config = load_config_text(pgdog, users)
     assert len(config.databases_named("shop")) == 3
+    assert config.sharding_schema("shop") == ShardingSchema(2, (ShardedColumn("orders", "customer_id"),))
     assert config.find_user("reports", "analytics") is not None
     assert load_config_text(quickstart, None).databases[0].name == "pgdog"

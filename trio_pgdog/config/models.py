@@ -10,11 +10,14 @@ Checks that need more than one entry (duplicates, unknown databases) live in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 from .errors import InvalidValue
+
+if TYPE_CHECKING:
+    from ..router.sharding.schema import ShardingSchema
 
 POOLER_MODES = ("transaction", "session")
 ROLES = ("primary", "replica")
@@ -127,6 +130,42 @@ class Database:
     )
     role: str = attrs.field(default="primary", validator=one_of(ROLES))
     shard: int = attrs.field(default=0, validator=at_least(0))
+
+
+# Key types of [[sharded_tables]] (router/sharding/schema.py's DATA_TYPES, kept here so that
+# loading a configuration does not import the router).
+SHARDING_DATA_TYPES = ("bigint", "varchar", "uuid")
+
+
+def _identifier(max_parts: int) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is None:
+            return
+        from ..router.sharding.schema import identifier_parts
+
+        try:
+            parts = identifier_parts(value)
+        except ValueError as exc:
+            raise InvalidValue(attribute.name, str(exc)) from None
+        if len(parts) > max_parts:
+            shape = "a column name" if max_parts == 1 else "'table' or 'schema.table'"
+            raise InvalidValue(attribute.name, f"must be {shape}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class ShardedTable:
+    """One ``[[sharded_tables]]`` entry: the column a table of a sharded database is split on.
+
+    Without ``name`` the entry applies to every table that has ``column``. Tables no entry
+    applies to are omnisharded: every shard holds all their rows.
+    """
+
+    database: str = attrs.field(validator=non_empty)
+    column: str = attrs.field(validator=_identifier(1))
+    name: str | None = attrs.field(default=None, validator=_identifier(2))
+    data_type: str = attrs.field(default="bigint", validator=one_of(SHARDING_DATA_TYPES))
 
 
 # --- pgdog.toml: hooks and plugins -------------------------------------------
@@ -306,6 +345,7 @@ class Config:
     databases: tuple[Database, ...] = attrs.field(default=(), metadata=section("pgdog", "servers"))
     hooks: Hooks = attrs.field(factory=Hooks, metadata=section("pgdog"))
     plugins: tuple[Plugin, ...] = attrs.field(default=(), metadata=section("pgdog"))
+    sharded_tables: tuple[ShardedTable, ...] = attrs.field(default=(), metadata=section("pgdog"))
     users: tuple[User, ...] = attrs.field(default=(), metadata=section("users"))
     # The order of the [hooks.*] sections and [[plugins]] in pgdog.toml ("hooks.intercept",
     # "plugins", ...): hooks run in the order they are configured.
@@ -318,9 +358,31 @@ class Config:
         init=False, repr=False, eq=False, hash=False
     )
 
+    # Sharding schemas built so far, per logical database (see sharding_schema).
+    _schemas: dict[str, Any] = attrs.field(init=False, repr=False, eq=False, hash=False,
+                                           factory=dict)
+
     @_user_index.default
     def _index_users(self) -> dict[tuple[str, str], User]:
         return {(u.name, u.database): u for u in self.users}
+
+    def shards(self, name: str) -> int:
+        """How many shards logical database `name` has (0 if there is no such database)."""
+        return max((db.shard for db in self.databases if db.name == name), default=-1) + 1
+
+    def sharding_schema(self, name: str) -> ShardingSchema | None:
+        """The shards and sharded tables of logical database `name`; None if it is not sharded
+        (one shard and no [[sharded_tables]] entry) or does not exist."""
+        if name in self._schemas:
+            return self._schemas[name]
+        from ..router.sharding.schema import ShardedColumn, ShardingSchema
+
+        shards = self.shards(name)
+        tables = tuple(ShardedColumn(t.name, t.column, t.data_type)
+                       for t in self.sharded_tables if t.database == name)
+        schema = ShardingSchema(shards, tables) if shards > 1 or (shards and tables) else None
+        self._schemas[name] = schema
+        return schema
 
     def databases_named(self, name: str) -> tuple[Database, ...]:
         """Every server of one logical database (all shards and roles), in file order."""

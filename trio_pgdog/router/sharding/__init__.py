@@ -1,2 +1,13 @@
-"""Sharding: which shard a key belongs to, and (to come) finding keys in statements and
-splitting COPY rows. Kept apart from the session, which only asks."""
+"""Sharding: which shard a key belongs to, and where each statement must run. Kept apart
+from the session, which only asks.
+
+- hashing.py: a key's shard, PostgreSQL's hash partitioning;
+- schema.py: the sharded tables of a database (from [[sharded_tables]]);
+- values.py, literals.py: key values from Bind parameters and from SQL constants;
+- routes.py: the per-statement formula of where rows are, evaluated per execution;
+- hints.py: pgdog_shard / pgdog_sharding_key comments and SET pgdog.* statements;
+- keys.py: analyze (once per SQL text), shards_for (per execution), insert_rows_by_shard;
+- split.py: one INSERT per shard from a multi-row INSERT.
+
+Nothing is imported here, so that the configuration can use schema.py without pglast.
+"""
