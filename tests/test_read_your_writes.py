@@ -30,7 +30,7 @@ from conftest import (
 from trio_pgdog.config import ConfigError, load_config_text
 from trio_pgdog.embedded import Cluster
 from trio_pgdog.pool.lag import LagMonitor, ReplicaLag, past_headers
-from trio_pgdog.pool.pool import PoolSettings
+from trio_pgdog.pool.settings import PoolSettings
 
 # Long enough that a read right after a commit always beats the replica to it, even on a
 # busy machine; short enough that catching up does not slow the tests down.

@@ -1,7 +1,8 @@
 """The extended-protocol tracker without sockets: renaming, hidden and synthetic responses."""
 
+from trio_pgdog.pool.statements import ServerStatements
 from trio_pgdog.protocol import messages as m
-from trio_pgdog.session.prepared import ServerStatements, StatementRegistry
+from trio_pgdog.session.prepared import StatementRegistry
 from trio_pgdog.session.tracker import CLOSE_COMPLETE, PARSE_COMPLETE, Tracker
 
 SQL = b"select $1::int\x00\x00\x00"  # query + zero parameter types

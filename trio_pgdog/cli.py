@@ -4,25 +4,17 @@
 from __future__ import annotations
 
 import argparse
-import functools
-import gc
 import logging
 import os
-import socket
 import sys
-from collections.abc import Callable
 
-import trio
-
-from . import __version__, listener, logs
-from .app import Proxy, startup_banner
-from .config import Config, ConfigError, load_config
-from .hooks.errors import HookLoadError
+from . import __version__, logs
+from .app import startup_banner
+from .config import ConfigError, load_config
+from .serving import EXIT_CONFIG, serve
 
 log = logging.getLogger("trio_pgdog")
 
-EXIT_FAILED = 1  # could not serve (e.g. the port is taken), or a check failed
-EXIT_CONFIG = 2  # the configuration (files, hooks, options) cannot be used
 
 
 def _port(text: str) -> int:
@@ -123,38 +115,3 @@ def main(argv: list[str] | None = None) -> int:
     return serve(config, overrides=overrides)
 
 
-def serve(config: Config, *, overrides: dict[str, object] | None = None,
-          sock: socket.socket | None = None, on_listening: Callable[[], object] | None = None
-          ) -> int:
-    """Run the proxy until SIGINT/SIGTERM; the exit status for the process.
-
-    `sock` is a socket from listener.bind (the demo binds before it starts its clusters);
-    `on_listening` runs once clients can connect."""
-    proxy = Proxy(config, overrides)
-    g = proxy.config.general
-    if not config.users:
-        log.warning("no users in %s: every login will be refused until users are added and "
-                    "the configuration reloaded (SIGHUP)", config.users_path or "users.toml")
-    try:
-        # Bound before plugins load: a port that is taken is reported before any other work.
-        if sock is None:
-            sock = listener.bind(g.host, g.port)
-        # Everything imported so far (pglast's AST classes among it) lives as long as the
-        # process: keep it out of the garbage collector's way so collections stay cheap.
-        gc.freeze()
-        trio.run(functools.partial(proxy.run, sock, on_listening))
-    except listener.ListenError as exc:
-        print(f"trio_pgdog: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except HookLoadError as exc:
-        where = f" in {config.pgdog_path}" if config.pgdog_path else ""
-        print(f"trio_pgdog: {exc}; not starting without it (fix the entry{where} or remove it)",
-              file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        log.error("cannot serve: %s", exc)
-        return EXIT_FAILED
-    finally:
-        if sock is not None:
-            sock.close()
-    return 0

@@ -119,7 +119,7 @@ def _banner(host: str, port: int, primary: Cluster, replica: Cluster, paths: lis
 
 
 def run_demo(port: int, host: str = "127.0.0.1") -> int:
-    from .cli import EXIT_FAILED, serve
+    from .serving import EXIT_FAILED, serve
 
     # The proxy's port first: if it is taken, say so before spending time on clusters. It
     # stays bound (clients are refused) until the proxy listens, then the banner is shown.

@@ -188,10 +188,11 @@ class InterceptQuery:
     rows: tuple[tuple[str, ...], ...] = attrs.field(default=())
 
     # The checks the intercept hook would make when built, made at load time instead so that a
-    # bad entry is a configuration error. Imported here: the hooks package imports this module.
+    # bad entry is a configuration error. Imported here: only configurations with intercepted
+    # queries need pglast at load time.
     @query.validator
     def _one_statement(self, attribute: attrs.Attribute[Any], value: str) -> None:
-        from ..hooks.builtin.intercept import statement_fingerprint
+        from ..router.fingerprint import statement_fingerprint
 
         try:
             statement_fingerprint(value)

@@ -25,7 +25,7 @@ import trio
 from .server import CONNECT_ERRORS, ServerConnection, describe_connect_error
 
 if TYPE_CHECKING:
-    from .pool import PoolSettings
+    from .settings import PoolSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ import trio
 from ..config import Config, Database, User
 from .hosts import HostGroup
 from .lag import LagMonitor
-from .pool import Pool, PoolSettings
+from .pool import Pool
 from .server import ServerConnection
+from .settings import PoolSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,40 +12,18 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-import attrs
 import trio
 
 from ..protocol import ProxyError
 from ..protocol import errors as codes
 from .lag import UNWATCHED, ReplicaLag
 from .server import CONNECT_ERRORS, ServerConnection, check_server, describe_connect_error
+from .settings import PoolSettings
 
 log = logging.getLogger(__name__)
 
 # Prefill retries back off up to this many seconds while the server is unreachable.
 _MAX_PREFILL_BACKOFF = 5.0
-
-
-@attrs.frozen
-class PoolSettings:
-    host: str
-    port: int
-    database: str          # the database name on the server
-    user: str              # the server-side user
-    password: str | None
-    pool_size: int
-    min_pool_size: int
-    pooler_mode: str
-    connect_timeout: float  # seconds, like every duration below
-    checkout_timeout: float
-    idle_timeout: float
-    server_lifetime: float
-    statements_limit: int = 500
-    healthcheck_interval: float = 30.0
-    healthcheck_timeout: float = 5.0
-
-    def startup_params(self) -> dict[str, str]:
-        return {"user": self.user, "database": self.database, "application_name": "trio_pgdog"}
 
 
 class PoolRetired(ProxyError):

@@ -16,8 +16,8 @@ import trio
 
 from ..config import Config, Database
 from .manager import pool_settings
-from .pool import PoolSettings
 from .server import CONNECT_ERRORS, ServerConnection
+from .settings import PoolSettings
 
 __all__ = ["Outcome", "Target", "probe_all", "targets", "unused_databases"]
 

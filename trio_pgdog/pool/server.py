@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -14,10 +14,20 @@ from ..netio import Conn, ConnectionClosed, connect_tcp
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import messages as m
-from ..session.prepared import DEFAULT_SERVER_LIMIT, ServerStatements
+from .settings import PoolSettings
+from .statements import DEFAULT_SERVER_LIMIT, ServerStatements
 
-if TYPE_CHECKING:
-    from .pool import Pool
+
+class Home(Protocol):
+    """What a connection knows of the pool it belongs to (pool/pool.py's Pool)."""
+
+    settings: PoolSettings
+    role: str
+    closed: bool
+
+    def checkin(self, server: ServerConnection, reusable: bool = True) -> None: ...
+
+    def report_failure(self, why: str) -> None: ...
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -42,7 +52,7 @@ class ServerConnection:
         self.created_at = now
         self.last_used = now
         self.broken = False
-        self.pool: Pool | None = None  # the pool this connection belongs to
+        self.pool: Home | None = None  # the pool this connection belongs to
         self.needs_check = False  # idle so long that it is checked before use
         self.statements = ServerStatements(statements_limit)  # shared names prepared here
         self.synced_key: frozenset | None = None  # the ClientParams.key these settings match

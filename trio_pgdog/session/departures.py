@@ -13,12 +13,13 @@ sent before it left, its pool slot comes back.
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import Protocol
 
 import trio
 
-if TYPE_CHECKING:
-    from .session import ClientSession
+from ..netio import Conn
+from ..pool.server import ServerConnection
 
 INTERVAL = 0.05  # seconds between looks
 GRACE = 1.0      # seconds a departed client's server has to answer the cancel
@@ -36,7 +37,20 @@ class Departure:
         self.aborted = False  # the server did not answer in time: its connection is closed
 
 
-def waiting_on_server(session: ClientSession) -> bool:
+class Watched(Protocol):
+    """What the watch reads of a client session (session/session.py)."""
+
+    client: Conn
+    server: ServerConnection | None
+    pending: int
+    departure: Departure | None
+
+    def client_departed(self, now: float) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def waiting_on_server(session: Watched) -> bool:
     """Does the session hold a server that owes answers (or a departed client's server)?"""
     return session.server is not None and bool(session.pending or session.departure is not None)
 
@@ -49,7 +63,7 @@ def hung_up(fds: list[int]) -> set[int]:
     return {fd for fd, events in poller.poll(0) if events & _HUNG_UP}
 
 
-def look(sessions: list[ClientSession], now: float) -> None:
+def look(sessions: Iterable[Watched], now: float) -> None:
     """One look over the sessions waiting on a server."""
     waiting = [s for s in sessions if waiting_on_server(s)]
     if not waiting:
@@ -64,7 +78,7 @@ def look(sessions: list[ClientSession], now: float) -> None:
             session.abort()
 
 
-async def watch(sessions: dict[int, ClientSession]) -> None:
+async def watch(sessions: dict[int, Watched]) -> None:
     """Run for the life of the proxy (in its root nursery)."""
     while True:
         await trio.sleep(INTERVAL)

@@ -40,8 +40,8 @@ from .startup import Cancel, Startup, read_startup
 from .tracker import Tracker
 
 if TYPE_CHECKING:
-    from ..app import Proxy
     from ..pool.pool import Pool
+    from .host import Host
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class ClientSession:
         "wrote_at",
     )
 
-    def __init__(self, app: Proxy, conn: Conn, addr: str):
+    def __init__(self, app: Host, conn: Conn, addr: str):
         self.app = app
         self.client = conn
         self.addr = addr

@@ -23,7 +23,8 @@ from .owed import COPY_END, ENDS_READY, CopyInput, Owed, drop_copy_ends, enter_c
 from .sqltext import MARK_FIELD, unmarked
 
 if TYPE_CHECKING:
-    from .prepared import ServerStatements, StatementRegistry
+    from ..pool.statements import ServerStatements
+    from .prepared import StatementRegistry
 
 _LEN = struct.Struct("!i").unpack_from
 

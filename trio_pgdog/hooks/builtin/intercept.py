@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from pglast.parser import ParseError, fingerprint, split
-
 from ...protocol.types import require_type_oid
+from ...router.fingerprint import statement_fingerprint
 from ..api import Decision, QueryInfo
 
 if TYPE_CHECKING:
@@ -23,17 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["Intercept", "statement_fingerprint"]
 
 _PLACEHOLDER = re.compile(r"\$\{(USER|DATABASE)\}")
-
-
-def statement_fingerprint(query: str) -> str:
-    """The fingerprint of one configured statement; ValueError when it is not exactly one."""
-    try:
-        statements = split(query)
-    except ParseError as exc:
-        raise ValueError(f"{query!r} is not valid SQL: {exc}") from None
-    if len(statements) != 1:
-        raise ValueError(f"{query!r} must be exactly one statement, found {len(statements)}")
-    return fingerprint(query)
 
 
 class _Answer:

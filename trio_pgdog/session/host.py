@@ -1,0 +1,37 @@
+"""What a client session needs from the proxy that runs it (app.Proxy), so that the session
+room depends on the app only through this description."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..hooks.registry import HookRegistry
+    from ..pool.manager import PoolManager
+    from ..router.cache import ParseCache
+    from .prepared import StatementRegistry
+    from .spellings import Spellings
+    from .startup import Cancel
+
+
+class Host(Protocol):
+    config: Config
+    pools: PoolManager
+    hooks: HookRegistry              # replaced whole on reload
+    statements: StatementRegistry    # shared prepared-statement names
+    spellings: Spellings
+    parse_cache: ParseCache
+    shutting_down: bool
+
+    def register(self, session: object) -> tuple[int, int]:
+        """A logged-in session's BackendKeyData (pid, secret)."""
+
+    def forget(self, session: object) -> None: ...
+
+    async def cancel(self, request: Cancel) -> None:
+        """Forward a client's CancelRequest."""
+
+    def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run a short task owned by the proxy, not by the session."""
