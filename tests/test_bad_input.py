@@ -317,43 +317,117 @@ async def test_impossible_length_inside_a_transaction_rolls_it_back(proxy_factor
     no_traceback(proxy)
 
 
-async def test_unknown_message_type_gets_postgresql_s_answer(proxy_factory, pg):
-    # The proxy forwards messages it does not know; PostgreSQL ends the server connection
-    # with FATAL 08P01 "invalid frontend message type". The proxy keeps the client (in
-    # transaction mode its session lives on no particular server), reports the lost
-    # server connection with PostgreSQL's reason (08006, not FATAL) and stays usable.
+async def test_unknown_message_type_is_refused_as_postgresql_would(proxy_factory, pg):
+    # PostgreSQL ends a connection that sends a message type it does not know with FATAL
+    # 08P01 "invalid frontend message type". The proxy does the same itself instead of
+    # passing the message on: no server connection is sacrificed for it.
     proxy = proxy_factory(default_pool_size=1, **TRUST)
     wire, _ = await trust_login(proxy)
     async with wire:
         first_pid = await wire.scalar("select pg_backend_pid()")
         await wire.send(pgwire.message(b"y", b"what is this?") + pgwire.message(b"S"))
-        result = await wire.read_result()
-        assert result.error is not None and result.error.sqlstate == "08006", result
-        assert "invalid frontend message type 121" in result.error.fields["M"]  # PostgreSQL's words
-        assert result.status == b"I"
-        # Usable afterwards, on a new server connection.
-        second_pid = await wire.scalar("select pg_backend_pid()")
-        assert second_pid != first_pid
+        error = await wire.expect_fatal("08P01")
         port = wire.local_port
-    await logged_once(proxy, port, containing="lost server connection")
+    assert error.fields["M"] == "invalid frontend message type 121 ('y')"
+    await logged_once(proxy, port, containing="invalid frontend message type 121")
     await assert_healthy(proxy)
-    found = await wait_backends(pg, lambda b: int(first_pid) not in b)
-    assert int(first_pid) not in found
+    wire, _ = await trust_login(proxy)
+    async with wire:  # the pool's one server connection was not lost
+        assert await wire.scalar("select pg_backend_pid()") == first_pid
 
 
-async def test_unknown_message_type_then_a_query(proxy_factory):
-    # Without a Sync: the client must still get exactly one answer per message it sends.
+@pytest.mark.parametrize("kind", [b"S", b"D", b"C", b"E", b"H", b"c", b"f"])
+async def test_oversized_small_message_is_refused(proxy_factory, kind):
+    # PostgreSQL caps these types at 10000 bytes and drops a connection that sends more
+    # without saying why; the proxy tells the client instead.
     proxy = proxy_factory(**TRUST)
     wire, _ = await trust_login(proxy)
     async with wire:
-        await wire.send(pgwire.message(b"y", b"?"))
-        error = await wire.read_message()
-        assert error is not None and error.sqlstate == "08006", error
-        await wire.send(pgwire.message(b"S"))
-        assert (await wire.read_result()).status == b"I"
-        assert await wire.scalar("select 7") == "7"
+        await wire.send(pgwire.message(kind, b"x" * 10000))
+        error = await wire.expect_fatal("08P01")
         port = wire.local_port
-    await logged_once(proxy, port, containing="invalid frontend message type")
+    assert error.fields["M"] == f"invalid message length 10004 for message type {kind.decode()!r}"
+    await logged_once(proxy, port, containing="invalid message length 10004")
+    await assert_healthy(proxy)
+
+
+# --- malformed names in extended-protocol messages ---------------------------------------
+
+# (type, body, what the proxy says): each body lacks the NUL that ends a name.
+UNTERMINATED_NAMES = {
+    "parse": (b"P", b"s1", "Parse message: statement name is not NUL-terminated"),
+    "bind-portal": (b"B", b"p1", "Bind message: portal name is not NUL-terminated"),
+    "bind-statement": (b"B", b"\x00s1", "Bind message: statement name is not NUL-terminated"),
+    "describe-statement": (b"D", b"Ss1", "Describe message: statement name is not NUL-terminated"),
+    "describe-portal": (b"D", b"Pp1", "Describe message: portal name is not NUL-terminated"),
+    "close-statement": (b"C", b"Ss1", "Close message: statement name is not NUL-terminated"),
+    "close-portal": (b"C", b"Pp1", "Close message: portal name is not NUL-terminated"),
+}
+HOOK_TOML = '\n[hooks.table_access]\nenabled = true\ntables = ["secrets"]\n'
+# Where the proxy reads these names: renaming prepared statements (transaction pooling)
+# and the hook path (any pooling mode).
+READING_CONFIGS = {
+    "transaction": ("transaction", ""),
+    "transaction-with-hook": ("transaction", HOOK_TOML),
+    "session-with-hook": ("session", HOOK_TOML),
+}
+# A well-formed named Parse before the bad message, in the same chunk: the proxy has begun
+# preparing it on the server when it finds the bad one.
+GOOD_PARSE = pgwire.message(b"P", b"good\x00select 40 + 2\x00\x00\x00")
+
+
+def prepared_query_works(proxy) -> None:
+    """A client preparing the same statement as GOOD_PARSE, and nothing left of the bad ones'
+    transactions."""
+    with proxy.connect(prepare_threshold=0) as conn:
+        for _ in range(2):
+            assert conn.execute("select 40 + 2").fetchone() == (42,)
+        assert conn.execute("select count(*) from bad_input_t").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("config", READING_CONFIGS)
+async def test_unterminated_names_are_protocol_violations(pg, proxy_factory, config):
+    # Once: FATAL XX000 "internal error: ValueError('subsection not found')" and an ERROR
+    # line in the log.
+    mode, hooks = READING_CONFIGS[config]
+    proxy = proxy_factory(pgdog_text=lambda port: pgdog_toml(
+        pg, port, pooler_mode=mode, default_pool_size=1, **TRUST) + hooks)
+    pg.sql(TABLE_SQL, dbname=APP_DB)
+    for kind, body, text in UNTERMINATED_NAMES.values():
+        for in_transaction in (False, True):
+            wire, _ = await trust_login(proxy)
+            async with wire:
+                if in_transaction:
+                    result = await wire.query("begin; insert into bad_input_t values (1)")
+                    assert result.error is None and result.status == b"T", result
+                await wire.send(GOOD_PARSE + pgwire.message(kind, body) + pgwire.message(b"S"))
+                error = await wire.expect_fatal("08P01")
+                port = wire.local_port
+            assert error.fields["M"] == text
+            await logged_once(proxy, port, containing=text)
+    # The pool's one server connection went back rolled back, or was replaced: a client
+    # preparing the same statement finds neither a transaction nor a statement the proxy
+    # wrongly believes prepared on it.
+    await trio.to_thread.run_sync(prepared_query_works, proxy)
+    await assert_healthy(proxy)
+    assert "internal error" not in proxy.log
+
+
+async def test_unterminated_names_in_session_pooling_without_hooks_are_postgresql_s(
+        pg, proxy_factory):
+    # Nothing reads these messages on the way: PostgreSQL refuses them (08P01, not fatal),
+    # skips to Sync as after any error, and the session goes on.
+    proxy = proxy_factory(pooler_mode="session", default_pool_size=1, **TRUST)
+    wire, _ = await trust_login(proxy)
+    async with wire:
+        for kind, body, _text in UNTERMINATED_NAMES.values():
+            await wire.send(GOOD_PARSE + pgwire.message(kind, body) + pgwire.message(b"S"))
+            assert (await wire.read_message()).kind == b"1"  # ParseComplete
+            result = await wire.read_result()
+            assert result.error is not None and result.error.sqlstate == "08P01", result
+            assert result.error.fields["S"] == "ERROR" and result.status == b"I", result
+            assert await wire.scalar("select 40 + 2") == "42"
+            await wire.query("deallocate good")
     await assert_healthy(proxy)
 
 
