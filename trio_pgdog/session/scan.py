@@ -20,6 +20,7 @@ _COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
 # The other message types a client may send after login (Parse, Bind, Describe, Execute,
 # Close, Flush, FunctionCall); PostgreSQL ends the connection on any other type.
 _OTHER_KNOWN = frozenset(b"PBDECHF")
+_KNOWN = _OTHER_KNOWN | {QUERY, SYNC, TERMINATE, COPY_DATA, COPY_DONE, COPY_FAIL}
 # Types PostgreSQL caps at 10000 bytes (PQ_SMALL_MESSAGE_LIMIT): past that it drops the
 # connection without a word, so the proxy refuses them itself.
 _SMALL_LIMIT = 10000
@@ -121,6 +122,11 @@ class ClientScan:
         if pos >= end:
             self._skip = pos - end
         else:
+            # A header cut short is forwarded as it came, and PostgreSQL reads the type
+            # byte first: refuse an unknown one now, as the complete headers above.
+            kind = data[pos]
+            if kind not in _KNOWN:
+                raise ProtocolError(f"invalid frontend message type {kind} ({chr(kind)!r})")
             self._carry = data[pos:]
             self._skip = 0
 
