@@ -999,8 +999,9 @@ def _acceptable(msg: pgwire.Message) -> bool:
     if msg.kind != b"E":
         return True
     fields = msg.fields
-    if fields.get("S") == "FATAL":
-        return fields.get("C") == "08P01" and "internal error" not in fields.get("M", "")
+    if fields.get("S") == "FATAL":  # the client's fault, not a miscount of the server's answers
+        text = fields.get("M", "")
+        return fields.get("C") == "08P01" and "internal error" not in text and "server sent" not in text
     if "R" not in fields:
         return fields.get("C") in _PROXY_SQLSTATES
     return fields.get("C") != "08006"
@@ -1143,4 +1144,8 @@ async def test_function_call_answers_stay_with_their_client(pg, proxy_factory):
         assert result.error is not None and result.error.sqlstate == "42883", result
         assert (await wire.read_result()).status == b"I"          # the Sync's
         assert (await wire.read_result()).rows == [[b"mine"]]     # the Query's
+        # Counted one short, the proxy either gave the server back before the Query's answer
+        # (which the next client then reads) or, when the answers came in one piece, saw one
+        # ReadyForQuery too many and ended this session (FATAL 08P01).
+        assert await wire.scalar("select 'again'") == "again"
     await _next_client_runs(proxy)
