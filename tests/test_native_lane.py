@@ -16,6 +16,7 @@ from trio_pgdog import speedups
 from trio_pgdog.config.models import Plugin
 from trio_pgdog.hooks.native import NativeHook, load_plugin
 from trio_pgdog.hooks.registry import Entry, HookSet
+from trio_pgdog.protocol import ProtocolError
 from trio_pgdog.router.cache import ParseCache
 from trio_pgdog.session import hooked
 from trio_pgdog.session.hooked import HookedStream
@@ -204,3 +205,46 @@ def test_executions_are_left_to_python_once_the_proxy_stands_in(load, taken):
     assert s.from_client(data).to_server == data
     s.from_client(query("select 1"))
     assert taken == [False, True, False, True]
+
+
+def _bind(values: bytes, results: bytes = b"\x00\x00") -> bytes:
+    """A Bind of the unnamed statement: no format codes, then `values` (count included)."""
+    return msg(b"B", b"\x00\x00" + b"\x00\x00" + values + results)
+
+
+_PARSE = msg(b"P", b"\x00select $1\x00\x00\x00")
+_ONE_VALUE = b"\x00\x01" + struct.pack("!i", 1) + b"1"
+_DESCRIBE, _EXECUTE, _SYNC = msg(b"D", b"P\x00"), msg(b"E", b"\x00\x00\x00\x00\x00"), msg(b"S", b"")
+# Chunks the lane would take if they were well-formed (the statement is known by then), and
+# what is wrong with each.
+MALFORMED = {
+    "Query message: query string is not NUL-terminated": msg(b"Q", b"select 1"),
+    "Query message: 2 unexpected bytes after the query string's NUL": msg(b"Q", b"select 1\x00x\x00"),
+    "Describe message: target type 'X' (expected 'S' or 'P')":
+        _PARSE + _bind(_ONE_VALUE) + msg(b"D", b"X\x00") + _EXECUTE + _SYNC,
+    "Execute message: 1 bytes after the portal name (expected a 4-byte row limit)":
+        _PARSE + _bind(_ONE_VALUE) + _DESCRIBE + msg(b"E", b"\x00\x00") + _SYNC,
+    "Bind message: parameter length -2":
+        _PARSE + _bind(b"\x00\x01" + struct.pack("!i", -2)) + _DESCRIBE + _EXECUTE + _SYNC,
+    "Bind message: 0 result format codes declared but 1 bytes of them sent":
+        _PARSE + _bind(_ONE_VALUE, b"\x00\x00\x00") + _DESCRIBE + _EXECUTE + _SYNC,
+    "Parse message: 0 parameter types declared but 1 bytes of them sent":
+        msg(b"P", b"\x00select $1\x00\x00\x00\x00") + _bind(_ONE_VALUE) + _DESCRIBE + _EXECUTE + _SYNC,
+}
+
+
+@pytest.mark.parametrize("problem", MALFORMED)
+def test_malformed_chunks_are_refused_alike(load, taken, problem):
+    """The lane leaves a malformed chunk to the Python path, which refuses it (the session
+    answers FATAL 08P01 with the message), whether the lane runs or not."""
+    hooks = hook_set(load("noop"))
+    good = _PARSE + _bind(_ONE_VALUE) + _DESCRIBE + _EXECUTE + _SYNC
+    for lane in (True, False):
+        s = stream(hooks, lane=lane)
+        s.from_client(good)
+        s.queue.clear()
+        s.lean_ready = 0
+        with pytest.raises(ProtocolError) as refused:
+            s.from_client(MALFORMED[problem])
+        assert str(refused.value) == problem
+    assert taken == [False, False]   # the first Parse of the statement, then the bad chunk

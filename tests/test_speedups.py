@@ -66,6 +66,14 @@ def test_a_driver_execution_is_read_alike():
     execution("SELECT 1") + msg(b"S", b""),              # two Syncs
     msg(b"B", b"\x00\x00" + bind_rest([], [])) + msg(b"S", b""),  # no Execute
     msg(b"P", b"no-nul-anywhere") + execution("", parse=False),   # Parse without its NULs
+    # A Parse whose parameter types do not fill it exactly, a bad Describe, a bad Execute:
+    msg(b"P", b"\x00SELECT 1\x00\x00\x01") + execution("", parse=False),
+    msg(b"P", b"\x00SELECT 1\x00\x00\x00\x00") + execution("", parse=False),
+    execution("SELECT 1", describe=False).replace(msg(b"E", b"\x00" * 5), msg(b"D", b"X\x00") +
+                                                  msg(b"E", b"\x00" * 5)),
+    execution("SELECT 1").replace(msg(b"D", b"P\x00"), msg(b"D", b"Pa\x00b\x00")),
+    execution("SELECT 1").replace(msg(b"E", b"\x00" * 5), msg(b"E", b"\x00" * 4)),
+    execution("SELECT 1").replace(msg(b"E", b"\x00" * 5), msg(b"E", b"ab\x00\x00\x00\x00")),
 ])
 def test_anything_else_is_none(data):
     assert speedups.c.one_execution(data) is None
@@ -108,3 +116,14 @@ def test_damaged_executions_read_alike(garbage, where, patch):
 def test_bind_parameters_alike(rest):
     c_answer, py_answer = both(speedups.c.bind_parameters, bind_parameters_py, rest)
     assert c_answer == py_answer
+
+
+@pytest.mark.parametrize("rest", [
+    struct.pack("!hh", 0, 1) + struct.pack("!i", -2),             # a negative length not -1
+    struct.pack("!hh", 0, 0),                                     # no result format count
+    struct.pack("!hhh", 0, 0, -1),                                # a negative one
+    struct.pack("!hhh", 0, 0, 1),                                 # its code missing
+    struct.pack("!hhhh", 0, 0, 0, 7),                             # bytes after the end
+])
+def test_malformed_bind_values_are_refused_by_both(rest):
+    assert both(speedups.c.bind_parameters, bind_parameters_py, rest) == [ValueError, ValueError]

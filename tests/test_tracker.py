@@ -1,6 +1,9 @@
 """The extended-protocol tracker without sockets: renaming, hidden and synthetic responses."""
 
+import pytest
+
 from trio_pgdog.pool.statements import ServerStatements
+from trio_pgdog.protocol import ProtocolError
 from trio_pgdog.protocol import messages as m
 from trio_pgdog.session.prepared import StatementRegistry
 from trio_pgdog.session.tracker import CLOSE_COMPLETE, PARSE_COMPLETE, Tracker
@@ -99,3 +102,42 @@ def test_partial_messages_wait_for_the_rest():
     out1, _, _ = t.from_server(reply[:3], server)
     out2, ready, _ = t.from_server(reply[3:], server)
     assert out1 + out2 == reply and ready == [b"I"]
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (m.message(b"P", b"s1"), "Parse message: statement name is not NUL-terminated"),
+    (m.message(b"P", b""), "Parse message: statement name is not NUL-terminated"),
+    (m.message(b"P", b"s1\x00select 1"), "Parse message: query string is not NUL-terminated"),
+    (m.message(b"P", b"s1\x00select 1\x00"), "Parse message: the parameter type count is missing"),
+    (m.message(b"P", b"s1\x00select 1\x00\x00\x01"),
+     "Parse message: 1 parameter types declared but 0 bytes of them sent"),
+    (m.message(b"B", b"p1"), "Bind message: portal name is not NUL-terminated"),
+    (m.message(b"B", b"\x00s1"), "Bind message: statement name is not NUL-terminated"),
+    (m.message(b"B", b"\x00"), "Bind message: statement name is not NUL-terminated"),
+    (m.message(b"D", b"Ss1"), "Describe message: statement name is not NUL-terminated"),
+    (m.message(b"D", b"Pp1"), "Describe message: portal name is not NUL-terminated"),
+    (m.message(b"D", b"X\x00"), "Describe message: target type 'X' (expected 'S' or 'P')"),
+    (m.message(b"D", b""), "Describe message: target type missing (expected 'S' or 'P')"),
+    (m.message(b"D", b"Ss1\x00x\x00"), "Describe message: 2 unexpected bytes after the statement name"),
+    (m.message(b"C", b"Ss1"), "Close message: statement name is not NUL-terminated"),
+    (m.message(b"C", b"Pp1"), "Close message: portal name is not NUL-terminated"),
+])
+def test_malformed_names_are_protocol_violations(data, problem):
+    server = ServerStatements()
+    t = Tracker(StatementRegistry())
+    with pytest.raises(ProtocolError) as refused:
+        t.from_client(data + SYNC, server)
+    assert str(refused.value) == problem
+    # What a chunk starting with a named Parse may be answered without a server: the same.
+    if data.startswith(b"P") and data[5:6] not in (b"", b"\x00"):
+        with pytest.raises(ProtocolError) as refused:
+            t.answer_locally(data + SYNC)
+        assert str(refused.value) == problem
+
+
+def test_well_formed_unnamed_messages_pass_unread():
+    # Portals and the unnamed statement need no renaming: forwarded as they came, for
+    # PostgreSQL to check (here: a query without its parameter types).
+    data = (m.message(b"P", b"\x00select 1\x00") + m.message(b"D", b"Pp1\x00")
+            + m.message(b"C", b"P\x00") + m.message(b"D", b"S\x00") + SYNC)
+    assert Tracker(StatementRegistry()).from_client(data, ServerStatements()) == (data, b"")

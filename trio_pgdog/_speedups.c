@@ -60,8 +60,30 @@ static int take_name(Span *rest, Span *name) {
     return 1;
 }
 
+/* The end of a Parse body after its query string: a parameter type count and that many
+ * 4-byte type OIDs, nothing more. */
+static int parameter_types_ok(Span types) {
+    if (types.len < 2)
+        return 0;
+    int count = be16((const unsigned char *)types.data);
+    return count >= 0 && types.len == 2 + 4 * (Py_ssize_t)count;
+}
+
+/* A Describe body: 'S' or 'P', then a name whose NUL is the last byte. */
+static int describe_ok(Span body) {
+    return body.len >= 2 && (body.data[0] == 'S' || body.data[0] == 'P') &&
+           memchr(body.data + 1, 0, (size_t)body.len - 1) == body.data + body.len - 1;
+}
+
+/* An Execute body: a portal name, its NUL, then a 4-byte row limit. */
+static int execute_ok(Span body) {
+    return body.len >= 5 && memchr(body.data, 0, (size_t)body.len - 4) == body.data + body.len - 5;
+}
+
 /* Read `buf` as exactly [Parse] Bind [Describe] Execute Sync: 1 and `ex` filled, or 0 for
- * anything else, including names or a query text without their NUL. */
+ * anything else, including names or a query text without their NUL, a Parse whose parameter
+ * types do not fill it exactly, or a malformed Describe or Execute (the Bind's values are
+ * read_parameters' to check). */
 static int read_execution(const unsigned char *buf, Py_ssize_t end, Execution *ex) {
     Span bodies[5];
     char kinds[6];
@@ -88,9 +110,11 @@ static int read_execution(const unsigned char *buf, Py_ssize_t end, Execution *e
         if (!take_name(&rest, &ex->parse_name))
             return 0;
         ex->parse_rest = rest;
-        if (!take_name(&rest, &ex->sql))
+        if (!take_name(&rest, &ex->sql) || !parameter_types_ok(rest))
             return 0;
     }
+    if (!execute_ok(bodies[n - 2]) || (kinds[n - 3] == 'D' && !describe_ok(bodies[n - 3])))
+        return 0;
     Span rest = bodies[ex->has_parse];
     if (!take_name(&rest, &ex->portal) || !take_name(&rest, &ex->statement))
         return 0;
@@ -123,9 +147,10 @@ static PyObject *one_execution(PyObject *self, PyObject *data) {
 }
 
 /* A Bind body after its two names: its values into `array` (the first `room` of them; a
- * negative length is NULL: data NULL, len -1), each with its format code. Returns the number
+ * length of -1 is NULL: data NULL, len -1), each with its format code. Returns the number
  * of values, which may exceed `room` (call again with more room), or -1 when the body is
- * malformed as PostgreSQL would reject it. The whole body is checked either way. */
+ * malformed as PostgreSQL would reject it. The whole body, result format codes included, is
+ * checked either way. */
 static int read_parameters(const unsigned char *buf, Py_ssize_t len, PgdogParameter *array, int room) {
     if (len < 2)
         return -1;
@@ -142,7 +167,7 @@ static int read_parameters(const unsigned char *buf, Py_ssize_t len, PgdogParame
             return -1;
         int32_t n = (int32_t)be32(buf + pos);
         pos += 4;
-        if (n >= 0 && n > len - pos)
+        if (n < -1 || (n >= 0 && n > len - pos))
             return -1;
         if (i < room) {
             array[i].data = n < 0 ? NULL : (const char *)buf + pos;
@@ -152,6 +177,12 @@ static int read_parameters(const unsigned char *buf, Py_ssize_t len, PgdogParame
         if (n > 0)
             pos += n;
     }
+    /* The result format codes close the body. */
+    if (len - pos < 2)
+        return -1;
+    int nresults = be16(buf + pos);
+    if (nresults < 0 || len - pos - 2 != 2 * (Py_ssize_t)nresults)
+        return -1;
     return count;
 }
 
@@ -435,9 +466,10 @@ static int execution_input(const Execution *ex, PyObject *statements, PgdogInput
  * `portals` its portals.
  *
  * Returns False when the chunk is not one the lane takes (the Python path takes it then):
- * not exactly one Query or one [Parse] Bind [Describe] Execute Sync; a Parse not already
- * known with that text; a Bind of an unknown statement; text that is not UTF-8; a
- * malformed Bind or one of more than 64 values; any portal known. Returns None when every
+ * not exactly one well-formed Query or one [Parse] Bind [Describe] Execute Sync
+ * (read_execution); a Parse not already known with that text; a Bind of an unknown
+ * statement; text that is not UTF-8; a malformed Bind or one of more than 64 values; any
+ * portal known. Returns None when every
  * plugin answered PGDOG_NO_DECISION (each output freed): the chunk goes as sent. Returns
  * (index, PgdogOutput bytes) for the first plugin that decided; that output is not freed. */
 static PyObject *native_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -459,9 +491,11 @@ static PyObject *native_lane(PyObject *self, PyObject *const *args, Py_ssize_t n
     PyObject *keep = NULL;   /* what input.query points into, when not the client's bytes */
 
     if (end >= 5 && buf[0] == 'Q' && (Py_ssize_t)be32(buf + 1) + 1 == end) {
-        Py_ssize_t n = end - 5;
-        while (n > 0 && buf[5 + n - 1] == 0)   /* as the Python path's rstrip(b"\0") */
-            n--;
+        /* One query string whose NUL ends the message; anything else is the Python path's
+         * to refuse (ext.query_text). */
+        if (end == 5 || memchr(buf + 5, 0, (size_t)(end - 5)) != buf + end - 1)
+            Py_RETURN_FALSE;
+        Py_ssize_t n = end - 6;
         if (!is_utf8((const char *)buf + 5, n))
             Py_RETURN_FALSE;
         input.query.data = (const char *)buf + 5;

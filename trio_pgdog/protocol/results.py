@@ -62,9 +62,11 @@ def select_result(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[st
 
 def bind_parameters_py(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int, ...]]:
     """A Bind body after its portal and statement names: (values, format per value); a
-    negative length is NULL (None). Twin of _speedups.bind_parameters.
+    length of -1 is NULL (None). Twin of _speedups.bind_parameters.
 
-    Raises ValueError when the body is malformed (PostgreSQL would reject it too).
+    Raises ValueError when the body is malformed (PostgreSQL would reject it too): counts
+    that are negative or disagree, a value running past the message, a negative length
+    other than -1, result format codes missing, or bytes after them.
     """
     try:
         (nformats,) = _I16.unpack_from(rest, 0)
@@ -83,15 +85,23 @@ def bind_parameters_py(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int
         for _ in range(count):
             (n,) = _I32.unpack_from(rest, pos)
             pos += 4
-            if n < 0:
+            if n == -1:
                 values.append(None)
+            elif n < 0:
+                raise ValueError(f"malformed Bind message: parameter length {n}")
             else:
                 if pos + n > len(rest):
                     raise ValueError("malformed Bind message: a parameter runs past the message")
                 values.append(rest[pos : pos + n])
                 pos += n
-    except struct.error as exc:
-        raise ValueError(f"malformed Bind message: {exc}") from None
+        (nresults,) = _I16.unpack_from(rest, pos)
+        if nresults < 0:
+            raise ValueError("malformed Bind message: negative result format count")
+        if len(rest) != pos + 2 + 2 * nresults:
+            raise ValueError(f"malformed Bind message: {nresults} result format codes declared "
+                             f"but {len(rest) - pos - 2} bytes of them sent")
+    except struct.error:
+        raise ValueError("malformed Bind message: it ends too soon") from None
     if nformats == 0:
         per_value = (0,) * count
     elif nformats == 1:
@@ -106,7 +116,7 @@ bind_parameters = speedups.c.bind_parameters if speedups.c is not None else bind
 
 def parse_parameter_types(rest: bytes) -> tuple[int, ...]:
     """The parameter type oids a Parse declares (its body after the name: query, types)."""
-    end = rest.index(b"\x00") + 1
+    end = rest.find(b"\x00") + 1
     try:
         (count,) = _I16.unpack_from(rest, end)
         return struct.unpack_from(f"!{count}I", rest, end + 2)

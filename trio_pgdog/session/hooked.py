@@ -339,11 +339,8 @@ class HookedStream:
                 decision = self._decide(query_text(body), (), (), extended=False)
             elif kind == PARSE:
                 open_batch = True
-                try:
-                    name, rest = ext.parse_name(body)
-                    sql = ext.parse_query_text(rest)
-                except ValueError:
-                    continue  # malformed: forwarded, PostgreSQL reports it
+                name, rest = ext.parse_name(body)  # ProtocolError when malformed
+                sql = ext.parse_query_text(rest)
                 parsed[name] = sql
                 self._parsed[i] = (name, sql, rest)
                 bind = first_bind(messages, i, name)
@@ -362,7 +359,8 @@ class HookedStream:
                     lean = lean and not local
             elif kind in NAMING:
                 open_batch = True
-                lean = lean and not (self.stand_ins and self._names_local(kind, body, parsed))
+                which, name = _named(kind, body)  # ProtocolError when malformed
+                lean = lean and not (self.stand_ins and self._names_local(which, name, parsed))
             elif kind == FLUSH:
                 open_batch = True
             if decision is _UNDECIDED:
@@ -377,10 +375,7 @@ class HookedStream:
     def _plan_bind(self, body: bytes, index: int, parsed: dict[bytes, str]) -> tuple[object, bool]:
         """A Bind that is not its statement's first in the unit: (decision, whether the
         proxy has something other than the client's statement under its name)."""
-        try:
-            _portal, name, rest = ext.bind_statement(body)
-        except ValueError:
-            return _UNDECIDED, False
+        _portal, name, rest = ext.bind_statement(body)
         sql, local = parsed.get(name), False
         if sql is None:
             statement = self.statements.get(name)
@@ -390,15 +385,9 @@ class HookedStream:
         args = self._bind_args[index] = bind_values(rest)
         return self._decide(sql, *args, extended=True), local
 
-    def _names_local(self, kind: int, body: bytes, parsed: dict[bytes, str]) -> bool:
-        """Does this Describe, Close or Execute name something only the proxy answers for?"""
-        try:
-            if kind == EXECUTE:
-                which, name = b"P", body[: body.index(b"\x00")]
-            else:
-                which, name = ext.target(body)
-        except ValueError:
-            return False
+    def _names_local(self, which: bytes, name: bytes, parsed: dict[bytes, str]) -> bool:
+        """Does this Describe, Close or Execute (of portal or statement `name`) name something
+        only the proxy answers for?"""
         if which == b"P":
             portal = self.portals.get(name)
             return portal is not None and portal.decision is not None
@@ -417,14 +406,11 @@ class HookedStream:
             elif kind in READY_KINDS:
                 syncs += 1
             elif kind == CLOSE or (kind == BIND and portals):
-                try:
-                    if kind == BIND:
-                        portals.pop(ext.bind_statement(body)[0], None)
-                    else:
-                        which, name = ext.target(body)
-                        (self.statements if which == b"S" else portals).pop(name, None)
-                except ValueError:
-                    continue
+                if kind == BIND:
+                    portals.pop(ext.bind_statement(body)[0], None)
+                else:
+                    which, name = ext.target(body, b"C")
+                    (self.statements if which == b"S" else portals).pop(name, None)
         return syncs
 
     def server_ready(self, statuses: list[bytes], copy_in: bool = False) -> None:
@@ -509,12 +495,8 @@ class HookedStream:
     # extended protocol
 
     def _parse(self, body: bytes, raw: bytes, decided: object) -> None:
-        try:
-            name, rest = ext.parse_name(body)
-            sql = ext.parse_query_text(rest)
-        except ValueError:  # malformed: PostgreSQL reports it
-            self._forward(raw, Expect(_ENDS_PARSE), extended=True)
-            return
+        name, rest = ext.parse_name(body)
+        sql = ext.parse_query_text(rest)
         statement = Statement(sql, rest)
         self.statements[name] = statement
         # The statement's first execution in this unit decided its fate (_plan); one only
@@ -539,11 +521,7 @@ class HookedStream:
             self._forward(raw, Expect(_ENDS_PARSE), extended=True)
 
     def _bind(self, body: bytes, raw: bytes, decided: object, args: Values | None) -> None:
-        try:
-            portal, name, rest = ext.bind_statement(body)
-        except ValueError:
-            self._forward(raw, Expect(_ENDS_BIND), extended=True)
-            return
+        portal, name, rest = ext.bind_statement(body)
         statement = self.statements.get(name)
         if statement is None:  # never prepared here: PostgreSQL reports it
             self.portals.pop(portal, None)
@@ -581,10 +559,7 @@ class HookedStream:
         self._forward(raw, Expect(_ENDS_BIND), extended=True)
 
     def _describe(self, body: bytes, raw: bytes) -> None:
-        try:
-            which, name = ext.target(body)
-        except ValueError:
-            which, name = b"", b""
+        which, name = ext.target(body, b"D")
         local: Decision | None = None
         if which == b"S" and (statement := self.statements.get(name)) is not None:
             local = statement.local
@@ -599,8 +574,7 @@ class HookedStream:
             self._forward(raw, Expect(_ENDS_DESCRIBE), extended=True)
 
     def _execute(self, body: bytes, raw: bytes) -> None:
-        name = body[: body.find(b"\x00")] if b"\x00" in body else b""
-        portal = self.portals.get(name)
+        portal = self.portals.get(ext.execute_portal(body))
         if portal is not None and portal.decision is not None:
             decision = portal.decision
             portal.run.rows = len(decision.rows)
@@ -612,10 +586,7 @@ class HookedStream:
         self._forward(raw, Expect(_ENDS_EXECUTE, run=run), extended=True)
 
     def _close(self, body: bytes, raw: bytes) -> None:
-        try:
-            which, name = ext.target(body)
-        except ValueError:
-            which, name = b"", b""
+        which, name = ext.target(body, b"C")
         local = False
         if which == b"S" and (statement := self.statements.pop(name, None)) is not None:
             local = statement.server_sql is None
@@ -801,6 +772,14 @@ class HookedStream:
             if statement.local is None:
                 statement.server_sql = statement.sql
         return owed
+
+
+def _named(kind: int, body: bytes) -> tuple[bytes, bytes]:
+    """What a Describe, Close or Execute names: (b"S" or b"P", name); ProtocolError when the
+    message is malformed."""
+    if kind == EXECUTE:
+        return b"P", ext.execute_portal(body)
+    return ext.target(body, bytes((kind,)))
 
 
 def _routes_only(decision: Decision | None) -> bool:

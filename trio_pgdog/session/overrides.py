@@ -7,6 +7,7 @@ the proxy must know it). It is answered in whichever protocol the client used.
 from __future__ import annotations
 
 from ..protocol import errors as codes
+from ..protocol import extended as ext
 from ..protocol import messages as m
 from ..router.keywords import leading_keywords
 
@@ -27,6 +28,14 @@ def _role_value(sql: bytes) -> str | None:
             rest = rest[len(sep):].strip()
             break
     return rest.strip(b"'\"").decode("utf-8", "replace").lower()
+
+
+def _check(kind: int, body: bytes) -> None:
+    """A Bind or Describe the proxy answers itself must be well-formed (ProtocolError)."""
+    if kind == ord("B"):
+        ext.bind_statement(body)
+    elif kind == ord("D"):
+        ext.target(body, b"D")
 
 
 def answer_role_set(data: bytes, status: bytes) -> tuple[bytes, str | None] | None:
@@ -50,6 +59,14 @@ def answer_role_set(data: bytes, status: bytes) -> tuple[bytes, str | None] | No
     for kind, body in messages:
         if kind in (ord("Q"), ord("P")):
             sql = body if kind == ord("Q") else body[1:] if body[:1] == b"\x00" else b""
+            if _role_value(sql) is None:
+                return None
+            # Answered here, so read here: a malformed message is refused (ProtocolError).
+            if kind == ord("Q"):
+                ext.query_text(body)
+            else:
+                sql = ext.parse_name(body)[1]
+                sql = sql[: sql.index(b"\x00")]
             value = _role_value(sql)
             if value is None:
                 return None
@@ -69,8 +86,10 @@ def answer_role_set(data: bytes, status: bytes) -> tuple[bytes, str | None] | No
             elif not failed:
                 out.append(_ANSWERS[kind])
         elif kind in _ANSWERS and not failed:
+            _check(kind, body)
             out.append(_ANSWERS[kind])
         elif kind == ord("E"):
+            ext.execute_portal(body)
             if not failed:
                 out.append(_SET_DONE)
         elif kind == ord("S"):

@@ -19,6 +19,14 @@ QUERY, SYNC, TERMINATE, PARSE = ord("Q"), ord("S"), ord("X"), ord("P")
 FUNCTION_CALL, FLUSH = ord("F"), ord("H")
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
 _COPY_STREAM = frozenset((COPY_DATA, COPY_DONE, COPY_FAIL))
+# The other message types a client may send after login (Parse, Bind, Describe, Execute,
+# Close, Flush, FunctionCall); PostgreSQL ends the connection on any other type.
+_OTHER_KNOWN = frozenset(b"PBDECHF")
+_KNOWN = _OTHER_KNOWN | {QUERY, SYNC, TERMINATE, COPY_DATA, COPY_DONE, COPY_FAIL}
+# Types PostgreSQL caps at 10000 bytes (PQ_SMALL_MESSAGE_LIMIT): past that it drops the
+# connection without a word, so the proxy refuses them itself.
+_SMALL_LIMIT = 10000
+_SMALL = frozenset(b"CDEHSXcf")
 # First bytes of a Query that may be PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment).
 _SPECIAL_FIRST = frozenset(bytes([c]) for c in b"pPdDlL-/ \t\r\n")
 # Server message types whose body the session reads.
@@ -86,7 +94,8 @@ class ClientScan:
         while pos + 5 <= end:
             kind = data[pos]
             length = _LEN(data, pos + 1)[0]
-            if length < 4 or length > MAX_MESSAGE_LENGTH:
+            if length < 4 or length > MAX_MESSAGE_LENGTH or (
+                    length > _SMALL_LIMIT and kind in _SMALL):
                 raise ProtocolError(f"invalid message length {length} for message type "
                                     f"{chr(kind)!r}")
             if kind == SYNC:
@@ -108,6 +117,8 @@ class ClientScan:
                 self.terminate = pos - carried
                 self._skip = 0
                 return
+            elif kind not in _OTHER_KNOWN:
+                raise ProtocolError(f"invalid frontend message type {kind} ({chr(kind)!r})")
             else:
                 self.in_batch = True
                 self.extended = True
@@ -117,6 +128,11 @@ class ClientScan:
         if pos >= end:
             self._skip = pos - end
         else:
+            # A header cut short is forwarded as it came, and PostgreSQL reads the type
+            # byte first: refuse an unknown one now, as the complete headers above.
+            kind = data[pos]
+            if kind not in _KNOWN:
+                raise ProtocolError(f"invalid frontend message type {kind} ({chr(kind)!r})")
             self._carry = data[pos:]
             self._skip = 0
 

@@ -493,7 +493,13 @@ class ClientSession:
                                             or self.pending + cscan.syncs > 1):
             tracker = self._ensure_tracker()  # what the server answers needs counting
         if tracker is not None:
-            data, now = tracker.from_client(data, server.statements)
+            try:
+                data, now = tracker.from_client(data, server.statements)
+            except ProtocolError:
+                # A malformed message mid-chunk: the statements noted as prepared on this
+                # server were never sent. Its next user must not rely on them: close it.
+                server.broken = True
+                raise
             self.pending = tracker.owed
             if now:
                 self._replay = None  # the client has answers now: no silent retry
@@ -954,13 +960,16 @@ def _first_sql(data: bytes, tracker: Tracker | None) -> bytes | None:
     end = 1 + m.unpack_i32(data, 1)
     if kind == 0x51:  # Query
         return data[5:end].rstrip(b"\x00")
+    # Names or a query without their NUL: no statement to route by (what reads the
+    # message next refuses it, or PostgreSQL does).
     if kind == 0x50:  # Parse: name, then the query
         name_end = data.find(b"\x00", 5, end)
-        return data[name_end + 1 : data.find(b"\x00", name_end + 1, end)] if name_end >= 0 else None
+        sql_end = data.find(b"\x00", name_end + 1, end) if name_end >= 0 else -1
+        return data[name_end + 1 : sql_end] if sql_end >= 0 else None
     if kind == 0x42 and tracker is not None:  # Bind of a named statement
         portal_end = data.find(b"\x00", 5, end)
-        name = data[portal_end + 1 : data.find(b"\x00", portal_end + 1, end)]
-        known = tracker.statements.get(name)
+        name_end = data.find(b"\x00", portal_end + 1, end) if portal_end >= 0 else -1
+        known = tracker.statements.get(data[portal_end + 1 : name_end]) if name_end >= 0 else None
         return ext.parse_query_text(known[1]).encode() if known else None
     return None
 

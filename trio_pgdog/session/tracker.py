@@ -75,15 +75,20 @@ _UNNAMED: dict[int, Expect] = {0x50: _E_PARSE, 0x42: _E_BIND, 0x44: _E_DESCRIBE,
 
 
 def _names_statement(kind: int, buf: bytes, pos: int, nxt: int) -> bool:
-    """Does this Parse/Bind/Describe/Close name a prepared statement (not unnamed, not a portal)?"""
+    """Does this Parse/Bind/Describe/Close name a prepared statement (not unnamed, not a
+    portal), or are the names the proxy looks at malformed? Either way `_client_message`
+    reads it (and refuses a malformed one)."""
     body = pos + 5
     if kind == 0x50:
-        return body < nxt and buf[body] != 0
+        return body >= nxt or buf[body] != 0
     if kind == 0x42:
         portal_end = buf.find(0, body, nxt)
-        return 0 <= portal_end < nxt - 1 and buf[portal_end + 1] != 0
-    # Describe/Close 'S' with a name. Malformed messages count as unnamed: PostgreSQL rejects them.
-    return body + 1 < nxt and buf[body] == 0x53 and buf[body + 1] != 0
+        return portal_end < 0 or portal_end == nxt - 1 or buf[portal_end + 1] != 0
+    # Describe/Close: 'S' or 'P', then a name whose NUL is the last byte.
+    if body + 2 > nxt or buf[nxt - 1] != 0:
+        return True
+    which = buf[body]
+    return which != 0x50 and (which != 0x53 or buf[body + 1] != 0)
 
 
 class Tracker:
@@ -173,24 +178,29 @@ class Tracker:
         if messages is None or not messages or messages[-1][0] != 0x53:
             return None
         out: list[bytes] = []
+        changes: list[tuple[bytes, bytes | None]] = []  # (name, Parse rest or None: closed)
         for kind, body in messages:
             if kind == 0x50:
-                name, rest = ext.parse_name(body)
+                name, rest = ext.parse_name(body)  # ProtocolError when malformed
                 if not name or self.registry.name_for(rest) not in self.registry.known_good:
                     return None
+                changes.append((name, rest))
                 out.append(PARSE_COMPLETE)
-            elif kind == 0x43 and body[:1] == b"S" and body[1:2] != b"\x00":
+            elif kind == 0x43:
+                which, name = ext.target(body, b"C")
+                if which != b"S" or not name:
+                    return None
+                changes.append((name, None))
                 out.append(CLOSE_COMPLETE)
             elif kind == 0x53:
                 out.append(READY_IDLE)
             elif kind != 0x48:  # Flush
                 return None
-        for kind, body in messages:  # all answerable: apply them in order
-            if kind == 0x50:
-                name, rest = ext.parse_name(body)
+        for name, rest in changes:  # all answerable: apply them in order
+            if rest is None:
+                self.statements.pop(name, None)
+            else:
                 self.statements[name] = (self.registry.name_for(rest), rest)
-            elif kind == 0x43:
-                self.statements.pop(ext.target(body)[1], None)
         return b"".join(out)
 
     def _client_message(self, kind: int, buf: bytes, pos: int, nxt: int, out: list[bytes],
@@ -215,7 +225,7 @@ class Tracker:
                 out.append(ext.build_bind(portal, known[0], rest))
             self._expect(_ENDS_BIND)
         elif kind == 0x44:  # Describe statement
-            known = self.statements.get(ext.target(body)[1])
+            known = self.statements.get(ext.target(body, b"D")[1])
             if known is None:
                 out.append(buf[pos:nxt])
             else:
@@ -223,7 +233,7 @@ class Tracker:
                 out.append(ext.build_target(b"D", b"S", known[0]))
             self._expect(_ENDS_DESCRIBE)
         else:  # Close statement: shared statements stay on the server for other clients
-            self.statements.pop(ext.target(body)[1], None)
+            self.statements.pop(ext.target(body, b"C")[1], None)
             self._expect(synthetic=CLOSE_COMPLETE)
 
     def _expect(self, ends: frozenset[int] = _ENDS_NOTHING, *, synthetic: bytes | None = None) -> None:

@@ -32,9 +32,7 @@ SYNC_MESSAGE = b"S\x00\x00\x00\x04"
 BATCH_SHAPES = frozenset((b"PBDES", b"PBES", b"BDES", b"BES"))
 
 
-def query_text(body: bytes) -> str:
-    """The SQL of a Query message body (NUL-terminated)."""
-    return body.rstrip(b"\x00").decode("utf-8", "replace")
+query_text = ext.query_text  # the SQL of a Query body; ProtocolError when malformed
 
 
 # (Parse name, its SQL, Parse body after the name, portal, statement, Bind body after the names);
@@ -44,7 +42,8 @@ Execution = tuple[bytes | None, str | None, bytes | None, bytes, bytes, bytes]
 
 def one_execution_py(data: bytes) -> Execution | None:
     """`data` read as one execution of BATCH_SHAPES, or None when it is anything else
-    (including a name or query text without its NUL). Twin of _speedups.one_execution."""
+    (including a malformed Parse, Describe or Execute, or names without their NUL: the
+    general walk refuses those). Twin of _speedups.one_execution."""
     spans: list[tuple[int, int, int]] = []
     pos, end = 0, len(data)
     while pos < end:
@@ -60,12 +59,15 @@ def one_execution_py(data: bytes) -> Execution | None:
         return None
     parse_name = sql = parse_rest = None
     try:
+        ext.execute_portal(data[spans[-2][1] : spans[-2][2]])
+        if spans[-3][0] == DESCRIBE:
+            ext.target(data[spans[-3][1] : spans[-3][2]])
         if spans[0][0] == PARSE:
             parse_name, parse_rest = ext.parse_name(data[spans[0][1] : spans[0][2]])
             sql = ext.parse_query_text(parse_rest)
             spans.pop(0)
         portal, statement, bind_rest = ext.bind_statement(data[spans[0][1] : spans[0][2]])
-    except ValueError:
+    except ProtocolError:
         return None
     return parse_name, sql, parse_rest, portal, statement, bind_rest
 
@@ -105,10 +107,7 @@ def first_bind(messages: list[Message], index: int,
     for j in range(index + 1, len(messages)):
         kind, body, _raw = messages[j]
         if kind == BIND:
-            try:
-                _portal, statement, rest = ext.bind_statement(body)
-            except ValueError:
-                continue
+            _portal, statement, rest = ext.bind_statement(body)
             if statement == name:
                 return j, rest
         elif kind == PARSE and body.startswith(name + b"\x00"):
@@ -117,8 +116,14 @@ def first_bind(messages: list[Message], index: int,
 
 
 def bind_values(rest: bytes) -> Values:
-    """Parameter values and formats from a Bind body after its names."""
+    """Parameter values and formats from a Bind body after its names; ProtocolError when
+    they are malformed."""
     try:
         return r.bind_parameters(rest)
     except ValueError:
-        return (), ()
+        pass
+    try:  # the pure-Python reader says what is wrong (the C one only that something is)
+        r.bind_parameters_py(rest)
+    except ValueError as exc:
+        raise ProtocolError(f"Bind message: {str(exc).removeprefix('malformed Bind message: ')}") from None
+    raise ProtocolError("Bind message: malformed parameters")
