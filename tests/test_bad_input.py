@@ -259,7 +259,7 @@ async def test_unexpected_message_instead_of_a_password(proxy_factory):
 
 @pytest.mark.parametrize("user, database, password, sqlstate", [
     ("app", "nosuchdb", APP_PASSWORD, "3D000"),
-    ("nosuchuser", APP_DB, "whatever", "28000"),
+    ("nosuchuser", APP_DB, "whatever", "28P01"),
     ("app", APP_DB, "wrong-password", "28P01"),
 ], ids=["unknown-database", "unknown-user", "wrong-password"])
 async def test_refused_login_opens_no_server_connection(proxy_factory, pg, user, database,

@@ -307,9 +307,19 @@ class Config:
         init=False, repr=False, eq=False, hash=False
     )
 
+    # A login for a database the user has no entry for checks the password of its first entry.
+    _first_by_name: dict[str, User] = attrs.field(init=False, repr=False, eq=False, hash=False)
+
     @_user_index.default
     def _index_users(self) -> dict[tuple[str, str], User]:
         return {(u.name, u.database): u for u in self.users}
+
+    @_first_by_name.default
+    def _index_names(self) -> dict[str, User]:
+        first: dict[str, User] = {}
+        for user in self.users:
+            first.setdefault(user.name, user)
+        return first
 
     def databases_named(self, name: str) -> tuple[Database, ...]:
         """Every server of one logical database (all shards and roles), in file order."""
@@ -317,3 +327,7 @@ class Config:
 
     def find_user(self, name: str, database: str) -> User | None:
         return self._user_index.get((name, database))
+
+    def first_user_named(self, name: str) -> User | None:
+        """The first ``[[users]]`` entry called `name`, for any database."""
+        return self._first_by_name.get(name)

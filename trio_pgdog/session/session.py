@@ -151,18 +151,18 @@ class ClientSession:
         self.user, self.database = startup.user, startup.database
         if self.app.shutting_down:
             raise ProxyError(codes.CANNOT_CONNECT_NOW, "trio_pgdog is shutting down", fatal=True)
+        await self._authenticate()
+        # Only a client that proved its password learns whether the database or its entry
+        # for it exists (PostgreSQL too reports an unknown database after authentication).
         if not app.config.databases_named(self.database):
             raise ProxyError(codes.UNDEFINED_DATABASE,
                              f'database "{self.database}" does not exist in trio_pgdog '
                              "(no [[databases]] entry with that name)", fatal=True)
-        user = app.config.find_user(self.user, self.database)
         group = app.pools.get(self.user, self.database)
-        if user is None or group is None:
+        if app.config.find_user(self.user, self.database) is None or group is None:
             raise ProxyError(codes.INVALID_AUTHORIZATION,
-                             f'no such user "{self.user}" for database "{self.database}" '
-                             "(add it to users.toml)", fatal=True)
-        await client_auth.authenticate(self.client, app.config.general.auth_type, user.name,
-                                       user.password)
+                             f'user "{self.user}" has no access to database "{self.database}" '
+                             "in trio_pgdog (add a users.toml entry for both)", fatal=True)
         self._use_hooks()
         if self.hooks.pre_connect:
             refused = self.hooks.refuse(ConnectInfo(
@@ -185,6 +185,29 @@ class ClientSession:
         out += [m.backend_key_data(self.pid, self.secret), m.ready_for_query()]
         await self.client.send(b"".join(out))
         log.debug("client %s logged in as %s@%s", self.addr, self.user, self.database)
+
+    async def _authenticate(self) -> None:
+        """Check the client's password before telling it anything about users or databases.
+
+        The password checked is the user's entry for this database, else its first entry for
+        any database; a user name users.toml does not know gets the same exchange against a
+        verifier that never matches, and the same 28P01 as a wrong password."""
+        config = self.app.config
+        method = config.general.auth_type
+        entry = config.find_user(self.user, self.database) or config.first_user_named(self.user)
+        if entry is None and method == "trust":  # no secret to protect: say what is wrong
+            raise ProxyError(codes.INVALID_AUTHORIZATION,
+                             f'no such user "{self.user}" in trio_pgdog (add it to users.toml)',
+                             fatal=True)
+        try:
+            await client_auth.authenticate(self.client, method, self.user,
+                                           entry.password if entry is not None else None)
+        except ProxyError:
+            if entry is None:  # the operator may know what the client must not
+                log.info('client %s: login as unknown user "%s" (database "%s"; not in '
+                         "users.toml), refused as a failed password", self.addr, self.user,
+                         self.database)
+            raise
 
     # --- relay ----------------------------------------------------------------------------------
 
