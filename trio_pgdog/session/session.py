@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -30,7 +31,7 @@ from ..router.fastpath import plain_select
 from ..router.keywords import leading_keywords
 from .hooked import HookedStream
 from .overrides import answer_role_set
-from .params import ClientParams, set_targets
+from .params import IDENTITY, ClientParams, set_targets
 from .scan import ClientScan, ServerScan
 from .sqltext import quote_literal, raise_sql
 from .startup import Cancel, Startup, read_startup
@@ -385,10 +386,10 @@ class ClientSession:
         server = self.server
         assert server is not None
         sync = self.settings.sync_sql(server)
-        if sync is not None and not await self._sync_settings(server, sync):
+        if sync is not None and not await self._sync_settings(server, *sync):
             return
         if cscan.sets and self.transaction_mode and at_boundary:
-            self._note_sets(data)
+            self._note_sets(_statements(data))
         if self.transaction_mode and (cscan.special or cscan.extended or self.tracker):
             data = await self._transaction_rewrite(data, at_boundary, at_sync)
         if self.hooked is None:
@@ -411,13 +412,17 @@ class ClientSession:
         server = self.server
         assert server is not None
         if self.cscan.special and at_boundary:
-            data, discarded_all = _guard_session_sql(data, server)
+            data, discarded_all, sets = _guard_session_sql(data, server)
             if discarded_all:
                 self.recheck = None  # every setting is back to its default
+            elif sets:  # after a comment: the scan did not see them
+                self._note_sets(sets)
         if self.tracker is None and self.cscan.extended and at_sync:
             self._ensure_tracker()
         if self.tracker is not None:
             data, now = self.tracker.from_client(data, server.statements)
+            if self.tracker.ran_sets:  # executions of prepared SET/RESET/DISCARD statements
+                self._note_sets(self.tracker.ran_sets)
             if now:
                 self._replay = None  # the client has answers now: no silent retry
                 await self._to_client(self._hooked_answer(now))
@@ -439,22 +444,44 @@ class ClientSession:
             raise ClientGone
         return server
 
-    async def _sync_settings(self, server: ServerConnection, sql: str) -> bool:
+    async def _sync_settings(self, server: ServerConnection, identity: str | None,
+                             other: str | None) -> bool:
         """Give a freshly checked-out server this client's settings before its transaction;
         False if the server died doing it (the client was told)."""
+        reported: set[str] = set()
+        sql = identity
         try:
             with trio.fail_after(_CLEANUP_TIMEOUT):
-                await server.execute(sql)
-            self.settings.synced(server, server.reported)
+                if identity is not None:
+                    await server.execute(identity)
+                    reported |= server.reported
+                    self.settings.synced(server, reported, IDENTITY)
+                sql = other
+                if other is not None:
+                    await server.execute(other)
+                    reported |= server.reported
+            self.settings.synced(server, reported)
         except ServerError as exc:
             if exc.fields.get("S") in ("FATAL", "PANIC"):  # the server is going away
                 return await self._settings_server_lost(server, exc)
+            if sql == identity:
+                self._identity_lost(server, exc)
             log.warning("client %s (%s@%s): server refused its settings (%s): %s", self.addr,
                         self.user, self.database, sql, exc)
             self.settings.give_up(server)
         except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError) as exc:
             return await self._settings_server_lost(server, exc)
         return True
+
+    def _identity_lost(self, server: ServerConnection, exc: ServerError) -> NoReturn:
+        """The server would not run as this client's role or session authorization (say its
+        membership was revoked): end the session rather than run it as another role."""
+        log.warning("client %s (%s@%s): server refused its role or session authorization: %s",
+                    self.addr, self.user, self.database, exc)
+        self._drop_server(server)  # who it runs as now is not known for sure
+        raise ProxyError(exc.sqlstate, "trio_pgdog could not restore this session's role on a "
+                         f"pooled server connection: {exc}", fatal=True,
+                         hint="reconnect; the proxy does not run the session as another role")
 
     async def _settings_server_lost(self, server: ServerConnection, exc: BaseException) -> bool:
         log.warning("client %s (%s@%s): server connection failed while applying settings: %s",
@@ -466,15 +493,17 @@ class ClientSession:
                                           f"server connection lost: {exc or 'timeout'}"))
         return False
 
-    def _note_sets(self, data: bytes) -> None:
-        """Remember which unreported settings the SET/RESET statements in `data` change."""
-        for kind, sql in _statements(data):
-            if kind == b"Q" or kind == b"P":
-                targets = set_targets(sql, self.settings.reported_names)
-                if targets is None or self.recheck is None:
-                    self.recheck = None
-                else:
-                    self.recheck |= targets
+    def _note_sets(self, statements: Iterable[bytes]) -> None:
+        """Remember which unreported settings these SET/RESET statements change."""
+        for sql in statements:
+            targets = set_targets(sql, self.settings.reported_names)
+            if targets is None and self.server is not None and \
+                    leading_keywords(sql, 1) == ["DISCARD"]:
+                self.server.statements.clear()  # DISCARD ALL dropped them, as a Query's does
+            if targets is None or self.recheck is None:
+                self.recheck = None
+            else:
+                self.recheck |= targets
 
     async def _refresh_settings(self, server: ServerConnection) -> bool:
         """After a transaction that ran SET/RESET of settings PostgreSQL does not report, read
@@ -720,13 +749,15 @@ _REFUSED = {
 }
 
 
-def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bool]:
+def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bool, list[bytes]]:
     """SQL-level PREPARE and LISTEN cannot work in transaction mode (the next EXECUTE may run
     on another server or find another client's statement; notifications would reach another
     client): the server raises a clear error instead, so client and server agree on the
     transaction state. DISCARD/DEALLOCATE drop the server's
-    shared statements, which the proxy then forgets."""
+    shared statements, which the proxy then forgets. Also returns the SET/RESET statements
+    found (behind a comment, where the ClientScan does not look)."""
     out: list[bytes] = []
+    sets: list[bytes] = []
     pos = start = 0
     discarded_all = False
     while pos + 5 <= len(data):
@@ -743,9 +774,11 @@ def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bo
             elif words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"]):
                 server.statements.clear()
                 discarded_all = discarded_all or words[:2] == ["DISCARD", "ALL"]
+            elif words[:1] in (["SET"], ["RESET"]):
+                sets.append(data[pos + 5 : nxt])
         pos = nxt
     out.append(data[start:])
-    return b"".join(out), discarded_all
+    return b"".join(out), discarded_all, sets
 
 
 def _only_notices(data: bytes) -> bool:
@@ -786,9 +819,9 @@ def _first_sql(data: bytes, tracker: Tracker | None) -> bytes | None:
     return None
 
 
-def _statements(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(type, SQL) of the complete Query and unnamed Parse messages in `data`."""
-    found: list[tuple[bytes, bytes]] = []
+def _statements(data: bytes) -> list[bytes]:
+    """The SQL of the complete Query and unnamed Parse messages in `data`."""
+    found: list[bytes] = []
     pos = 0
     while pos + 5 <= len(data):
         kind, length = m.parse_header(data, pos)
@@ -796,8 +829,8 @@ def _statements(data: bytes) -> list[tuple[bytes, bytes]]:
         if nxt > len(data) or length < 4:
             break
         if kind == b"Q":
-            found.append((kind, data[pos + 5 : nxt]))
+            found.append(data[pos + 5 : nxt])
         elif kind == b"P" and data[pos + 5 : pos + 6] == b"\x00":
-            found.append((kind, data[pos + 6 : nxt]))
+            found.append(data[pos + 6 : nxt])
         pos = nxt
     return found
