@@ -519,9 +519,10 @@ async def _bad_client(port: int, kind: int) -> None:
         elif kind == 1:
             await wire.send(APP_STARTUP[:9])  # then silence: the login timeout
             await wire.expect_fatal("08P01")
-        elif kind == 2:
-            await wire.send(startup(user="app", database="nosuchdb"))
-            await wire.expect_fatal("3D000")
+        elif kind == 2:  # an unknown database is reported after the password, as by PostgreSQL
+            with pytest.raises(pgwire.ServerError) as refused:
+                await wire.login("app", "nosuchdb", APP_PASSWORD)
+            assert refused.value.message.sqlstate == "3D000"
         elif kind == 3:
             with pytest.raises(pgwire.ServerError):
                 await wire.login("app", APP_DB, "wrong-password")
@@ -554,8 +555,10 @@ async def test_fifty_bad_clients_do_not_disturb_a_good_one(proxy_factory):
     with proxy.connect() as conn:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, good_client, conn)
-            await _fifty_bad_clients(proxy.port)
-            done.set()
+            try:
+                await _fifty_bad_clients(proxy.port)
+            finally:  # a failing bad client must fail the test, not leave the thread looping
+                done.set()
     assert len(queries) > 10
     await assert_healthy(proxy)
 

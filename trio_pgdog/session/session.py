@@ -104,8 +104,9 @@ class ClientSession:
             log.info("client %s: protocol violation: %s", self.addr, exc)
             await self._send_error(ProxyError(codes.PROTOCOL_VIOLATION, str(exc), fatal=True))
         except ProxyError as exc:
-            log.info("client %s (%s@%s): %s: %s", self.addr, self.user or "?", self.database or "?",
-                     exc.sqlstate, exc.message)
+            log.info("client %s (%s@%s): %s: %s%s", self.addr, self.user or "?",
+                     self.database or "?", exc.sqlstate, exc.message,
+                     f" ({exc.note})" if exc.note else "")
             await self._send_error(exc)
         except Exception as exc:  # a bug of ours: this client gets an error, nobody else notices
             log.error("client %s (%s@%s): internal error, connection closed: %r", self.addr,
@@ -203,11 +204,10 @@ class ClientSession:
         try:
             await client_auth.authenticate(self.client, method, self.user,
                                            entry.password if entry is not None else None)
-        except ProxyError:
+        except ProxyError as exc:
             if entry is None:  # the operator may know what the client must not
-                log.info('client %s: login as unknown user "%s" (database "%s"; not in '
-                         "users.toml), refused as a failed password", self.addr, self.user,
-                         self.database)
+                exc.note = (f'unknown user "{self.user}": not in users.toml; the client was '
+                            "told only that the password failed")
             raise
 
     # --- relay ----------------------------------------------------------------------------------
