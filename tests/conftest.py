@@ -185,12 +185,13 @@ def psql(port: int, sql: str, user: str = "app", password: str | None = None,
         env=env, capture_output=True, text=True, timeout=60)
 
 
-def login_error(port: int, user: str, dbname: str = APP_DB,
-                password: str | None = None) -> dict[str, str] | None:
+def login_error(port: int, user: str, dbname: str = APP_DB, password: str | None = None,
+                transcript: list[tuple[int, bytes]] | None = None) -> dict[str, str] | None:
     """Log in over the raw v3 protocol; the ErrorResponse fields if refused, None if accepted.
 
     psycopg and psql do not expose the SQLSTATE of a failed login, so tests that check it
-    speak the protocol themselves (SCRAM-SHA-256, md5 or cleartext, as asked).
+    speak the protocol themselves (SCRAM-SHA-256, md5 or cleartext, as asked). `transcript`
+    receives (code, data) of every Authentication request the server sent.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         params = b"".join(k + b"\0" + v.encode() + b"\0"
@@ -209,6 +210,8 @@ def login_error(port: int, user: str, dbname: str = APP_DB,
             if kind != b"R":
                 continue  # ParameterStatus, BackendKeyData, notices
             code = struct.unpack_from("!i", body)[0]
+            if transcript is not None:
+                transcript.append((code, body[4:]))
             secret = (password or "").encode()
             if code == 3:  # cleartext
                 answer = secret + b"\0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from conftest import PROTOCOLS, users_toml
 
 from trio_pgdog.session.params import parse_options
 
@@ -137,3 +138,105 @@ def test_a_startup_setting_postgresql_refuses_is_refused_at_login(proxy_factory)
     assert 'invalid value for parameter "client_encoding": "klingon"' in str(refused.value)
     with proxy.connect() as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+# --- who the session runs as: SET ROLE, SET SESSION AUTHORIZATION -------------------------------
+
+
+def _whoami(conn: psycopg.Connection) -> tuple[str, str]:
+    return conn.execute("SELECT current_user, session_user").fetchone()
+
+
+@pytest.fixture
+def member_role(pg) -> str:
+    """A role `app` may SET ROLE to."""
+    pg.sql("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'params_reader') "
+           "THEN CREATE ROLE params_reader NOLOGIN; END IF; END$$; GRANT params_reader TO app")
+    return "params_reader"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_set_role_stays_with_the_client_that_set_it(proxy_factory, member_role, protocol):
+    proxy = proxy_factory(default_pool_size=1)  # both clients share one server connection
+    with proxy.connect(**PROTOCOLS[protocol]) as a, proxy.connect(**PROTOCOLS[protocol]) as b:
+        for sql in (f"SET ROLE {member_role}", f"SET SESSION ROLE {member_role}",
+                    f"/* tenant 7 */ SET ROLE {member_role}"):
+            a.execute(sql)
+            for _ in range(2):  # a keeps it after b's transaction on the same server
+                assert _whoami(b) == ("app", "app"), sql
+                assert _whoami(a) == (member_role, "app"), sql
+            a.execute("RESET ROLE")
+            assert _whoami(a) == ("app", "app")
+        for undo in ("SET ROLE NONE", "RESET ROLE", "DISCARD ALL", "RESET SESSION AUTHORIZATION"):
+            a.execute(f"SET ROLE {member_role}")
+            assert _whoami(b) == ("app", "app")
+            a.execute(undo)
+            for _ in range(2):
+                assert _whoami(a) == ("app", "app"), undo
+                assert _whoami(b) == ("app", "app"), undo
+        with a.transaction():  # ends with its transaction, as in PostgreSQL
+            a.execute(f"SET LOCAL ROLE {member_role}")
+            assert _whoami(a) == (member_role, "app")
+        assert _whoami(a) == ("app", "app")
+        with pytest.raises(psycopg.errors.DivisionByZero), a.transaction():
+            a.execute(f"SET ROLE {member_role}")  # rolled back with its transaction
+            a.execute("SELECT 1/0")
+        assert _whoami(b) == ("app", "app")
+        assert _whoami(a) == ("app", "app")
+        assert a.execute("SELECT pg_backend_pid()").fetchone() == \
+            b.execute("SELECT pg_backend_pid()").fetchone()
+
+
+def superuser_users() -> str:
+    """users.toml: client `admin` logs in to the test cluster as its superuser (trusted)."""
+    return users_toml({"name": "admin", "database": "appdb", "password": "admin-secret",
+                       "server_user": "postgres"})
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_session_authorization_stays_with_the_client_that_set_it(proxy_factory, member_role,
+                                                                 protocol):
+    proxy = proxy_factory(default_pool_size=1, users=superuser_users())
+    options = {"user": "admin", "password": "admin-secret", **PROTOCOLS[protocol]}
+    with proxy.connect(**options) as a, proxy.connect(**options) as b:
+        for undo in ("RESET SESSION AUTHORIZATION", "SET SESSION AUTHORIZATION DEFAULT",
+                     "DISCARD ALL"):
+            a.execute("SET SESSION AUTHORIZATION app")
+            assert a.info.parameter_status("session_authorization") == "app"
+            for _ in range(2):
+                assert _whoami(b) == ("postgres", "postgres"), undo
+                assert _whoami(a) == ("app", "app"), undo
+            assert b.info.parameter_status("session_authorization") == "postgres"
+            a.execute(undo)
+            assert a.info.parameter_status("session_authorization") == "postgres"
+            assert _whoami(b) == ("postgres", "postgres"), undo
+            assert _whoami(a) == ("postgres", "postgres"), undo
+        # Both at once: the role is given back after the session authorization (which
+        # resets it), so the client's role survives b's transactions too.
+        a.execute("SET SESSION AUTHORIZATION app")
+        a.execute(f"SET ROLE {member_role}")
+        for _ in range(2):
+            assert _whoami(b) == ("postgres", "postgres")
+            assert _whoami(a) == (member_role, "app")
+        a.execute("SET SESSION AUTHORIZATION DEFAULT")  # resets the role too
+        assert _whoami(a) == ("postgres", "postgres")
+        assert _whoami(b) == ("postgres", "postgres")
+        assert _whoami(a) == ("postgres", "postgres")
+
+
+def test_a_role_that_cannot_be_given_back_ends_the_session(proxy_factory, pg):
+    pg.sql("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'params_revoked') "
+           "THEN CREATE ROLE params_revoked NOLOGIN; END IF; END$$; GRANT params_revoked TO app")
+    proxy = proxy_factory(default_pool_size=1)
+    with proxy.connect() as a, proxy.connect() as b:
+        a.execute("SET ROLE params_revoked")
+        assert _whoami(b) == ("app", "app")  # the server runs as app again
+        pg.sql("REVOKE params_revoked FROM app")
+        # PostgreSQL would not let a run as params_revoked now; nor may a run as app.
+        with pytest.raises(psycopg.Error) as refused:
+            a.execute("SELECT current_user")
+        assert refused.value.sqlstate == "42501"
+        assert "could not restore this session's role" in str(refused.value)
+        assert a.closed or a.broken
+        assert _whoami(b) == ("app", "app")
+    assert "refused its role or session authorization" in proxy.log

@@ -362,6 +362,8 @@ class Config:
     # Sharding schemas built so far, per logical database (see sharding_schema).
     _schemas: dict[str, Any] = attrs.field(init=False, repr=False, eq=False, hash=False,
                                            factory=dict)
+    # A login for a database the user has no entry for checks the password of its first entry.
+    _first_by_name: dict[str, User] = attrs.field(init=False, repr=False, eq=False, hash=False)
 
     @_user_index.default
     def _index_users(self) -> dict[tuple[str, str], User]:
@@ -385,9 +387,20 @@ class Config:
         self._schemas[name] = schema
         return schema
 
+    @_first_by_name.default
+    def _index_names(self) -> dict[str, User]:
+        first: dict[str, User] = {}
+        for user in self.users:
+            first.setdefault(user.name, user)
+        return first
+
     def databases_named(self, name: str) -> tuple[Database, ...]:
         """Every server of one logical database (all shards and roles), in file order."""
         return tuple(db for db in self.databases if db.name == name)
 
     def find_user(self, name: str, database: str) -> User | None:
         return self._user_index.get((name, database))
+
+    def first_user_named(self, name: str) -> User | None:
+        """The first ``[[users]]`` entry called `name`, for any database."""
+        return self._first_by_name.get(name)

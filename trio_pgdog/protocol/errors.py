@@ -24,15 +24,18 @@ class ProtocolError(Exception):
 class ProxyError(Exception):
     """An error the proxy reports to a client as an ErrorResponse.
 
-    `fatal` errors end the client's session after the message is sent.
+    `fatal` errors end the client's session after the message is sent. `note` is for the
+    proxy's log only: what the operator may know and the client must not.
     """
 
-    def __init__(self, sqlstate: str, message: str, *, fatal: bool = False, hint: str | None = None):
+    def __init__(self, sqlstate: str, message: str, *, fatal: bool = False, hint: str | None = None,
+                 note: str | None = None):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.fatal = fatal
         self.hint = hint
+        self.note = note
 
     @property
     def severity(self) -> str:

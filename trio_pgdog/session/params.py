@@ -6,11 +6,17 @@ transaction lands on a server connection whose settings differ, the proxy first 
 SET/RESET statements that make them equal. PostgreSQL reports every change of a reported
 parameter (ParameterStatus), including SET LOCAL and rollbacks undoing a SET, so following
 those reports keeps the client's view exact without parsing SQL.
+
+Who a session runs as (`SET SESSION AUTHORIZATION`, reported; `SET ROLE`, not reported)
+follows its client the same way: the client that set it keeps it, every other client gets
+the server connection back with the login identity. It is applied in a statement of its own,
+before the other settings, so that a failure there cannot be mistaken for theirs.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
@@ -24,7 +30,11 @@ if TYPE_CHECKING:
 TRACKED = frozenset({
     "application_name", "client_encoding", "DateStyle", "IntervalStyle", "TimeZone",
     "standard_conforming_strings", "search_path", "default_transaction_read_only",
+    "session_authorization",
 })
+# Who the session runs as, in the order they are set: a new session authorization resets
+# the role.
+IDENTITY = ("session_authorization", "role")
 # Startup packet keys that are not settings.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 
@@ -65,9 +75,11 @@ _NOT_REMEMBERED = frozenset({"LOCAL", "TRANSACTION", "CONSTRAINTS"})
 
 
 def set_targets(sql: bytes, reported: frozenset[str]) -> set[str] | None:
-    """Settings a SET/RESET statement may change (lower case) that are not in `reported`
-    (ParameterStatus tells about those); None for all of them (RESET ALL)."""
+    """Settings a SET/RESET (or DISCARD ALL) statement may change (lower case) that are not in
+    `reported` (ParameterStatus tells about those); None for all of them (RESET ALL)."""
     words = leading_keywords(sql, 3)
+    if words[:2] == ["DISCARD", "ALL"]:
+        return None
     if len(words) < 2 or words[0] not in ("SET", "RESET"):
         return set()
     target = words[1]
@@ -77,10 +89,28 @@ def set_targets(sql: bytes, reported: frozenset[str]) -> set[str] | None:
         return set()
     if target == "SESSION":
         target = words[2] if len(words) > 2 else ""
-        if target in ("CHARACTERISTICS", "AUTHORIZATION", ""):
+        if target == "AUTHORIZATION":  # reported itself, and it resets the role
+            target = "ROLE"
+        if target in ("CHARACTERISTICS", ""):
             return set()
     name = _SET_ALIASES.get(target, target.lower())
     return set() if name in reported else {name}
+
+
+def changes_settings(sql: bytes) -> bool:
+    """Is `sql` a SET, RESET or DISCARD statement (which set_targets looks at more closely)?"""
+    words = leading_keywords(sql, 1)
+    return bool(words) and words[0] in ("SET", "RESET", "DISCARD")
+
+
+def _statements(resets: list[str], changes: list[str]) -> str | None:
+    """RESET statements, then one SELECT of set_config() calls; None if there is nothing to do.
+    set_config takes the value as the raw string a startup packet carries: a list such as
+    search_path 'a, b' stays a list (SET ... TO 'a, b' would make one name)."""
+    statements = [f"RESET {_ident(k)}" for k in resets]
+    if changes:
+        statements.append("SELECT " + ", ".join(changes))
+    return "; ".join(statements) or None
 
 
 def _ident(name: str) -> str:
@@ -136,9 +166,11 @@ class ClientParams:
         wanted.update(parse_options(startup.get("options", "")))
         self.wanted, self.key = _share(wanted)
 
-    def changed(self) -> None:
-        """`wanted` was changed in place: refresh the fingerprint."""
-        self.key = frozenset(self.wanted.items())
+    def respelled(self, spell: Callable[[str, str], str]) -> None:
+        """Each value as `spell(name, value)` gives it (session/spellings.py)."""
+        wanted = {k: spell(k, v) for k, v in self.wanted.items()}
+        if wanted != self.wanted:
+            self.wanted, self.key = _share(wanted)
 
     def reported(self, bodies: list[bytes], server: ServerConnection) -> None:
         """ParameterStatus messages from the server this client is using."""
@@ -154,39 +186,52 @@ class ClientParams:
             self.wanted, self.key = _share(wanted)
         server.synced_key = self.key
 
-    def sync_sql(self, server: ServerConnection) -> str | None:
-        """Statements that give `server` this client's settings, or None if it has them."""
+    def sync_sql(self, server: ServerConnection) -> tuple[str | None, str | None] | None:
+        """Statements that give `server` this client's settings, or None if it has them:
+        (who the session runs as, the other settings), either None if nothing to do."""
         key = self.key
         if server.synced_key is key or server.synced_key == key:
             return None
         stale = server.extra - self.wanted.keys()
-        statements = [f"RESET {_ident(k)}" for k in sorted(stale)]
-        # set_config takes the value as the raw string a startup packet carries: a list
-        # such as search_path 'a, b' stays a list (SET ... TO 'a, b' would make one name).
-        changes = [f"set_config({_literal(k)}, {_literal(v)}, false)"
-                   for k, v in self.wanted.items() if server.params.get(k) != v]
-        if changes:
-            statements.append("SELECT " + ", ".join(changes))
-        if not statements:
+        differ = {k for k, v in self.wanted.items() if server.params.get(k) != v}
+        if "session_authorization" in differ and "role" in self.wanted:
+            differ.add("role")  # the new session authorization resets it
+        identity = _statements([k for k in IDENTITY if k in stale],
+                               self._changes([k for k in IDENTITY if k in differ]))
+        other = _statements(sorted(k for k in stale if k not in IDENTITY),
+                            self._changes([k for k in self.wanted
+                                           if k in differ and k not in IDENTITY]))
+        if identity is None and other is None:
             server.synced_key = key
             return None
-        return "; ".join(statements)
+        return identity, other
 
-    def synced(self, server: ServerConnection, reported: set[str]) -> None:
-        """After sync_sql ran: adopt the server's spelling of reported values (DateStyle 'ISO'
-        becomes 'ISO, MDY'), and remember the settings the server does not report."""
+    def _changes(self, names: list[str]) -> list[str]:
+        return [f"set_config({_literal(k)}, {_literal(self.wanted[k])}, false)" for k in names]
+
+    def synced(self, server: ServerConnection, reported: set[str],
+               names: tuple[str, ...] | None = None) -> None:
+        """After sync_sql ran (only its statements for `names`, if given): adopt the server's
+        spelling of reported values (DateStyle 'ISO' becomes 'ISO, MDY'), and remember the
+        settings the server does not report."""
         wanted = dict(self.wanted)
-        for k in server.extra - wanted.keys():
+        stale = server.extra - wanted.keys()
+        keys = list(wanted)
+        if names is not None:
+            stale &= set(names)
+            keys = [k for k in keys if k in names]
+        for k in stale:
             server.params.pop(k, None)
-        server.extra &= wanted.keys()
-        for k, v in wanted.items():
+        server.extra -= stale
+        for k in keys:
             if k in reported:
                 wanted[k] = server.params[k]
-            elif server.params.get(k) != v:
-                server.params[k] = v
+            elif server.params.get(k) != wanted[k]:
+                server.params[k] = wanted[k]
                 server.extra.add(k)
         self.wanted, self.key = _share(wanted)
-        server.synced_key = self.key
+        if names is None:
+            server.synced_key = self.key
 
     def unreported(self) -> set[str]:
         """The client's settings PostgreSQL does not report back."""

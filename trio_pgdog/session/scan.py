@@ -45,6 +45,19 @@ def _starts_set(data: bytes, at: int) -> bool:
     return False
 
 
+# First bytes of SQL whose first keyword the session must find past a comment or spaces.
+_LEADING_NOISE = frozenset(bytes([c]) for c in b"-/ \t\r\n")
+
+
+def _starts_change(data: bytes, at: int) -> bool:
+    """Does an unnamed Parse's SQL at `at` start with SET, RESET or DISCARD, or perhaps so
+    behind a comment? (A Query's DISCARD and comments are `special` instead.)"""
+    first = data[at : at + 1]
+    if first in (b"d", b"D"):
+        return data[at : at + 8].upper() in (b"DISCARD ", b"DISCARD\t", b"DISCARD\n")
+    return first in _LEADING_NOISE or _starts_set(data, at)
+
+
 class ClientScan:
     """Counts what a chunk of client bytes asks of the server.
 
@@ -54,7 +67,8 @@ class ClientScan:
     message in the chunk, or -1; `extended` = extended-protocol messages were seen;
     `special` = a Query may start with PREPARE/DEALLOCATE/DISCARD/LISTEN (or a comment or
     space before its first keyword): the session takes a closer look; `sets` = a Query or
-    unnamed Parse starts with SET or RESET. Across feeds:
+    unnamed Parse starts with SET or RESET (a Parse also with DISCARD, or a comment or
+    space that may hide one): the session takes a closer look. Across feeds:
     `in_batch` = extended-protocol messages were sent since the last Sync, so the server
     may answer (after a Flush) or wait.
     """
@@ -122,7 +136,7 @@ class ClientScan:
             else:
                 self.in_batch = True
                 self.extended = True
-                if kind == PARSE and _starts_set(data, pos + 6) and data[pos + 5] == 0:
+                if kind == PARSE and _starts_change(data, pos + 6) and data[pos + 5] == 0:
                     self.sets = True
             pos += 1 + length
         if pos >= end:

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import socket
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -33,7 +34,7 @@ from ..router.keywords import leading_keywords
 from .departures import Departure
 from .hooked import HookedStream
 from .overrides import answer_role_set
-from .params import ClientParams, set_targets
+from .params import IDENTITY, ClientParams, set_targets
 from .scan import ClientScan, ServerScan
 from .sqltext import quote_literal, raise_sql, unmark_errors
 from .startup import Cancel, Startup, read_startup
@@ -206,8 +207,9 @@ class ClientSession:
             log.info("client %s: protocol violation: %s", self.addr, exc)
             await self._send_error(ProxyError(codes.PROTOCOL_VIOLATION, str(exc), fatal=True))
         elif isinstance(exc, ProxyError):
-            log.info("client %s (%s@%s): %s: %s", self.addr, self.user or "?", self.database or "?",
-                     exc.sqlstate, exc.message)
+            log.info("client %s (%s@%s): %s: %s%s", self.addr, self.user or "?",
+                     self.database or "?", exc.sqlstate, exc.message,
+                     f" ({exc.note})" if exc.note else "")
             await self._send_error(exc)
         else:  # a bug of ours: this client gets an error, nobody else notices
             log.error("client %s (%s@%s): internal error, connection closed: %r", self.addr,
@@ -285,18 +287,18 @@ class ClientSession:
         self.user, self.database = sys.intern(startup.user), sys.intern(startup.database)
         if self.app.shutting_down:
             raise ProxyError(codes.CANNOT_CONNECT_NOW, "trio_pgdog is shutting down", fatal=True)
+        await self._authenticate()
+        # Only a client that proved its password learns whether the database or its entry
+        # for it exists (PostgreSQL too reports an unknown database after authentication).
         if not app.config.databases_named(self.database):
             raise ProxyError(codes.UNDEFINED_DATABASE,
                              f'database "{self.database}" does not exist in trio_pgdog '
                              "(no [[databases]] entry with that name)", fatal=True)
-        user = app.config.find_user(self.user, self.database)
         group = app.pools.get(self.user, self.database)
-        if user is None or group is None:
+        if app.config.find_user(self.user, self.database) is None or group is None:
             raise ProxyError(codes.INVALID_AUTHORIZATION,
-                             f'no such user "{self.user}" for database "{self.database}" '
-                             "(add it to users.toml)", fatal=True)
-        await client_auth.authenticate(self.client, app.config.general.auth_type, user.name,
-                                       user.password)
+                             f'user "{self.user}" has no access to database "{self.database}" '
+                             "in trio_pgdog (add a users.toml entry for both)", fatal=True)
         self._use_hooks()
         if self.hooks.pre_connect:
             refused = self.hooks.refuse(ConnectInfo(
@@ -341,8 +343,29 @@ class ClientSession:
                 server.broken = True
             finally:
                 _give_back(server)
-        spellings.respell(self.settings.wanted)
-        self.settings.changed()
+        self.settings.respelled(spellings.spelled)
+
+    async def _authenticate(self) -> None:
+        """Check the client's password before telling it anything about users or databases.
+
+        The password checked is the user's entry for this database, else its first entry for
+        any database; a user name users.toml does not know gets the same exchange against a
+        verifier that never matches, and the same 28P01 as a wrong password."""
+        config = self.app.config
+        method = config.general.auth_type
+        entry = config.find_user(self.user, self.database) or config.first_user_named(self.user)
+        if entry is None and method == "trust":  # no secret to protect: say what is wrong
+            raise ProxyError(codes.INVALID_AUTHORIZATION,
+                             f'no such user "{self.user}" in trio_pgdog (add it to users.toml)',
+                             fatal=True)
+        try:
+            await client_auth.authenticate(self.client, method, self.user,
+                                           entry.password if entry is not None else None)
+        except ProxyError as exc:
+            if entry is None:  # the operator may know what the client must not
+                exc.note = (f'unknown user "{self.user}": not in users.toml; the client was '
+                            "told only that the password failed")
+            raise
 
     # --- relay ----------------------------------------------------------------------------------
 
@@ -482,10 +505,10 @@ class ClientSession:
         server = self.server
         assert server is not None
         sync = self.settings.sync_sql(server)
-        if sync is not None and not await self._sync_settings(server, sync):
+        if sync is not None and not await self._sync_settings(server, *sync):
             return
         if cscan.sets and self.transaction_mode and at_boundary:
-            self._note_sets(data)
+            self._note_sets(_statements(data))
         if self.transaction_mode and cscan.special and at_boundary:
             data = self._guard_session_sql(data, server)
         tracker = self.tracker
@@ -501,6 +524,9 @@ class ClientSession:
                 server.broken = True
                 raise
             self.pending = tracker.owed
+            if self.transaction_mode and tracker.ran_sets:
+                # executions of prepared SET/RESET/DISCARD statements
+                self._note_sets(tracker.ran_sets)
             if now:
                 self._replay = None  # the client has answers now: no silent retry
                 await self._to_client(self._hooked_answer(now))
@@ -520,9 +546,11 @@ class ClientSession:
 
     def _guard_session_sql(self, data: bytes, server: ServerConnection) -> bytes:
         """Transaction mode: refuse what cannot be shared (see _guard_session_sql below)."""
-        data, discarded_all = _guard_session_sql(data, server)
+        data, discarded_all, sets = _guard_session_sql(data, server)
         if discarded_all:
             self.recheck = None  # every setting is back to its default
+        elif sets:  # after a comment: the scan did not see them
+            self._note_sets(sets)
         return data
 
     async def _checkout(self, role: str, avoid: Pool | None) -> ServerConnection:
@@ -565,22 +593,44 @@ class ClientSession:
             raise ClientGone
         return server
 
-    async def _sync_settings(self, server: ServerConnection, sql: str) -> bool:
+    async def _sync_settings(self, server: ServerConnection, identity: str | None,
+                             other: str | None) -> bool:
         """Give a freshly checked-out server this client's settings before its transaction;
         False if the server died doing it (the client was told)."""
+        reported: set[str] = set()
+        sql = identity
         try:
             with trio.fail_after(_CLEANUP_TIMEOUT):
-                await server.execute(sql)
-            self.settings.synced(server, server.reported)
+                if identity is not None:
+                    await server.execute(identity)
+                    reported |= server.reported
+                    self.settings.synced(server, reported, IDENTITY)
+                sql = other
+                if other is not None:
+                    await server.execute(other)
+                    reported |= server.reported
+            self.settings.synced(server, reported)
         except ServerError as exc:
             if exc.fields.get("S") in ("FATAL", "PANIC"):  # the server is going away
                 return await self._settings_server_lost(server, exc)
+            if sql == identity:
+                self._identity_lost(server, exc)
             log.warning("client %s (%s@%s): server refused its settings (%s): %s", self.addr,
                         self.user, self.database, sql, exc)
             self.settings.give_up(server)
         except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError) as exc:
             return await self._settings_server_lost(server, exc)
         return True
+
+    def _identity_lost(self, server: ServerConnection, exc: ServerError) -> NoReturn:
+        """The server would not run as this client's role or session authorization (say its
+        membership was revoked): end the session rather than run it as another role."""
+        log.warning("client %s (%s@%s): server refused its role or session authorization: %s",
+                    self.addr, self.user, self.database, exc)
+        self._drop_server(server)  # who it runs as now is not known for sure
+        raise ProxyError(exc.sqlstate, "trio_pgdog could not restore this session's role on a "
+                         f"pooled server connection: {exc}", fatal=True,
+                         hint="reconnect; the proxy does not run the session as another role")
 
     async def _settings_server_lost(self, server: ServerConnection, exc: BaseException) -> bool:
         log.warning("client %s (%s@%s): server connection failed while applying settings: %s",
@@ -592,15 +642,17 @@ class ClientSession:
                                           f"server connection lost: {exc or 'timeout'}"))
         return False
 
-    def _note_sets(self, data: bytes) -> None:
-        """Remember which unreported settings the SET/RESET statements in `data` change."""
-        for kind, sql in _statements(data):
-            if kind == b"Q" or kind == b"P":
-                targets = set_targets(sql, self.settings.reported_names)
-                if targets is None or self.recheck is None:
-                    self.recheck = None
-                else:
-                    self.recheck = self.recheck | targets
+    def _note_sets(self, statements: Iterable[bytes]) -> None:
+        """Remember which unreported settings these SET/RESET statements change."""
+        for sql in statements:
+            targets = set_targets(sql, self.settings.reported_names)
+            if targets is None and self.server is not None and \
+                    leading_keywords(sql, 1) == ["DISCARD"]:
+                self.server.statements.clear()  # DISCARD ALL dropped them, as a Query's does
+            if targets is None or self.recheck is None:
+                self.recheck = None
+            else:
+                self.recheck = self.recheck | targets
 
     async def _refresh_settings(self, server: ServerConnection) -> bool:
         """After a transaction that ran SET/RESET of settings PostgreSQL does not report, read
@@ -905,13 +957,15 @@ _REFUSED = {
 }
 
 
-def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bool]:
+def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bool, list[bytes]]:
     """SQL-level PREPARE and LISTEN cannot work in transaction mode (the next EXECUTE may run
     on another server or find another client's statement; notifications would reach another
     client): the server raises a clear error instead, so client and server agree on the
     transaction state. DISCARD/DEALLOCATE drop the server's
-    shared statements, which the proxy then forgets."""
+    shared statements, which the proxy then forgets. Also returns the SET/RESET statements
+    found (behind a comment, where the ClientScan does not look)."""
     out: list[bytes] = []
+    sets: list[bytes] = []
     pos = start = 0
     discarded_all = False
     while pos + 5 <= len(data):
@@ -928,9 +982,11 @@ def _guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, bo
             elif words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"]):
                 server.statements.clear()
                 discarded_all = discarded_all or words[:2] == ["DISCARD", "ALL"]
+            elif words[:1] in (["SET"], ["RESET"]):
+                sets.append(data[pos + 5 : nxt])
         pos = nxt
     out.append(data[start:])
-    return b"".join(out), discarded_all
+    return b"".join(out), discarded_all, sets
 
 
 def _only_notices(data: bytes) -> bool:
@@ -974,9 +1030,9 @@ def _first_sql(data: bytes, tracker: Tracker | None) -> bytes | None:
     return None
 
 
-def _statements(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(type, SQL) of the complete Query and unnamed Parse messages in `data`."""
-    found: list[tuple[bytes, bytes]] = []
+def _statements(data: bytes) -> list[bytes]:
+    """The SQL of the complete Query and unnamed Parse messages in `data`."""
+    found: list[bytes] = []
     pos = 0
     while pos + 5 <= len(data):
         kind, length = m.parse_header(data, pos)
@@ -984,8 +1040,8 @@ def _statements(data: bytes) -> list[tuple[bytes, bytes]]:
         if nxt > len(data) or length < 4:
             break
         if kind == b"Q":
-            found.append((kind, data[pos + 5 : nxt]))
+            found.append(data[pos + 5 : nxt])
         elif kind == b"P" and data[pos + 5 : pos + 6] == b"\x00":
-            found.append((kind, data[pos + 6 : nxt]))
+            found.append(data[pos + 6 : nxt])
         pos = nxt
     return found

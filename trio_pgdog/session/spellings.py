@@ -49,7 +49,6 @@ class Spellings:
             if spelled is not None:
                 self._known[(k, v)] = spelled
 
-    def respell(self, wanted: dict[str, str]) -> None:
-        """Put PostgreSQL's spelling in place of each known value in `wanted`."""
-        for k, v in wanted.items():
-            wanted[k] = self._known.get((k, v), v)
+    def spelled(self, name: str, value: str) -> str:
+        """PostgreSQL's spelling of `value` for setting `name`, if known; else `value`."""
+        return self._known.get((name, value), value)

@@ -20,6 +20,7 @@ from ..protocol import ProtocolError
 from ..protocol import extended as ext
 from ..protocol.messages import MAX_MESSAGE_LENGTH
 from .owed import COPY_END, ENDS_READY, CopyInput, Owed, drop_copy_ends, enter_copy, skip_to_sync
+from .params import changes_settings
 from .sqltext import MARK_FIELD, unmarked
 
 if TYPE_CHECKING:
@@ -99,6 +100,10 @@ class Tracker:
         self.registry = registry
         self.rename = rename
         self.statements: dict[bytes, tuple[bytes, bytes]] = {}  # client name -> (shared, Parse rest)
+        # Client names of statements that are SET/RESET/DISCARD, and the SQL of each Bind of
+        # one in the last client chunk: the session follows the settings they change.
+        self.set_statements: set[bytes] = set()
+        self.ran_sets: list[bytes] = []
         self.queue: deque[Expect] = deque()
         self.skipping = False      # the server is ignoring messages up to the next Sync
         self.owed = 0              # ReadyForQuery the server will still send
@@ -133,6 +138,8 @@ class Tracker:
         buf = self._cbuf + data if self._cbuf else data
         out: list[bytes] = []
         queue = self.queue
+        if self.ran_sets:
+            self.ran_sets = []
         pos = start = 0
         end = len(buf)
         while pos + 5 <= end:
@@ -198,9 +205,9 @@ class Tracker:
                 return None
         for name, rest in changes:  # all answerable: apply them in order
             if rest is None:
-                self.statements.pop(name, None)
+                self._forget(name)
             else:
-                self.statements[name] = (self.registry.name_for(rest), rest)
+                self._learn(name, rest, self.registry.name_for(rest))
         return b"".join(out)
 
     def _client_message(self, kind: int, buf: bytes, pos: int, nxt: int, out: list[bytes],
@@ -210,7 +217,7 @@ class Tracker:
         if kind == 0x50:  # Parse
             name, rest = ext.parse_name(body)
             shared = self.registry.name_for(rest)
-            self.statements[name] = (shared, rest)
+            self._learn(name, rest, shared)
             if shared in server:
                 self._expect(synthetic=PARSE_COMPLETE)
             else:
@@ -223,6 +230,8 @@ class Tracker:
             else:
                 self._ensure(known, out, server)
                 out.append(ext.build_bind(portal, known[0], rest))
+                if self.set_statements and name in self.set_statements:
+                    self.ran_sets.append(known[1])
             self._expect(_ENDS_BIND)
         elif kind == 0x44:  # Describe statement
             known = self.statements.get(ext.target(body, b"D")[1])
@@ -233,8 +242,19 @@ class Tracker:
                 out.append(ext.build_target(b"D", b"S", known[0]))
             self._expect(_ENDS_DESCRIBE)
         else:  # Close statement: shared statements stay on the server for other clients
-            self.statements.pop(ext.target(body, b"C")[1], None)
+            self._forget(ext.target(body, b"C")[1])
             self._expect(synthetic=CLOSE_COMPLETE)
+
+    def _learn(self, name: bytes, rest: bytes, shared: bytes) -> None:
+        self.statements[name] = (shared, rest)
+        if changes_settings(rest):
+            self.set_statements.add(name)
+        elif self.set_statements:
+            self.set_statements.discard(name)
+
+    def _forget(self, name: bytes) -> None:
+        self.statements.pop(name, None)
+        self.set_statements.discard(name)
 
     def _expect(self, ends: frozenset[int] = _ENDS_NOTHING, *, synthetic: bytes | None = None) -> None:
         if not self.skipping:  # PostgreSQL ignores everything up to Sync after an error
