@@ -111,6 +111,7 @@ class CopySplitter:
         self._last_raw: tuple[int, bytes] | None = None  # an unterminated last line: (shard, bytes)
         self._header_pending = bool(header) and not self._binary
         self._binary_header_done = False
+        self._need = 0  # binary: bytes the buffer must hold before the tuple under way can be whole
         self._eol: bytes | None = None
         self._line = 0  # lines (text, CSV) or tuples (binary) taken so far, for error messages
         self._done = False  # the end marker or trailer was seen
@@ -299,7 +300,7 @@ class CopySplitter:
         try:
             return self._key.text_shard(key, self.shards)
         except BadKey as exc:
-            return self._bad_key(exc, raw)
+            return self._bad_key(exc, key)
 
     def _csv_null(self, value: bytes, raw: bytes, quoted: bool) -> bytes | None:
         """NULL, FORCE_NOT_NULL and FORCE_NULL, in PostgreSQL's order."""
@@ -552,17 +553,20 @@ class CopySplitter:
 
     def _binary_rows(self) -> None:
         buf = self._buf
-        n = len(buf)
+        if len(buf) < self._need:
+            return  # the tuple under way cannot be whole yet: do not copy the buffer again
         pos = 0
         if not self._binary_header_done:
             pos = self._binary_header(buf)
             if pos == 0:
                 return
+        data = bytes(buf)
+        n = len(data)
         k, expected, appends, shards = self.key_index, self._column_count, self._appends, self.shards
         unpack16, unpack32 = _I16.unpack_from, _I32.unpack_from
         shard_of = self._key.binary_shard
         while n - pos >= 2:
-            (count,) = unpack16(buf, pos)
+            (count,) = unpack16(data, pos)
             if count == -1:
                 self._line += 1
                 self._tail = BINARY_TRAILER
@@ -575,30 +579,36 @@ class CopySplitter:
                 self._line += 1
                 want = expected if expected is not None else f"more than {k}"
                 self._fail(BAD_COPY_FILE_FORMAT, f"row field count is {count}, expected {want}")
-            p, key_at, key_len = pos + 2, -1, -1
+            p, key = pos + 2, None
             for i in range(count):
                 if p + 4 > n:
-                    p = n + 1
+                    p += 4
                     break
-                (size,) = unpack32(buf, p)
+                (size,) = unpack32(data, p)
                 p += 4
                 if size < -1:
                     self._line += 1
                     self._fail(BAD_COPY_FILE_FORMAT, "invalid field size")
-                if i == k:
-                    key_at, key_len = p, size
                 if size > 0:
+                    if i == k:
+                        key = data[p : p + size]
                     p += size
+                elif i == k and size == 0:
+                    key = b""
+                if p > n:
+                    break
             if p > n:
-                break  # the rest of this tuple is still to come
+                self._need = p - pos  # at least this much from the tuple's start
+                break
             self._line += 1
-            value = None if key_len < 0 else _copy(buf, key_at, key_at + key_len)
             try:
-                shard = shard_of(value, shards)
+                shard = shard_of(key, shards)
             except BadKey as exc:
                 shard = self._bad_key(exc, None)
-            appends[shard](_copy(buf, pos, p))
+            appends[shard](data[pos:p])
             pos = p
+        else:
+            self._need = 0
         if self._done:
             buf.clear()
         elif pos:
@@ -714,9 +724,7 @@ def _join_quoted(lines: list[bytes], q: bytes, eol: bytes) -> tuple[list[bytes],
 
 
 def _copy(buf: bytearray, start: int, end: int) -> bytes:
-    """bytes of buf[start:end], copied once."""
-    with memoryview(buf) as view:
-        return bytes(view[start:end])
+    return bytes(buf[start:end])
 
 
 def _names(option: tuple[str, ...] | bool, column: str) -> bool:

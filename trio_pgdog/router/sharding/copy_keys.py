@@ -12,7 +12,7 @@ import binascii
 import re
 from collections.abc import Callable
 
-from .hashing import bytes_key_hash, int_key_hash
+from .hashing import INT8_MAX, INT8_MIN, bytes_key_hash, int_key_hash
 
 __all__ = ["BadKey", "KeyType", "key_type"]
 
@@ -22,7 +22,6 @@ INVALID_BINARY_REPRESENTATION = "22P03"
 
 _INT_TYPES = {"bigint": "bigint", "int8": "bigint", "integer": "integer", "int": "integer",
               "int4": "integer", "smallint": "smallint", "int2": "smallint"}
-_INT_RANGE = {"bigint": 63, "integer": 31, "smallint": 15}
 _TEXT_TYPES = {"varchar", "text", "character varying"}
 # PostgreSQL 16's integer input (hex/octal/binary prefixes, underscores between digits), a
 # superset of 15's: a shard that does not know a form refuses it as it would without sharding.
@@ -70,15 +69,15 @@ def key_type(data_type: str) -> KeyType:
 
 
 def parse_int(raw: bytes, type_name: str = "bigint") -> int:
-    """An integer as PostgreSQL's int8in/int4in/int2in read it, or BadKey."""
+    """An integer as PostgreSQL's int8in reads it, or BadKey. Keys are read as bigint (the hash's
+    domain) whatever the column's integer type: a shard refuses a value too big for its column
+    with its own message."""
     try:
         value = int(raw)  # decimal, surrounding whitespace, underscores between digits: as PostgreSQL 16
     except ValueError:
         value = _non_decimal(raw, type_name)
-    bits = _INT_RANGE[type_name]
-    if not -(1 << bits) <= value < (1 << bits):
-        raise BadKey(NUMERIC_VALUE_OUT_OF_RANGE,
-                     f'value "{_show(raw)}" is out of range for type {type_name}')
+    if not INT8_MIN <= value <= INT8_MAX:
+        raise BadKey(NUMERIC_VALUE_OUT_OF_RANGE, f'value "{_show(raw)}" is out of range for type bigint')
     return value
 
 

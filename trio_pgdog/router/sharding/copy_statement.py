@@ -131,11 +131,9 @@ def _option_value(name: str, arg: dict[str, Any] | None, is_from: bool) -> Any:
         if value not in FORMATS:
             raise CopySplitError(INVALID_PARAMETER_VALUE, f'COPY format "{value}" not recognized')
         return value
-    if name in ("delimiter", "null", "default", "quote", "escape", "on_error", "log_verbosity"):
+    if name in ("delimiter", "null", "default", "quote", "escape", "encoding", "on_error",
+                "log_verbosity"):
         return _string(name, arg)
-    if name == "encoding":
-        value = _string(name, arg)
-        return value
     if name == "header":
         return _header(arg, is_from)
     if name == "freeze":
@@ -230,6 +228,3 @@ def _check_options(o: dict[str, Any]) -> None:
     if delim in null:
         raise CopySplitError(INVALID_PARAMETER_VALUE,
                              "COPY delimiter must not appear in the NULL specification")
-    if o["encoding"] is not None and not re.fullmatch(r"[\w\- ]+", o["encoding"]):
-        raise CopySplitError(INVALID_PARAMETER_VALUE,
-                             'argument to option "encoding" must be a valid encoding name')
