@@ -932,7 +932,7 @@ class ClientSession:
         if clean and departure is not None and not await self._cancel_delivered(departure):
             clean = False
         if not clean or server.pool is None or server.pool.closed:
-            if not clean:
+            if not clean and departure is None:  # (a departure was logged already)
                 log.info("client %s (%s@%s): gone in the middle of a query; closing its server "
                          "connection %r", self.addr, self.user, self.database, server)
             _give_back(server, reusable=False)
