@@ -35,6 +35,8 @@ TRACKED = frozenset({
 # Who the session runs as, in the order they are set: a new session authorization resets
 # the role.
 IDENTITY = ("session_authorization", "role")
+# No settings to look at again (a shared empty set: sessions keep it between transactions).
+NO_NAMES: frozenset[str] = frozenset()
 # Startup packet keys that are not settings.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 
