@@ -25,6 +25,8 @@ from .pool.server import CONNECT_ERRORS, ServerConnection, send_cancel
 from .protocol import ProxyError, ServerError
 from .protocol import errors as codes
 from .router.cache import ParseCache
+from .router.sharding.keys import FactsCache
+from .router.sharding.schema import ShardingSchema
 from .session import departures
 from .session.prepared import StatementRegistry
 from .session.session import ClientSession
@@ -53,6 +55,8 @@ class Proxy:
         self.statements = StatementRegistry()  # shared prepared-statement names
         self.spellings = Spellings()  # PostgreSQL's spelling of clients' setting values
         self.parse_cache = ParseCache()  # statement facts per distinct SQL text, for routing
+        # Sharding facts per distinct SQL text, one cache per sharding schema in use.
+        self._shard_facts: dict[ShardingSchema, FactsCache] = {}
         self.shutting_down = False
         self.listening: list[tuple[str, int]] = []
         self._no_sessions = trio.Event()
@@ -89,6 +93,18 @@ class Proxy:
             return
         if await send_cancel(server, self.config.general.connect_timeout / 1000):
             log.info("client %s: cancel forwarded to %r", session.addr, server)
+
+    def shard_facts(self, database: str) -> FactsCache | None:
+        """The sharding facts cache of a sharded logical database; None if it is not one."""
+        schema = self.config.sharding_schema(database)
+        if schema is None:
+            return None
+        cache = self._shard_facts.get(schema)
+        if cache is None:
+            if len(self._shard_facts) > 16:  # schemas a reload left behind
+                self._shard_facts.clear()
+            cache = self._shard_facts[schema] = FactsCache(schema)
+        return cache
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run a short task owned by the proxy (not by a session that may end first)."""

@@ -32,6 +32,9 @@ class HostGroup:
         self.wants_read_your_writes = read_your_writes
         self.monitor: LagMonitor | None = None  # replication lag of the replicas, if watched
         self.stale = False  # a reload replaced this group
+        # A sharded logical database has one group per shard; each knows them all.
+        self.shard = 0
+        self.shards: list[HostGroup] = [self]
         self._turn = itertools.count()
         self._fallback_logged = False
         self.finish()

@@ -87,27 +87,39 @@ class PoolManager:
             pool.retire(pools.get(key))
 
     def _regroup(self, config: Config, wanted: dict) -> None:
+        """One host group per (user, logical database, shard): its primary and replicas.
+        `groups` maps (user, database) to shard 0's group; `group.shards` lists them all."""
         g = config.general
-        groups: dict[tuple[str, str], HostGroup] = {}
+        sharded: dict[tuple[str, str], dict[int, HostGroup]] = {}
         for (user, database, host, port), (_settings, db) in wanted.items():
-            group = groups.get((user, database))
+            by_shard = sharded.setdefault((user, database), {})
+            group = by_shard.get(db.shard)
             if group is None:
                 entry = config.find_user(user, database)
                 assert entry is not None
-                group = groups[(user, database)] = HostGroup(
-                    f"{user}@{database}", None, [], strategy=g.load_balancing_strategy,
+                name = f"{user}@{database}" + (f" shard {db.shard}" if config.shards(database) > 1
+                                               else "")
+                group = by_shard[db.shard] = HostGroup(
+                    name, None, [], strategy=g.load_balancing_strategy,
                     ban_timeout=g.ban_timeout / 1000, read_write_split=g.read_write_split,
                     read_your_writes=entry.effective_read_your_writes(g))
+                group.shard = db.shard
             pool = self.pools[(user, database, host, port)]
             if db.role == "primary" and group.primary is None:
                 group.primary = pool
             else:
                 group.replicas.append(pool)
-        for group in groups.values():
-            group.finish()
+        groups: dict[tuple[str, str], HostGroup] = {}
+        for key, by_shard in sharded.items():
+            shards = [by_shard[n] for n in sorted(by_shard)]
+            for group in shards:
+                group.shards = shards
+                group.finish()
+            groups[key] = shards[0]
         for key, old in self.groups.items():
             if groups.get(key) is not old:
-                old.stale = True
+                for group in old.shards:
+                    group.stale = True
         self.groups = groups
 
     def _watch_lag(self, config: Config, nursery: trio.Nursery) -> None:
@@ -116,24 +128,26 @@ class PoolManager:
         database's first user; a monitor whose hosts and settings a reload kept stays."""
         g = config.general
         monitors: dict[str, LagMonitor] = {}
-        for (_user, database), group in self.groups.items():
-            if not group.splits or not (group.read_your_writes or g.replica_lag_limit):
-                group.watch(None)
-                continue
-            monitor = monitors.get(database)
-            if monitor is None:
-                assert group.primary is not None
-                monitor = LagMonitor(
-                    database, group.primary.settings, [p.settings for p in group.replicas],
-                    interval=g.lag_poll_interval / 1000, limit=g.replica_lag_limit,
-                    timeout=g.healthcheck_timeout / 1000)
-                old = self.monitors.get(database)
-                if old is not None and old.key == monitor.key:
-                    monitor = old
-                else:
-                    nursery.start_soon(monitor.run)
-                monitors[database] = monitor
-            group.watch(monitor)
+        for (_user, database), first in self.groups.items():
+            for group in first.shards:
+                if not group.splits or not (group.read_your_writes or g.replica_lag_limit):
+                    group.watch(None)
+                    continue
+                name = database if len(first.shards) == 1 else f"{database} shard {group.shard}"
+                monitor = monitors.get(name)
+                if monitor is None:
+                    assert group.primary is not None
+                    monitor = LagMonitor(
+                        name, group.primary.settings, [p.settings for p in group.replicas],
+                        interval=g.lag_poll_interval / 1000, limit=g.replica_lag_limit,
+                        timeout=g.healthcheck_timeout / 1000)
+                    old = self.monitors.get(name)
+                    if old is not None and old.key == monitor.key:
+                        monitor = old
+                    else:
+                        nursery.start_soon(monitor.run)
+                    monitors[name] = monitor
+                group.watch(monitor)
         for database, old in self.monitors.items():
             if monitors.get(database) is not old:
                 old.close()

@@ -216,7 +216,10 @@ class Attach:
             log.warning("client %s: could not read back its settings: %s", self.addr, exc)
             return True
         except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError):
-            self._drop_server(server)
+            if server is self.server:
+                self._drop_server(server)
+            else:  # a sharded session's shard connection: its relay gives it back
+                server.broken = True
             return False
         self.settings.refreshed(server, dict(zip(names, values, strict=False)))
         return True

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from ..hooks.registry import HookRegistry
     from ..pool.manager import PoolManager
     from ..router.cache import ParseCache
+    from ..router.sharding.keys import FactsCache
     from .prepared import StatementRegistry
     from .spellings import Spellings
     from .startup import Cancel
@@ -32,6 +33,9 @@ class Host(Protocol):
 
     async def cancel(self, request: Cancel) -> None:
         """Forward a client's CancelRequest."""
+
+    def shard_facts(self, database: str) -> FactsCache | None:
+        """The sharding facts of a sharded database's statements; None if not sharded."""
 
     def spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """Run a short task owned by the proxy, not by the session."""

@@ -29,6 +29,7 @@ from .login import Login
 from .params import NO_NAMES, ClientParams
 from .routing import Routing
 from .scan import ClientScan, ServerScan
+from .sharded import ShardedRelay
 from .sqltext import unmark_errors
 from .tracker import Tracker
 
@@ -126,6 +127,10 @@ class ClientSession(Login, Attach, Routing, Failures):
         is written out here rather than in a coroutine of its own: see the class comment.)"""
         try:
             if not await self._login():
+                return
+            sharding = self.app.shard_facts(self.database)
+            if sharding is not None:  # a sharded database: its own relay (session/sharded.py)
+                await ShardedRelay(self, sharding).serve()
                 return
             client = self.client
             while True:

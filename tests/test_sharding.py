@@ -1,0 +1,289 @@
+"""Sharding through the proxy: three real PostgreSQL clusters as shards of one database.
+
+Every row must land on the shard PostgreSQL's own hash partitioning chooses for its key (the
+oracle: `satisfies_hash_partition` on a hash-partitioned parent table with MODULUS 3, created
+on each shard), whichever way it was written: psql, psycopg in each protocol, COPY in each
+format, pgbench. Reads by key find their rows; reads without a key, IN lists over several
+shards and writes without a key reach every shard; omnisharded tables stay the same
+everywhere; hints and plugins route by hand; a transaction over several shards commits or
+rolls back on all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import APP_DB, PG_USERS, PROTOCOLS, psql, users_toml
+
+from trio_pgdog.embedded import Cluster
+from trio_pgdog.router.sharding.hashing import shard_of_int
+
+SHARDS = 3
+PASSWORD = PG_USERS["app"][0]
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (id bigserial, customer_id bigint, amount int, note text);
+CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text);
+CREATE TABLE IF NOT EXISTS shard_check (k bigint) PARTITION BY HASH (k);
+CREATE TABLE IF NOT EXISTS copied (customer_id bigint, note text, ts timestamptz);
+ALTER TABLE orders OWNER TO app; ALTER TABLE countries OWNER TO app;
+ALTER TABLE copied OWNER TO app; ALTER TABLE shard_check OWNER TO app;
+"""
+
+
+@pytest.fixture(scope="session")
+def shard_clusters() -> Iterator[list[Cluster]]:
+    with contextlib.ExitStack() as stack:
+        clusters = []
+        for _ in range(SHARDS):
+            cluster = stack.enter_context(Cluster.create())
+            cluster.start()
+            cluster.add_user("app", PASSWORD, auth="scram-sha-256")
+            cluster.add_database(APP_DB, owner="app")
+            cluster.sql(SCHEMA, dbname=APP_DB)
+            clusters.append(cluster)
+        yield clusters
+
+
+def sharded_toml(clusters: list[Cluster], port: int, **general: object) -> str:
+    lines = ["[general]", 'host = "127.0.0.1"', f"port = {port}"]
+    lines += [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}"
+              for k, v in general.items()]
+    for shard, cluster in enumerate(clusters):
+        lines += ["", "[[databases]]", f'name = "{APP_DB}"', 'host = "127.0.0.1"',
+                  f"port = {cluster.port}", f"shard = {shard}"]
+    lines += ["", "[[sharded_tables]]", f'database = "{APP_DB}"', 'name = "orders"',
+              'column = "customer_id"', "",
+              "[[sharded_tables]]", f'database = "{APP_DB}"', 'name = "copied"',
+              'column = "customer_id"', ""]
+    return "\n".join(lines)
+
+
+@pytest.fixture(params=["transaction", "session"])
+def sharded(request, shard_clusters, proxy_factory):
+    """A proxy in front of the three shards (in each pool mode); tables emptied first."""
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE orders, countries, copied", dbname=APP_DB)
+    return proxy_factory(pgdog_text=lambda port: sharded_toml(
+        shard_clusters, port, pooler_mode=request.param, default_pool_size=4),
+        users=users_toml())
+
+
+def placed_right(clusters: list[Cluster], table: str = "orders") -> dict[int, int]:
+    """Rows per shard, after checking with PostgreSQL that each is where it belongs."""
+    counts = {}
+    for shard, cluster in enumerate(clusters):
+        wrong = cluster.sql(f"SELECT count(*) FROM {table} WHERE customer_id IS NOT NULL AND NOT "
+                            f"satisfies_hash_partition('shard_check'::regclass, {SHARDS}, {shard}, "
+                            "customer_id)", dbname=APP_DB)
+        assert wrong == "0", f"{wrong} rows of {table} on shard {shard} belong elsewhere"
+        counts[shard] = int(cluster.sql(f"SELECT count(*) FROM {table}", dbname=APP_DB))
+    return counts
+
+
+# --- rows go where their key belongs ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_rows_inserted_by_psycopg_land_on_their_shard(sharded, shard_clusters, protocol):
+    with sharded.connect(**PROTOCOLS[protocol]) as conn:
+        for key in range(60):
+            conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, %s)",
+                         (key, key * 10))
+        counts = placed_right(shard_clusters)
+        assert sum(counts.values()) == 60 and all(counts.values()), counts
+        for key in (0, 7, 59):  # a read by key finds its row, on its shard only
+            assert conn.execute("SELECT amount FROM orders WHERE customer_id = %s",
+                                (key,)).fetchall() == [(key * 10,)]
+    expected = {s: sum(1 for k in range(60) if shard_of_int(k, SHARDS) == s) for s in range(3)}
+    assert counts == expected
+
+
+def test_rows_inserted_by_psql_land_on_their_shard(sharded, shard_clusters):
+    values = ", ".join(f"({k}, {k})" for k in range(100, 130))
+    done = psql(sharded.port, f"INSERT INTO orders (customer_id, amount) VALUES {values}")
+    assert done.returncode == 0, done.stderr
+    assert sum(placed_right(shard_clusters).values()) == 30
+    done = psql(sharded.port, "SELECT customer_id FROM orders WHERE customer_id = 117")
+    assert done.stdout.split() == ["117"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reads_without_a_key_and_in_lists_reach_every_shard(sharded, shard_clusters, protocol):
+    with sharded.connect(**PROTOCOLS[protocol]) as conn:
+        for key in range(12):
+            conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 1)", (key,))
+        rows = conn.execute("SELECT customer_id FROM orders").fetchall()
+        assert sorted(r[0] for r in rows) == list(range(12))
+        rows = conn.execute("SELECT customer_id FROM orders WHERE customer_id IN (1, 2, 3, 4, 5)"
+                            ).fetchall()
+        assert sorted(r[0] for r in rows) == [1, 2, 3, 4, 5]
+        rows = conn.execute("SELECT customer_id FROM orders WHERE customer_id = ANY(%s)",
+                            ([6, 7, 8],)).fetchall()
+        assert sorted(r[0] for r in rows) == [6, 7, 8]
+        # A write without a key: every shard, the counts added up.
+        cur = conn.execute("UPDATE orders SET amount = 2 WHERE amount = 1")
+        assert cur.rowcount == 12
+        assert cur.statusmessage == "UPDATE 12"
+
+
+def test_a_multi_row_insert_is_split_by_shard(sharded, shard_clusters):
+    with sharded.connect() as conn:
+        cur = conn.execute("INSERT INTO orders (customer_id, amount) VALUES "
+                           "(1, 10), (2, 20), (3, 30), (4, 40), (5, 50) RETURNING customer_id")
+        assert sorted(r[0] for r in cur.fetchall()) == [1, 2, 3, 4, 5]
+        assert cur.statusmessage == "INSERT 0 5"
+    assert sum(placed_right(shard_clusters).values()) == 5
+
+
+def test_refused_statements_say_why_and_the_connection_goes_on(sharded):
+    with sharded.connect() as conn:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="customer_id"):
+            conn.execute("INSERT INTO orders (amount) VALUES (1)")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("UPDATE orders SET customer_id = 5 WHERE customer_id = 4")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# --- omnisharded tables ------------------------------------------------------------------------
+
+
+def test_omnisharded_writes_go_everywhere_and_reads_anywhere(sharded, shard_clusters):
+    with sharded.connect() as conn:
+        cur = conn.execute("INSERT INTO countries VALUES ('fr', 'France'), ('jp', 'Japan')")
+        assert cur.statusmessage == "INSERT 0 2"  # one shard's count, not the sum
+        for _ in range(6):
+            assert conn.execute("SELECT name FROM countries WHERE code = 'jp'").fetchone() == \
+                ("Japan",)
+        assert conn.execute("SELECT count(*) FROM countries").fetchone() == (2,)
+    for cluster in shard_clusters:
+        assert cluster.sql("SELECT string_agg(code, ',' ORDER BY code) FROM countries",
+                           dbname=APP_DB) == "fr,jp"
+
+
+# --- transactions over several shards ------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_transaction_over_several_shards_commits_everywhere(sharded, shard_clusters, protocol):
+    with sharded.connect(**PROTOCOLS[protocol]) as conn:
+        conn.autocommit = False
+        for key in range(9):
+            conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 5)", (key,))
+        assert sum(placed_right(shard_clusters).values()) == 0  # not committed yet
+        conn.commit()
+    assert sum(placed_right(shard_clusters).values()) == 9
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_rollback_over_several_shards_leaves_nothing(sharded, shard_clusters, protocol):
+    with sharded.connect(**PROTOCOLS[protocol]) as conn:
+        conn.autocommit = False
+        for key in range(9):
+            conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 5)", (key,))
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM orders WHERE customer_id = 3").fetchone() == (0,)
+        conn.rollback()
+    assert sum(placed_right(shard_clusters).values()) == 0
+
+
+def test_an_error_on_one_shard_aborts_the_transaction_everywhere(sharded, shard_clusters):
+    with sharded.connect() as conn:
+        conn.autocommit = False
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1), (2, 2), (3, 3)")
+        with pytest.raises(psycopg.errors.DivisionByZero, match="shard"):
+            conn.execute("UPDATE orders SET amount = amount / (customer_id - 2)")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1 FROM orders WHERE customer_id = 1")
+        conn.rollback()
+    assert sum(placed_right(shard_clusters).values()) == 0
+
+
+def test_a_write_without_a_key_is_all_or_nothing_outside_a_transaction(sharded, shard_clusters):
+    with sharded.connect() as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1), (2, 2), (3, 3)")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("UPDATE orders SET amount = 100 / (customer_id - 2)")
+        # No shard kept its part of the failed statement.
+        assert sorted(conn.execute("SELECT amount FROM orders").fetchall()) == [(1,), (2,), (3,)]
+
+
+# --- choosing the shard by hand ------------------------------------------------------------
+
+
+def test_hints_route_by_hand_and_bad_hints_are_errors(sharded, shard_clusters):
+    with sharded.connect() as conn:
+        conn.execute("/* pgdog_shard: 2 */ CREATE TEMP TABLE IF NOT EXISTS x (a int)")
+        conn.execute("SET pgdog.shard TO 1")
+        conn.execute("INSERT INTO countries VALUES ('only', 'on shard 1')")
+        conn.execute("RESET pgdog.shard")
+        assert shard_clusters[1].sql("SELECT count(*) FROM countries WHERE code = 'only'",
+                                     dbname=APP_DB) == "1"
+        assert shard_clusters[0].sql("SELECT count(*) FROM countries WHERE code = 'only'",
+                                     dbname=APP_DB) == "0"
+        conn.execute("SET pgdog.sharding_key TO '42'")
+        assert conn.execute("SELECT code FROM countries WHERE code = 'only'").fetchall() == (
+            [("only",)] if shard_of_int(42, SHARDS) == 1 else [])
+        conn.execute("RESET pgdog.sharding_key")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="shard"):
+            conn.execute("SET pgdog.shard TO 7")
+        with pytest.raises(psycopg.Error, match="shard"):
+            conn.execute("/* pgdog_shard: 9 */ SELECT 1")
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+# --- COPY ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
+def test_copy_rows_land_on_their_shard(sharded, shard_clusters, fmt):
+    rows = [(k, f"note {k}") for k in range(200)]
+    with sharded.connect() as conn:
+        with conn.cursor() as cur:
+            options = "" if fmt == "text" else f"(FORMAT {fmt}{', HEADER' if fmt == 'csv' else ''})"
+            with cur.copy(f"COPY copied (customer_id, note) FROM STDIN {options}") as copy:
+                if fmt == "csv":  # psycopg writes rows in text format: CSV goes as bytes
+                    copy.write("customer_id,note\n")
+                    copy.write("".join(f'{k},"note, {k}"\n' for k, _note in rows))
+                else:
+                    if fmt == "binary":
+                        copy.set_types(["int8", "text"])
+                    for row in rows:
+                        copy.write_row(row)
+            assert cur.statusmessage == "COPY 200"
+        out = conn.execute("SELECT count(*) FROM copied WHERE customer_id = 5").fetchone()
+        assert out == (1,)
+    counts = placed_right(shard_clusters, "copied")
+    assert sum(counts.values()) == 200 and all(counts.values())
+
+
+def test_copy_to_stdout_gathers_every_shard(sharded, shard_clusters):
+    with sharded.connect() as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        with conn.cursor() as cur, cur.copy("COPY orders (customer_id) TO STDOUT") as copy:
+            got = sorted(int(row[0]) for row in copy.rows())
+        assert got == [1, 2, 3, 4]
+
+
+# --- pgbench, all three protocols -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_by_key_in_every_protocol(sharded, shard_clusters, tmp_path, mode):
+    script = tmp_path / "bykey.sql"
+    script.write_text("\\set k random(1, 500)\n"
+                      "INSERT INTO orders (customer_id, amount) VALUES (:k, 1);\n"
+                      "SELECT amount FROM orders WHERE customer_id = :k;\n"
+                      "UPDATE orders SET amount = amount + 1 WHERE customer_id = :k;\n")
+    from trio_pgdog.embedded import find_pg_binary
+
+    done = subprocess.run(
+        [find_pg_binary("pgbench"), "-n", "-h", "127.0.0.1", "-p", str(sharded.port), "-U", "app",
+         "-M", mode, "-c", "4", "-j", "2", "-t", "50", "-f", str(script), APP_DB],
+        env={"PGPASSWORD": PASSWORD}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "number of failed transactions: 0" in done.stdout or "failed" not in done.stdout
+    assert sum(placed_right(shard_clusters).values()) == 200

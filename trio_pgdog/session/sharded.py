@@ -1,0 +1,902 @@
+"""A client of a sharded database: each unit of its messages goes to the shards it needs.
+
+The client talks to trio_pgdog as to one PostgreSQL; the rows live on several (docs/
+sharding.md). For each unit the client sends (a Query, or extended-protocol messages up to a
+Sync or Flush) the relay finds the shards from the statements' sharding keys
+(router/sharding/keys.py) and, pgDog's word, *binds* the client to one server connection per
+shard it needs:
+
+- one shard (the common case: a key was given, or one shard is enough): the unit goes to that
+  shard's server as it came (statement names shared through the shard's Tracker) and the
+  answer comes back as the server sent it;
+- several shards: each gets what is its own (the unit, an INSERT's own rows, a COPY's own
+  rows), their answers are read shard after shard and merged into one (session/merge.py);
+  writes outside a transaction run inside one on every shard, committed only if every shard
+  succeeded.
+
+A transaction holds one connection per shard it touched: its BEGIN is answered here and sent
+to each shard when the transaction first needs it; COMMIT and ROLLBACK go to all of them.
+Units are handled one at a time: the next one is read once every answer to this one is out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..hooks.api import ALL_SHARDS, Action, QueryInfo
+from ..netio import ConnectionClosed
+from ..pool.hosts import PRIMARY, REPLICA
+from ..pool.server import ServerConnection, try_execute
+from ..protocol import ProtocolError, ProxyError, ServerError
+from ..protocol import errors as codes
+from ..protocol import extended as ext
+from ..protocol import messages as m
+from ..protocol import results as r
+from ..router.keywords import leading_keywords
+from ..router.sharding.keys import ShardingError, ShardingFacts, insert_rows_by_shard, shards_for
+from ..router.sharding.split import split_insert
+from . import merge
+from .attach import CLEANUP_TIMEOUT, give_back
+from .failures import ClientGone, shutdown_error
+from .shard_copy import copy_in
+from .shard_link import ShardLink, ShardLost
+from .tracker import Tracker
+from .units import split_units
+
+if TYPE_CHECKING:
+    from ..router.sharding.keys import FactsCache
+    from .session import ClientSession
+
+log = logging.getLogger(__name__)
+
+QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH = b"QPBDECSH"
+FUNCTION_CALL, TERMINATE = ord("F"), ord("X")
+_COPY_KINDS = frozenset(b"dcf")
+_IDLE_READY = m.ready_for_query(b"I")
+_IN_FAILED = ("25P02", "current transaction is aborted, commands ignored until end of "
+              "transaction block")
+
+Message = tuple[int, bytes, bytes]  # (type, body, the whole message)
+# What one client message earns in a fan-out: its type, body, and the shards it went to
+# (None: every shard the unit went to).
+Answer = tuple[str, bytes, frozenset[int] | None]
+
+
+class Execution:
+    """One statement the unit runs: a Query, or a Bind's execution of a prepared statement."""
+
+    __slots__ = ("facts", "first", "last", "shards", "sql")
+
+    def __init__(self, sql: str, facts: ShardingFacts, shards: frozenset[int], first: int,
+                 last: int):
+        self.sql, self.facts, self.shards = sql, facts, shards
+        self.first, self.last = first, last  # its messages in the unit: [first, last]
+
+
+class ShardedRelay:
+    def __init__(self, session: ClientSession, cache: FactsCache):
+        self.session = session
+        self.cache = cache
+        self.schema = cache.schema
+        self.shards = session.group.shards if session.group is not None else []
+        self.links: dict[int, ShardLink] = {}
+        # The client's prepared statements: name -> (shared name, Parse body after the name),
+        # shared by every shard's Tracker; and what routing needs of them: name -> (SQL, types).
+        self.prepared: dict[bytes, tuple[bytes, bytes]] = {}
+        self.statements: dict[bytes, tuple[str, tuple[int, ...]]] = {}
+        self.portals: dict[bytes, frozenset[int]] = {}  # where each open portal was bound
+        self.status = b"I"                 # the client's transaction status
+        self.begin: bytes | None = None    # the client's BEGIN, sent to each shard it touches
+        self.joined: set[int] = set()      # shards that received it
+        self.savepoints: list[bytes] = []  # SAVEPOINT statements a joining shard runs too
+        self.hint_shard: int | None = None  # SET pgdog.shard / pgdog.sharding_key
+        self.hint_key: str | None = None
+        self.local_shard: int | None = None  # SET LOCAL: until the transaction ends
+        self.local_key: str | None = None
+        self._buf = b""
+        self._turn = itertools.count()
+        self._unnamed: tuple[bytes, frozenset[int]] | None = None  # the unnamed Parse, and where
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Units until the client leaves; every server connection goes back at the end."""
+        try:
+            while True:
+                unit = await self._next_unit()
+                if unit is None:
+                    return
+                try:
+                    await self._unit(unit)
+                except ShardLost as lost:
+                    await self._shard_lost(lost)
+                if self.status == b"I" and self.session.transaction_mode:
+                    await self._release_all()
+        finally:
+            await self._release_all(leaving=True)
+
+    async def _next_unit(self) -> list[Message] | None:
+        """The client's next complete unit; None when it leaves (Terminate or EOF)."""
+        session, client = self.session, self.session.client
+        while True:
+            messages, cut = split_units(self._buf)
+            if messages:
+                end = _unit_end(messages)
+                unit, rest = messages[: end + 1], messages[end + 1 :]
+                self._buf = b"".join(raw for _k, _b, raw in rest) + self._buf[cut:]
+                if any(kind == TERMINATE for kind, _b, _r in unit):
+                    return None
+                return unit
+            if self._buf[:1] == b"X":
+                return None
+            if session.app.shutting_down and self.status == b"I":
+                raise shutdown_error()
+            session._idle_on = client.sock if self.status == b"I" else None
+            try:
+                data = await client.recv()
+            except trio.ClosedResourceError:
+                raise shutdown_error() from None
+            except ConnectionClosed:
+                return None
+            finally:
+                session._idle_on = None
+            self._buf += data
+
+    async def _unit(self, unit: list[Message]) -> None:
+        kind = unit[-1][0]
+        if kind in _COPY_KINDS and len(unit) == 1:
+            return  # COPY data outside a COPY: PostgreSQL ignores it too
+        if kind == QUERY and len(unit) == 1:
+            await self._query(unit[0])
+            return
+        await self._extended(unit)
+
+    # --- simple protocol ------------------------------------------------------------------
+
+    async def _query(self, message: Message) -> None:
+        sql = message[1].rstrip(b"\x00").decode("utf-8", "replace")
+        if await self.session._role_override(message[2], self.status):
+            return  # SET pgdog.role: answered by the session
+        facts = self.cache.get(sql)
+        if facts.setting is not None and facts.statements == 1:
+            try:
+                notice = self._apply_setting(facts)
+            except ProxyError as exc:
+                await self._refuse(exc)
+                return
+            await self._answer(notice, b"SET", extended=False)
+            return
+        if facts.kind == "transaction" and facts.statements == 1:
+            await self._transaction(sql, message[2])
+            return
+        if self.status == b"E":
+            await self._send(m.error_response(*_IN_FAILED) + m.ready_for_query(b"E"))
+            return
+        try:
+            shards = self._route(sql, facts, (), (), (), extended=False)
+        except ProxyError as exc:
+            await self._refuse(exc)
+            return
+        if facts.kind == "copy":
+            await copy_in(self, sql, facts, shards, message[2])
+            return
+        if len(shards) == 1:
+            (shard,) = shards
+            await self._single(shard, message[2], writes=facts.writes)
+            if facts.kind == "set":
+                await self._settings_changed(shard, sql)
+            return
+        rows = None
+        if facts.insert_keys is not None:
+            rows = insert_rows_by_shard(facts, self.schema)
+        if rows is not None and len(rows) > 1:
+            pieces = split_insert(sql, facts, rows)
+            outgoing = {shard: m.query(piece) for shard, (piece, _indexes) in pieces.items()}
+        else:
+            outgoing = dict.fromkeys(shards, message[2])
+        await self._fan_out(outgoing, [("Q", b"", None)], writes=facts.writes,
+                            same_answer=facts.omnisharded_write)
+
+    async def _transaction(self, sql: str, raw: bytes) -> None:
+        """BEGIN, COMMIT, ROLLBACK, SAVEPOINT... sent as a Query."""
+        words = leading_keywords(raw[5:], 3)
+        first = words[0] if words else ""
+        if first in ("BEGIN", "START"):
+            await self._send(self._begin(raw, sql) + m.ready_for_query(self.status))
+        elif first in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in words \
+                and "PREPARED" not in words:
+            answer = await self._finish(raw, first)
+            await self._send(answer + m.ready_for_query(self.status))
+        elif first in ("SAVEPOINT", "RELEASE", "ROLLBACK"):
+            await self._savepoint(raw, words)
+        else:  # PREPARE TRANSACTION, COMMIT PREPARED ...: two-phase commit is the proxy's own
+            await self._refuse(ProxyError(codes.FEATURE_NOT_SUPPORTED,
+                                          f"{sql.strip()[:40]}: two-phase commit statements are "
+                                          "not supported on a sharded database"))
+
+    def _begin(self, raw: bytes, sql: str) -> bytes:
+        """The client's BEGIN: remembered for the shards the transaction will touch."""
+        if self.status != b"I":
+            return (m.error_response("25001", "there is already a transaction in progress",
+                                     kind=b"N", severity="WARNING") + merge.command_complete(b"BEGIN"))
+        self.status = b"T"
+        self.begin = raw if raw[:1] == b"Q" else m.query(sql)
+        self.joined.clear()
+        return merge.command_complete(b"BEGIN")
+
+    async def _finish(self, raw: bytes, first: str) -> bytes:
+        """COMMIT or ROLLBACK on every shard the transaction touched; the answer for the
+        client (its ReadyForQuery is the caller's)."""
+        commit = first in ("COMMIT", "END")
+        tag = b"COMMIT" if commit and self.status == b"T" else b"ROLLBACK"
+        if self.status == b"I":
+            self._transaction_over()
+            return (m.error_response("25P01", "there is no transaction in progress", kind=b"N",
+                                     severity="WARNING") + merge.command_complete(tag))
+        statement = m.query("COMMIT" if commit and self.status == b"T" else "ROLLBACK")
+        outcome = await self._everywhere(sorted(self.joined), statement)
+        self._transaction_over()
+        failed = [(shard, error) for shard, error in outcome if error is not None]
+        if failed:
+            shard, error = failed[0]
+            return merge.naming_shard(error, shard) if len(outcome) > 1 else error
+        return merge.command_complete(tag)
+
+    def _transaction_over(self) -> None:
+        self.status = b"I"
+        self.begin = None
+        self.joined.clear()
+        self.savepoints.clear()
+        self.local_shard = self.local_key = None
+
+    async def _savepoint(self, raw: bytes, words: list[str]) -> None:
+        """SAVEPOINT, RELEASE, ROLLBACK TO: on every shard the transaction touched, and
+        replayed on those it touches later."""
+        if self.status == b"I":
+            await self._send(m.error_response("25P01", f"{words[0]} can only be used in "
+                                              "transaction blocks") + _IDLE_READY)
+            return
+        if self.status == b"E" and words[0] != "ROLLBACK":
+            await self._send(m.error_response(*_IN_FAILED) + m.ready_for_query(b"E"))
+            return
+        outcome = await self._everywhere(sorted(self.joined), raw)
+        failed = [(shard, error) for shard, error in outcome if error is not None]
+        if failed:
+            self.status = b"E"
+            await self._send(merge.naming_shard(*failed[0][::-1]) + m.ready_for_query(b"E"))
+            return
+        if words[0] == "SAVEPOINT":
+            self.savepoints.append(raw)
+        elif words[0] == "RELEASE":
+            self.savepoints = self.savepoints[:-1] if self.savepoints else []
+        else:  # ROLLBACK TO: the transaction is usable again
+            self.status = b"T"
+        tag = {"SAVEPOINT": b"SAVEPOINT", "RELEASE": b"RELEASE"}.get(words[0], b"ROLLBACK")
+        await self._send(merge.command_complete(tag) + m.ready_for_query(self.status))
+
+    async def _everywhere(self, shards: list[int], statement: bytes
+                          ) -> list[tuple[int, bytes | None]]:
+        """Run one simple Query on each of `shards`: (shard, its ErrorResponse or None)."""
+        results: list[tuple[int, bytes | None]] = []
+        for shard in shards:
+            link = self.links[shard]
+            await link.send(link.outgoing(statement))
+        for shard in shards:
+            link = self.links[shard]
+            error = None
+            while True:
+                message = await link.message()
+                if message[:1] == b"E":
+                    error = error or message
+                elif message[:1] == b"Z":
+                    break
+            results.append((shard, error))
+        return results
+
+    # --- extended protocol ----------------------------------------------------------------
+
+    async def _extended(self, unit: list[Message]) -> None:
+        try:
+            executions = self._executions(unit)
+        except ProxyError as exc:
+            await self._refuse(exc, extended=True, syncs=_syncs(unit))
+            return
+        control = [e for e in executions if e.facts.kind == "transaction" or e.facts.setting]
+        if control:
+            await self._extended_control(unit, executions, control)
+            return
+        if self.status == b"E":
+            await self._send(m.error_response(*_IN_FAILED)
+                             + m.ready_for_query(b"E") * _syncs(unit))
+            return
+        where: set[int] = set()
+        for execution in executions:
+            where |= execution.shards
+        if not executions:  # Parse, Describe, Close only: one shard answers for all
+            where = {self._any_shard()}
+        if len(where) == 1:
+            await self._single(next(iter(where)), b"".join(raw for _k, _b, raw in unit),
+                               writes=any(e.facts.writes for e in executions))
+            return
+        await self._extended_fan_out(unit, executions)
+
+    def _executions(self, unit: list[Message]) -> list[Execution]:
+        """Each statement the unit runs and its shards; statements it prepares are noted."""
+        found: list[Execution] = []
+        current: Execution | None = None
+        for i, (kind, body, _raw) in enumerate(unit):
+            if kind == PARSE:
+                name, rest = ext.parse_name(body)
+                self.statements[name] = (ext.parse_query_text(rest), r.parse_parameter_types(rest))
+            elif kind == BIND:
+                portal, name, rest = ext.bind_statement(body)
+                known = self.statements.get(name)
+                if known is None:
+                    current = None  # PostgreSQL reports the unknown statement
+                    continue
+                sql, types = known
+                facts = self.cache.get(sql)
+                params, formats = r.bind_parameters(rest)
+                shards = self._route(sql, facts, params, formats, types, extended=True)
+                current = Execution(sql, facts, shards, i, i)
+                self.portals[portal] = shards
+                found.append(current)
+            elif kind in (DESCRIBE, EXECUTE) and current is not None:
+                current.last = i
+            elif kind == QUERY:
+                raise ProxyError(codes.FEATURE_NOT_SUPPORTED,
+                                 "a Query inside an extended-protocol batch is not supported on "
+                                 "a sharded database: send a Sync first")
+        return found
+
+    async def _extended_control(self, unit: list[Message], executions: list[Execution],
+                                control: list[Execution]) -> None:
+        """A batch that begins or ends a transaction or sets a hint: answered here, as
+        PostgreSQL would answer it, when that is all it does."""
+        if len(executions) != 1:
+            await self._refuse(ProxyError(
+                codes.FEATURE_NOT_SUPPORTED,
+                "on a sharded database, BEGIN, COMMIT, ROLLBACK and SET pgdog.* must be sent in "
+                "an extended-protocol batch of their own"), extended=True, syncs=_syncs(unit))
+            return
+        execution = control[0]
+        facts = execution.facts
+        out: list[bytes] = []
+        for kind, body, _raw in unit:
+            if kind == PARSE:
+                out.append(r.PARSE_COMPLETE)
+            elif kind == BIND:
+                out.append(r.BIND_COMPLETE)
+            elif kind == DESCRIBE:
+                out.append((r.parameter_description([]) if body[:1] == b"S" else b"") + r.NO_DATA)
+            elif kind == EXECUTE:
+                out.append(await self._control_answer(execution.sql, facts))
+            elif kind == CLOSE:
+                out.append(r.CLOSE_COMPLETE)
+            elif kind == SYNC:
+                out.append(m.ready_for_query(self.status))
+        await self._send(b"".join(out))
+
+    async def _control_answer(self, sql: str, facts: ShardingFacts) -> bytes:
+        if facts.setting is not None:
+            try:
+                return self._apply_setting(facts) or merge.command_complete(b"SET")
+            except ProxyError as exc:
+                return m.error_response(exc.sqlstate, exc.message)
+        words = leading_keywords(sql.encode(), 3)
+        first = words[0] if words else ""
+        if first in ("BEGIN", "START"):
+            return self._begin(m.query(sql), sql)
+        if first in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in words:
+            return await self._finish(m.query(sql), first)
+        return m.error_response(codes.FEATURE_NOT_SUPPORTED,
+                                f"{first}: savepoints and two-phase commit statements must be sent "
+                                "as simple queries on a sharded database")
+
+    # --- routing --------------------------------------------------------------------------
+
+    def _route(self, sql: str, facts: ShardingFacts, params: tuple, formats: tuple,
+               types: tuple[int, ...], *, extended: bool) -> frozenset[int]:
+        """The shards one statement runs on (every shard for None): the hooks' answer, else
+        the hints', else the keys'."""
+        hooks = self.session.hooks
+        count = self.schema.shards
+        if hooks.pre_query:
+            shard = self._hook_shard(sql, params, formats, extended)
+            if shard is not None:
+                return frozenset(range(count)) if shard == ALL_SHARDS else frozenset((shard,))
+        shard = self.local_shard if self.local_shard is not None else self.hint_shard
+        key = self.local_key if self.local_key is not None else self.hint_key
+        try:
+            found = shards_for(facts, self.schema, params, formats, param_types=types,
+                               shard=shard, sharding_key=key, any_shard=self._any_shard())
+        except ShardingError as exc:
+            raise ProxyError(exc.sqlstate, exc.message) from None
+        return frozenset(range(count)) if found is None else found
+
+    def _hook_shard(self, sql: str, params: tuple, formats: tuple, extended: bool) -> int | None:
+        session = self.session
+        found = session.hooks.decide(QueryInfo(
+            sql=sql, lookup=session.app.parse_cache.get, database=session.database,
+            user=session.user, client_addr=session.addr, parameters=params,
+            parameter_formats=formats, extended=extended, in_transaction=self.status != b"I",
+            shards=self.schema.shards, has_primary=True, has_replicas=False))
+        if found is None:
+            return None
+        decision, label = found
+        if decision.action == Action.BLOCK:
+            raise ProxyError(decision.sqlstate or codes.INSUFFICIENT_PRIVILEGE,
+                             decision.message or f"statement blocked by {label}")
+        if decision.action != Action.ROUTE:
+            raise ProxyError(codes.FEATURE_NOT_SUPPORTED,
+                             f"hook {label} answered {decision.action.name.lower()}, which a "
+                             "sharded database does not support (only route and block)")
+        shard = decision.shard
+        if shard is not None and shard != ALL_SHARDS and not 0 <= shard < self.schema.shards:
+            raise ProxyError("58000", f"hook {label} routed to shard {shard}, but the database "
+                             f"has {self.schema.shards} shards")
+        return shard
+
+    def _any_shard(self) -> int:
+        """A shard for a statement any shard can answer: one the client already holds,
+        else the next in turn."""
+        if self.joined:
+            return min(self.joined)
+        if self.links:
+            return min(self.links)
+        return next(self._turn) % self.schema.shards
+
+    def _apply_setting(self, facts: ShardingFacts) -> bytes:
+        """SET [LOCAL] pgdog.shard / pgdog.sharding_key, RESET: the session's hints."""
+        setting = facts.setting
+        assert setting is not None
+        value = setting.value
+        if setting.name == "shard" and value is not None:
+            shard = int(value)
+            if not 0 <= shard < self.schema.shards:
+                raise ProxyError(codes.INVALID_PARAMETER_VALUE,
+                                 f"pgdog.shard must be a shard from 0 to {self.schema.shards - 1}, "
+                                 f"got {shard}")
+        if setting.name == "all":
+            self.hint_shard = self.hint_key = self.local_shard = self.local_key = None
+        elif setting.local:
+            if self.status == b"I":
+                return (m.error_response("25P01", "SET LOCAL can only be used in transaction "
+                                         "blocks", kind=b"N", severity="WARNING")
+                        + merge.command_complete(b"SET"))
+            if setting.name == "shard":
+                self.local_shard = None if value is None else int(value)
+            else:
+                self.local_key = None if value is None else str(value)
+        elif setting.name == "shard":
+            self.hint_shard = None if value is None else int(value)
+        else:
+            self.hint_key = None if value is None else str(value)
+        return b""
+
+    # --- one shard -------------------------------------------------------------------------
+
+    async def _single(self, shard: int, data: bytes, *, writes: bool) -> None:
+        """Everything to one shard's server and its answers back as they come, until the
+        server owes nothing more for it."""
+        link = await self._link(shard, writes)
+        session = self.session
+        await link.send(link.outgoing(data))
+        # While the query runs, the departure watch looks after this connection.
+        session.server = link.server
+        try:
+            while True:
+                answers = link.take()
+                if answers:
+                    await self._send(answers)
+                if link.params:
+                    session.settings.reported(link.params, link.server)
+                    link.params = []
+                if not link.owes:
+                    break
+                session.pending = link.tracker.owed
+                await link.fill()
+        finally:
+            session.server, session.pending = None, 0
+        if session.departure is not None:
+            raise ClientGone  # answered nobody: its connections are not reused (_release_all)
+        if link.server.status != b"I" or self.begin is not None:
+            self.status = link.server.status
+            self.joined.add(shard)
+        else:
+            self.status = b"I"
+
+    async def _settings_changed(self, shard: int, sql: str) -> None:
+        """A SET or RESET ran on one shard: the session's settings follow the client to the
+        other shards' connections as they do across connections (session/params.py)."""
+        session = self.session
+        session._note_sets([sql.encode()])
+        link = self.links.get(shard)
+        if link is not None and self.status == b"I" and session.recheck != frozenset():
+            await session._refresh_settings(link.server)
+
+    # --- several shards --------------------------------------------------------------------
+
+    async def _fan_out(self, outgoing: dict[int, bytes], answers: list[Answer], *,
+                       writes: bool, same_answer: bool = False) -> None:
+        """The same statement (or each shard's own) on several shards, one merged answer.
+        `answers`: what each client message earns and from which shards (None: all).
+        Writes outside a transaction run inside one on every shard, committed only if
+        every shard succeeded."""
+        ends = answers[-1][0] in ("Q", "S")
+        wrapped = writes and self.status == b"I" and ends
+        links = [await self._link(shard, writes) for shard in sorted(outgoing)]
+        if wrapped:
+            await self._run_each(links, b"BEGIN")
+        for link in links:
+            await link.send(link.outgoing(outgoing[link.shard]))
+        merger = _Merger(self, links, same_answer)
+        for kind, body, where in answers:
+            await merger.answer(kind, body, where)
+        if wrapped:
+            await self._run_each(links, b"ROLLBACK" if merger.error is not None else b"COMMIT")
+            merger.statuses = dict.fromkeys(merger.statuses, b"I")
+        if ends:
+            statuses = list(merger.statuses.values())
+            self.status = merge.combined_status(statuses) if statuses else self.status
+            if self.status != b"I":
+                self.joined.update(link.shard for link in links)
+        await merger.finish(self.status if ends else None)
+
+    async def _extended_fan_out(self, unit: list[Message], executions: list[Execution]) -> None:
+        """An extended-protocol batch whose statements run on several shards: each message
+        goes where its statement runs (Parse, Sync and Flush to every shard the batch
+        touches), and the answers are merged message by message."""
+        touched: set[int] = set()
+        for execution in executions:
+            touched |= execution.shards
+        owners: list[frozenset[int]] = []
+        for i, (kind, body, _raw) in enumerate(unit):
+            execution = next((e for e in executions if e.first <= i <= e.last), None)
+            if execution is not None:
+                where = execution.shards
+            elif kind == EXECUTE or (kind == DESCRIBE and body[:1] == b"P"):
+                where = self.portals.get(_name(body), frozenset(touched))
+            elif kind == DESCRIBE:
+                where = frozenset((min(touched),))  # a statement's description: any shard
+            else:
+                where = frozenset(touched)
+            if kind == EXECUTE and len(where) > 1 and body[-4:] != b"\x00\x00\x00\x00":
+                await self._refuse(ProxyError(
+                    codes.FEATURE_NOT_SUPPORTED, "an Execute with a row limit cannot run on "
+                    "several shards (a cursor over a sharded table needs a sharding key)"),
+                    extended=True, syncs=_syncs(unit))
+                return
+            owners.append(where)
+        outgoing = {shard: b"".join(raw for (_k, _b, raw), where in zip(unit, owners, strict=True)
+                                    if shard in where) for shard in touched}
+        answers: list[Answer] = [(chr(kind), body, None if len(where) == len(touched) else where)
+                                 for (kind, body, _raw), where in zip(unit, owners, strict=True)]
+        await self._fan_out(outgoing, answers, writes=any(e.facts.writes for e in executions))
+
+    async def _run_each(self, links: list[ShardLink], sql: bytes) -> None:
+        """A statement of the proxy's own on each link (the answers are not the client's)."""
+        outcome = await self._everywhere([link.shard for link in links], m.query(sql.decode()))
+        for shard, error in outcome:
+            if error is not None:
+                raise ProxyError(codes.CONNECTION_FAILURE,
+                                 f"shard {shard}: {sql.decode()} failed: "
+                                 f"{m.parse_error_fields(error[5:]).get('M', '')}")
+
+    # --- server connections ----------------------------------------------------------------
+
+    async def _link(self, shard: int, writes: bool) -> ShardLink:
+        """This client's connection to `shard`, taken from its pool when first needed; a
+        transaction's BEGIN (and savepoints) go to it first."""
+        link = self.links.get(shard)
+        if link is None:
+            session = self.session
+            group = session._current_group().shards[shard]
+            role = session.role_override or (PRIMARY if writes or self.status != b"I"
+                                             else REPLICA)
+            server = await self._checkout(group, role)
+            tracker = Tracker(session.app.statements, rename=True)
+            tracker.statements = self.prepared
+            link = self.links[shard] = ShardLink(shard, server, tracker)
+            sync = session.settings.sync_sql(server)
+            if sync is not None:
+                await self._sync(link, sync)
+        if self.begin is not None and shard not in self.joined:
+            self.joined.add(shard)
+            await self._everywhere_checked([shard], self.begin)
+            for savepoint in self.savepoints:
+                await self._everywhere_checked([shard], savepoint)
+        return link
+
+    async def _everywhere_checked(self, shards: list[int], statement: bytes) -> None:
+        for shard, error in await self._everywhere(shards, statement):
+            if error is not None:
+                raise ProxyError(codes.CONNECTION_FAILURE, f"shard {shard}: "
+                                 f"{m.parse_error_fields(error[5:]).get('M', '')}")
+
+    async def _checkout(self, group, role: str) -> ServerConnection:
+        pools = group.choose(role)
+        server = pools[0].take_idle()
+        if server is None:
+            server = await group.checkout(pools)
+        return server
+
+    async def _sync(self, link: ShardLink, sync: tuple[str | None, str | None]) -> None:
+        """The client's settings on a shard's connection before it is used."""
+        settings, server = self.session.settings, link.server
+        reported: set[str] = set()
+        try:
+            with trio.fail_after(CLEANUP_TIMEOUT):
+                for sql in sync:
+                    if sql is not None:
+                        await server.execute(sql)
+                        reported |= server.reported
+            settings.synced(server, reported)
+        except ServerError as exc:
+            log.warning("client %s (%s@%s): shard %d refused its settings: %s",
+                        self.session.addr, self.session.user, self.session.database,
+                        link.shard, exc)
+            settings.give_up(server)
+        except (ConnectionClosed, ProtocolError, OSError, trio.TooSlowError) as exc:
+            raise ShardLost(link.shard, server, str(exc) or "timeout") from None
+
+    async def _release_all(self, leaving: bool = False) -> None:
+        """Every server connection back to its pool (the transaction or session is over),
+        rolled back or reset as needed, or closed if it is not in a clean state."""
+        links, self.links = self.links, {}
+        departed = self.session.departure is not None  # a cancel may still be on its way
+        for link in links.values():
+            server = link.server
+            clean = link.tracker.idle and link._pos >= len(link._buf) and not departed
+            if not clean or server.pool is None or server.pool.closed:
+                give_back(server, reusable=False)
+                continue
+            if server.status != b"I" or (leaving and not self.session.transaction_mode):
+                with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+                    if server.status != b"I":
+                        await try_execute(server, "ROLLBACK", CLEANUP_TIMEOUT)
+                    if leaving and not self.session.transaction_mode and not server.broken:
+                        await try_execute(server, "DISCARD ALL", CLEANUP_TIMEOUT)
+            give_back(server)
+        if leaving:
+            self._transaction_over()
+
+    async def _shard_lost(self, lost: ShardLost) -> None:
+        """A shard's connection failed mid-statement: the client gets 08006 and the
+        transaction (on every shard) is over; the other connections are rolled back."""
+        log.warning("client %s (%s@%s): %s", self.session.addr, self.session.user,
+                    self.session.database, lost.error().message)
+        link = self.links.pop(lost.shard, None)
+        if link is not None:
+            give_back(link.server, reusable=False)
+        for other in self.links.values():  # their answers to this unit are not worth reading
+            other.server.broken = True
+        await self._release_all()
+        self._transaction_over()
+        exc = lost.error()
+        if not self.session.transaction_mode:  # session state lived on that connection
+            raise ProxyError(exc.sqlstate, exc.message + "; session state is gone, reconnect",
+                             fatal=True)
+        await self._send(m.error_response(exc.sqlstate, exc.message, hint=exc.hint)
+                         + _IDLE_READY)
+
+    # --- answers of the proxy's own --------------------------------------------------------
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.session.client.send(data)
+        except ConnectionClosed:
+            raise ClientGone from None
+
+    async def _answer(self, notice: bytes, tag: bytes, *, extended: bool) -> None:
+        await self._send(notice + merge.command_complete(tag) + m.ready_for_query(self.status))
+
+    async def _refuse(self, exc: ProxyError, *, extended: bool = False, syncs: int = 1) -> None:
+        """An error for a statement that is not run: the transaction, if any, fails."""
+        log.info("client %s (%s@%s): %s: %s", self.session.addr, self.session.user,
+                 self.session.database, exc.sqlstate, exc.message)
+        if self.status == b"T":
+            self.status = b"E"
+        await self._send(m.error_response(exc.sqlstate, exc.message, hint=exc.hint)
+                         + m.ready_for_query(self.status) * max(syncs, 0 if extended else 1))
+
+
+class _Merger:
+    """Reads each shard's answers to a unit, one client message at a time, and writes the
+    client one answer (session/merge.py). A shard that failed skips to the Sync, as
+    PostgreSQL does; after the first error only ReadyForQuery statuses are read."""
+
+    def __init__(self, relay: ShardedRelay, links: list[ShardLink], same_answer: bool):
+        self.relay = relay
+        self.links = links
+        self.same_answer = same_answer  # every shard answers alike (omnisharded writes)
+        self.out: list[bytes] = []
+        self.size = 0
+        self.error: bytes | None = None  # the first error, naming its shard
+        self.failed: set[int] = set()    # shards skipping to their Sync
+        self.statuses: dict[int, bytes] = {}
+
+    async def answer(self, kind: str, body: bytes, where: frozenset[int] | None) -> None:
+        links = [link for link in self.links if where is None or link.shard in where]
+        if kind == "S":
+            await self._ready(links)
+            return
+        if kind == "Q":
+            await self._query(links)
+            return
+        links = [link for link in links if link.shard not in self.failed]
+        if kind in "PBC":
+            await self._one_each(links)
+        elif kind == "D":
+            await self._describe(links, body[:1] == b"S")
+        elif kind == "E":
+            await self._rows(links)
+
+    async def _one_each(self, links: list[ShardLink]) -> None:
+        """ParseComplete, BindComplete, CloseComplete: one for all."""
+        first = None
+        for link in links:
+            message = await self._next(link)
+            if message[:1] == b"E":
+                self._failed(link, message)
+            elif first is None:
+                first = message
+        if first is not None:
+            self._emit(first)
+
+    async def _describe(self, links: list[ShardLink], statement: bool) -> None:
+        """A description: the shards' must agree."""
+        first: list[bytes] | None = None
+        for link in links:
+            got = [await self._next(link)]
+            if statement and got[0][:1] == b"t":
+                got.append(await self._next(link))
+            if got[-1][:1] == b"E" or got[0][:1] == b"E":
+                self._failed(link, got[-1] if got[-1][:1] == b"E" else got[0])
+            elif first is None:
+                first = got
+            elif got[-1] != first[-1] and self.error is None:
+                self.error = merge.disagreement(link.shard, "other columns")
+        for message in first or ():
+            self._emit(message)
+
+    async def _rows(self, links: list[ShardLink]) -> None:
+        """An Execute's rows from every shard, then one CommandComplete."""
+        tags: list[bytes] = []
+        for link in links:
+            while True:
+                message = await self._next(link)
+                kind = message[:1]
+                if kind == b"D":
+                    if not self.same_answer or link is links[0]:
+                        self._emit(message)
+                        await self._flush_some()
+                elif kind in (b"C", b"I", b"s"):
+                    tags.append(message)
+                    break
+                elif kind == b"E":
+                    self._failed(link, message)
+                    break
+        self._complete(tags)
+
+    async def _query(self, links: list[ShardLink]) -> None:
+        """A Query's results from every shard, statement by statement, up to each shard's
+        ReadyForQuery (the statuses are kept; the caller sends one ReadyForQuery)."""
+        done: set[int] = set()
+        while len(done) < len(links):
+            description: bytes | None = None
+            tags: list[bytes] = []
+            copy_out = False
+            for link in links:
+                if link.shard in done:
+                    continue
+                while True:
+                    message = await self._next(link)
+                    kind = message[:1]
+                    if kind == b"T":
+                        if description is None:
+                            description = message
+                            self._emit(message)
+                        elif message != description and self.error is None:
+                            self.error = merge.disagreement(link.shard, "other columns")
+                    elif kind in (b"D", b"d"):
+                        if not self.same_answer or link is links[0]:
+                            self._emit(message)
+                            await self._flush_some()
+                    elif kind == b"H":  # COPY TO STDOUT: one CopyOutResponse for all
+                        if not copy_out:
+                            self._emit(message)
+                        copy_out = True
+                    elif kind in (b"C", b"I"):
+                        tags.append(message)
+                        break
+                    elif kind == b"E":
+                        self._failed(link, message)
+                    elif kind == b"Z":
+                        self.statuses[link.shard] = message[5:6]
+                        done.add(link.shard)
+                        break
+            if copy_out:
+                self._emit(m.message(b"c"))
+            self._complete(tags)
+
+    async def _ready(self, links: list[ShardLink]) -> None:
+        """Each shard's ReadyForQuery for the Sync (its status kept, none sent yet)."""
+        for link in links:
+            while True:
+                message = await self._next(link)
+                if message[:1] == b"Z":
+                    self.statuses[link.shard] = message[5:6]
+                    break
+                if message[:1] == b"E":
+                    self._failed(link, message)
+        self.failed.clear()
+
+    async def _next(self, link: ShardLink) -> bytes:
+        """The shard's next answer; notices go to the client on the way, ParameterStatus to
+        the session's settings, CopyDone and a notification are dropped."""
+        while True:
+            message = await link.message()
+            kind = message[:1]
+            if kind == b"N":
+                self._emit(message)
+            elif kind == b"S":
+                self.relay.session.settings.reported([message[5:]], link.server)
+            elif kind not in (b"c", b"A"):
+                return message
+
+    def _complete(self, tags: list[bytes]) -> None:
+        if not tags:
+            return
+        if tags[0][:1] != b"C" or self.same_answer:
+            self._emit(tags[0])
+            return
+        self._emit(merge.command_complete(merge.total_tag([merge.command_tag(t) for t in tags])))
+
+    def _failed(self, link: ShardLink, message: bytes) -> None:
+        self.failed.add(link.shard)
+        if self.error is None:
+            self.error = merge.naming_shard(message, link.shard) if len(self.links) > 1 else message
+
+    def _emit(self, message: bytes) -> None:
+        if self.error is None or message[:1] == b"N":
+            self.out.append(message)
+            self.size += len(message)
+
+    async def _flush_some(self) -> None:
+        if self.size > 65536:  # rows stream to the client; memory stays bounded
+            data = b"".join(self.out)
+            self.out, self.size = [], 0
+            await self.relay._send(data)
+
+    async def finish(self, status: bytes | None) -> None:
+        """The error, if any, and the ReadyForQuery (`status`; None: the unit ended with a
+        Flush and earns none)."""
+        if self.error is not None:
+            self.out.append(self.error)
+        if status is not None:
+            self.out.append(m.ready_for_query(status))
+        if self.out:
+            await self.relay._send(b"".join(self.out))
+
+
+def _unit_end(messages: list[Message]) -> int:
+    """Where the first unit of `messages` ends (its last message's index)."""
+    for i, (kind, _b, _r) in enumerate(messages):
+        if kind in b"QSHFdcfX":
+            return i
+    return len(messages) - 1
+
+
+def _syncs(unit: list[Message]) -> int:
+    return sum(1 for kind, _b, _r in unit if kind == SYNC)
+
+
+def _name(body: bytes) -> bytes:
+    """The name in a Describe/Execute body (after the type byte for Describe)."""
+    start = 1 if body[:1] in (b"S", b"P") else 0
+    return body[start : body.index(b"\x00", start)]
