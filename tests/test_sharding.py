@@ -12,6 +12,7 @@ rolls back on all of them.
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import subprocess
 from collections.abc import Iterator
 
@@ -287,3 +288,93 @@ def test_pgbench_by_key_in_every_protocol(sharded, shard_clusters, tmp_path, mod
     assert done.returncode == 0, done.stderr
     assert "number of failed transactions: 0" in done.stdout or "failed" not in done.stdout
     assert sum(placed_right(shard_clusters).values()) == 200
+
+
+# --- hooks and plugins choose the shard ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_comment_plugins(tmp_path_factory) -> dict[str, str]:
+    """The example plugins that route `/* shard: N */` statements: C, and Rust if cargo is here."""
+    from plugin_build import CARGO, CC, build_c_plugins, build_rust_example
+
+    if CC is None:
+        pytest.skip("no C compiler")
+    found = {"c": str(build_c_plugins(tmp_path_factory.mktemp("c")) / "libshard_comment.so")}
+    if CARGO is not None:
+        found["rust"] = str(build_rust_example(tmp_path_factory.mktemp("rust")))
+    return found
+
+
+@pytest.mark.parametrize("language", ["c", "rust"])
+def test_a_plugin_shard_answer_is_honoured(shard_clusters, proxy_factory, shard_comment_plugins,
+                                           language):
+    if language not in shard_comment_plugins:
+        pytest.skip("no cargo")
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE countries", dbname=APP_DB)
+    plugin = f'\n[[plugins]]\nname = "{shard_comment_plugins[language]}"\n'
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(shard_clusters, port) + plugin,
+                          users=users_toml())
+    with proxy.connect() as conn:
+        conn.execute("/* shard: 2 */ INSERT INTO countries VALUES ('p2', 'by the plugin')")
+        with pytest.raises(psycopg.Error, match="shard 5 does not exist"):
+            conn.execute("/* shard: 5 */ SELECT 1")
+        # No comment: the plugin has no answer and the router decides (every shard).
+        conn.execute("INSERT INTO countries VALUES ('all', 'everywhere')")
+    assert [c.sql("SELECT string_agg(code, ',' ORDER BY code) FROM countries", dbname=APP_DB)
+            for c in shard_clusters] == ["all", "all", "all,p2"]
+
+
+def test_a_python_hook_routes_to_every_shard_or_one(shard_clusters, proxy_factory):
+    """A Python hook's route answer (shard n, or ALL_SHARDS) wins over the keys."""
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE countries", dbname=APP_DB)
+    hook = '\n[[hooks.python]]\nobject = "hookmods.shard_route:Route"\n'
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(shard_clusters, port) + hook,
+                          users=users_toml())
+    with proxy.connect() as conn:
+        conn.execute("INSERT INTO countries VALUES ('one', 'to_one')")
+        cur = conn.execute("SELECT code FROM countries WHERE name = 'to_all'")
+        assert cur.fetchall() == []
+    assert [c.sql("SELECT count(*) FROM countries", dbname=APP_DB) for c in shard_clusters] == \
+        ["0", "1", "0"]
+
+
+def _rss_kb(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_million_row_copy_streams_in_flat_memory(sharded, shard_clusters):
+    """1,000,000 rows through the COPY splitter: each row reaches its shard as it arrives, and
+    the proxy holds no more than a chunk of them at a time."""
+    import threading
+
+    pid = sharded.proc.pid
+    with sharded.connect() as conn:
+        conn.execute("SELECT 1")
+        before = _rss_kb(pid)
+        peak = [before]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], _rss_kb(pid))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with conn.cursor() as cur:
+                with cur.copy("COPY copied (customer_id, note) FROM STDIN") as copy:
+                    for start in range(0, 1_000_000, 10_000):
+                        copy.write("".join(f"{k}\tx\n" for k in range(start, start + 10_000)))
+                assert cur.statusmessage == "COPY 1000000"
+        finally:
+            done.set()
+            watcher.join()
+    counts = placed_right(shard_clusters, "copied")
+    assert sum(counts.values()) == 1_000_000
+    assert peak[0] - before < 40_000, f"proxy RSS grew by {peak[0] - before} KB during the COPY"
