@@ -378,3 +378,35 @@ def test_a_million_row_copy_streams_in_flat_memory(sharded, shard_clusters):
     counts = placed_right(shard_clusters, "copied")
     assert sum(counts.values()) == 1_000_000
     assert peak[0] - before < 40_000, f"proxy RSS grew by {peak[0] - before} KB during the COPY"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT pg_sleep(3) WHERE EXISTS (SELECT 1 FROM orders)",   # every shard
+    "SELECT pg_sleep(3) FROM orders WHERE customer_id = 1",     # one shard
+], ids=["every-shard", "one-shard"])
+def test_a_client_leaving_mid_query_frees_every_shard(shard_clusters, proxy_factory, sql):
+    import time
+
+    import pgwire
+    import trio
+
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE orders", dbname=APP_DB)
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(
+        shard_clusters, port, default_pool_size=1, checkout_timeout=5000), users=users_toml())
+    with proxy.connect() as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1), (2, 2), (3, 3)")
+
+    async def leave() -> None:
+        async with await pgwire.Wire.connect(proxy.port) as wire:
+            await wire.login("app", APP_DB, PASSWORD)
+            await wire.send(pgwire.query(sql))
+            await trio.sleep(0.3)
+
+    trio.run(leave)
+    started = time.monotonic()
+    with proxy.connect() as conn:  # every shard's only connection is free again
+        assert conn.execute("SELECT customer_id FROM orders WHERE customer_id IN (1, 2, 3) "
+                            "AND amount > 0").fetchall() != []
+    assert time.monotonic() - started < 1.5
+    assert "cancelling the query" in proxy.log

@@ -41,9 +41,9 @@ class Watched(Protocol):
     """What the watch reads of a client session (session/session.py)."""
 
     client: Conn
-    server: ServerConnection | None
-    pending: int
     departure: Departure | None
+
+    def busy_servers(self) -> list[ServerConnection]: ...
 
     def client_departed(self, now: float) -> None: ...
 
@@ -51,8 +51,8 @@ class Watched(Protocol):
 
 
 def waiting_on_server(session: Watched) -> bool:
-    """Does the session hold a server that owes answers (or a departed client's server)?"""
-    return session.server is not None and bool(session.pending or session.departure is not None)
+    """Does the session hold servers that owe answers (or a departed client's servers)?"""
+    return bool(session.busy_servers())
 
 
 def hung_up(fds: list[int]) -> set[int]:

@@ -122,28 +122,32 @@ class Failures:
     def client_departed(self, now: float) -> None:
         """The departure watch saw the client hang up while its query runs: cancel the
         query; the session gives its server back once PostgreSQL has answered."""
-        server = self.server
-        if server is None or self.departure is not None:
+        servers = self.busy_servers()
+        if not servers or self.departure is not None:
             return
         self.departure = departure = Departure(now)
-        log.info("client %s (%s@%s): gone while its query runs on %s:%d (pid %s); cancelling "
-                 "the query", self.addr, self.user, self.database, server.host, server.port,
-                 server.pid)
-        self.app.spawn(self._cancel_query, server, departure.cancelled)
+        log.info("client %s (%s@%s): gone while its query runs on %s; cancelling the query",
+                 self.addr, self.user, self.database,
+                 ", ".join(f"{s.host}:{s.port} (pid {s.pid})" for s in servers))
+        self.app.spawn(self._cancel_queries, servers, departure.cancelled)
 
-    async def _cancel_query(self, server: ServerConnection, done: trio.Event) -> None:
+    async def _cancel_queries(self, servers: list[ServerConnection], done: trio.Event) -> None:
         try:
-            await send_cancel(server, self.app.config.general.connect_timeout / 1000)
+            timeout = self.app.config.general.connect_timeout / 1000
+            async with trio.open_nursery() as nursery:
+                for server in servers:
+                    nursery.start_soon(send_cancel, server, timeout)
         finally:
             done.set()
 
     def abort(self) -> None:
         """End a departed client's session whose server did not answer after the cancel:
         the session's wait on the server ends, and the connection is closed, not reused."""
-        server, departure = self.server, self.departure
-        if server is None or departure is None or departure.aborted:
+        servers, departure = self.busy_servers(), self.departure
+        if not servers or departure is None or departure.aborted:
             return
         departure.aborted = True
-        log.warning("client %s (%s@%s): server %r did not answer after the cancel; closing "
-                    "the connection", self.addr, self.user, self.database, server)
-        trio.lowlevel.notify_closing(server.conn.sock)
+        for server in servers:
+            log.warning("client %s (%s@%s): server %r did not answer after the cancel; closing "
+                        "the connection", self.addr, self.user, self.database, server)
+            trio.lowlevel.notify_closing(server.conn.sock)

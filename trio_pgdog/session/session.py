@@ -69,6 +69,7 @@ class ClientSession(Login, Attach, Routing, Failures):
         "pending",
         "pid",
         "recheck",
+        "relay",
         "role_override",
         "secret",
         "server",
@@ -119,6 +120,7 @@ class ClientSession(Login, Attach, Routing, Failures):
         # Set by the departure watch (session/departures.py) when the client hung up while
         # its query ran: the query is cancelled and its answer goes nowhere.
         self.departure: Departure | None = None
+        self.relay: ShardedRelay | None = None  # a sharded database's clients only
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -130,7 +132,8 @@ class ClientSession(Login, Attach, Routing, Failures):
                 return
             sharding = self.app.shard_facts(self.database)
             if sharding is not None:  # a sharded database: its own relay (session/sharded.py)
-                await ShardedRelay(self, sharding).serve()
+                self.relay = ShardedRelay(self, sharding)
+                await self.relay.serve()
                 return
             client = self.client
             while True:
@@ -179,6 +182,15 @@ class ClientSession(Login, Attach, Routing, Failures):
             if self._poller is not None:
                 self._poller.close()
             self.client.close()
+
+    def busy_servers(self) -> list[ServerConnection]:
+        """Servers running something for this client (or for it when it left)."""
+        if self.relay is not None:
+            return self.relay.busy_servers()
+        server = self.server
+        if server is not None and (self.pending or self.departure is not None):
+            return [server]
+        return []
 
     def interrupt_idle(self) -> None:
         """Shutdown: wake this session if it is waiting for its client between transactions."""

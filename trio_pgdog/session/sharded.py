@@ -486,22 +486,16 @@ class ShardedRelay:
         link = await self._link(shard, writes)
         session = self.session
         await link.send(link.outgoing(data))
-        # While the query runs, the departure watch looks after this connection.
-        session.server = link.server
-        try:
-            while True:
-                answers = link.take()
-                if answers:
-                    await self._send(answers)
-                if link.params:
-                    session.settings.reported(link.params, link.server)
-                    link.params = []
-                if not link.owes:
-                    break
-                session.pending = link.tracker.owed
-                await link.fill()
-        finally:
-            session.server, session.pending = None, 0
+        while True:
+            answers = link.take()
+            if answers:
+                await self._send(answers)
+            if link.params:
+                session.settings.reported(link.params, link.server)
+                link.params = []
+            if not link.owes:
+                break
+            await link.fill()
         if session.departure is not None:
             raise ClientGone  # answered nobody: its connections are not reused (_release_all)
         if link.server.status != b"I" or self.begin is not None:
@@ -518,6 +512,11 @@ class ShardedRelay:
         link = self.links.get(shard)
         if link is not None and self.status == b"I" and session.recheck != frozenset():
             await session._refresh_settings(link.server)
+
+    def busy_servers(self) -> list[ServerConnection]:
+        """The shard connections still owing answers (the departure watch cancels them)."""
+        departed = self.session.departure is not None
+        return [link.server for link in self.links.values() if departed or link.owes]
 
     # --- several shards --------------------------------------------------------------------
 
