@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import APP_DB, PG_USERS, PROTOCOLS, psql, users_toml
+from conftest import APP_DB, PG_USERS, PROTOCOLS, _toml, psql, users_toml
 
 from trio_pgdog.embedded import Cluster
 from trio_pgdog.router.sharding.hashing import shard_of_int
@@ -51,8 +51,7 @@ def shard_clusters() -> Iterator[list[Cluster]]:
 
 def sharded_toml(clusters: list[Cluster], port: int, **general: object) -> str:
     lines = ["[general]", 'host = "127.0.0.1"', f"port = {port}"]
-    lines += [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}"
-              for k, v in general.items()]
+    lines += [f"{k} = {_toml(v)}" for k, v in general.items()]
     for shard, cluster in enumerate(clusters):
         lines += ["", "[[databases]]", f'name = "{APP_DB}"', 'host = "127.0.0.1"',
                   f"port = {cluster.port}", f"shard = {shard}"]
@@ -410,3 +409,26 @@ def test_a_client_leaving_mid_query_frees_every_shard(shard_clusters, proxy_fact
                             "AND amount > 0").fetchall() != []
     assert time.monotonic() - started < 1.5
     assert "cancelling the query" in proxy.log
+
+
+def test_reads_inside_a_shard_go_to_its_replica(shard_clusters, proxy_factory):
+    """Replicas belong to a shard: read/write splitting works inside it."""
+    from conftest import wait_replicated
+
+    primary = shard_clusters[1]
+    with primary.create_replica() as replica:
+        replica.start()
+        wait_replicated(primary, [replica])
+        extra = ("\n[[databases]]\n" f'name = "{APP_DB}"\nhost = "127.0.0.1"\n'
+                 f'port = {replica.port}\nshard = 1\nrole = "replica"\n')
+        proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(
+            shard_clusters, port, read_your_writes=False) + extra, users=users_toml())
+        key = next(k for k in range(100) if shard_of_int(k, SHARDS) == 1)
+        with proxy.connect() as conn:
+            conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 7)", (key,))
+            wait_replicated(primary, [replica])
+            row = conn.execute("SELECT pg_is_in_recovery(), amount FROM orders "
+                               "WHERE customer_id = %s", (key,)).fetchone()
+            assert row == (True, 7)  # read on shard 1's replica
+            assert conn.execute("UPDATE orders SET amount = 8 WHERE customer_id = %s RETURNING "
+                                "pg_is_in_recovery()", (key,)).fetchone() == (False,)
