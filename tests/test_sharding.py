@@ -432,3 +432,17 @@ def test_reads_inside_a_shard_go_to_its_replica(shard_clusters, proxy_factory):
             assert row == (True, 7)  # read on shard 1's replica
             assert conn.execute("UPDATE orders SET amount = 8 WHERE customer_id = %s RETURNING "
                                 "pg_is_in_recovery()", (key,)).fetchone() == (False,)
+
+
+def test_savepoints_span_the_shards_a_transaction_touches(sharded, shard_clusters):
+    keys = [next(k for k in range(100) if shard_of_int(k, SHARDS) == s) for s in range(SHARDS)]
+    with sharded.connect() as conn:
+        conn.autocommit = False
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 1)", (keys[0],))
+        conn.execute("SAVEPOINT a")
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 2)", (keys[1],))
+        conn.execute("ROLLBACK TO SAVEPOINT a")  # undoes shard 1's row, and shard 1 joined late
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 3)", (keys[2],))
+        conn.execute("RELEASE a")
+        conn.commit()
+    assert placed_right(shard_clusters) == {0: 1, 1: 0, 2: 1}

@@ -269,11 +269,14 @@ class ShardedRelay:
             self.status = b"E"
             await self._send(merge.naming_shard(*failed[0][::-1]) + m.ready_for_query(b"E"))
             return
+        name = _savepoint_name(raw)
+        names = [_savepoint_name(saved) for saved in self.savepoints]
         if words[0] == "SAVEPOINT":
             self.savepoints.append(raw)
-        elif words[0] == "RELEASE":
-            self.savepoints = self.savepoints[:-1] if self.savepoints else []
-        else:  # ROLLBACK TO: the transaction is usable again
+        elif name in names:  # RELEASE drops it and those after; ROLLBACK TO keeps it
+            keep = len(names) - names[::-1].index(name) - (words[0] == "RELEASE")
+            self.savepoints = self.savepoints[:keep]
+        if words[0] == "ROLLBACK":  # ROLLBACK TO: the transaction is usable again
             self.status = b"T"
         tag = {"SAVEPOINT": b"SAVEPOINT", "RELEASE": b"RELEASE"}.get(words[0], b"ROLLBACK")
         await self._send(merge.command_complete(tag) + m.ready_for_query(self.status))
@@ -889,6 +892,14 @@ def _unit_end(messages: list[Message]) -> int:
         if kind in b"QSHFdcfX":
             return i
     return len(messages) - 1
+
+
+def _savepoint_name(raw: bytes) -> str:
+    """The savepoint a SAVEPOINT, RELEASE [SAVEPOINT] or ROLLBACK [WORK] TO [SAVEPOINT]
+    Query names (upper-cased, as unquoted names compare)."""
+    words = leading_keywords(raw[5:], 6)
+    rest = [w for w in words[1:] if w not in ("SAVEPOINT", "WORK", "TRANSACTION", "TO")]
+    return rest[0] if rest else ""
 
 
 def _syncs(unit: list[Message]) -> int:
