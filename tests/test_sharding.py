@@ -446,3 +446,43 @@ def test_savepoints_span_the_shards_a_transaction_touches(sharded, shard_cluster
         conn.execute("RELEASE a")
         conn.commit()
     assert placed_right(shard_clusters) == {0: 1, 1: 0, 2: 1}
+
+
+def test_cursors_follow_their_shards_and_a_cross_shard_fetch_is_refused(sharded):
+    with sharded.connect() as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1), (2, 2), (3, 3)")
+        conn.autocommit = False
+        conn.execute("DECLARE one CURSOR FOR SELECT amount FROM orders WHERE customer_id = 2")
+        assert conn.execute("FETCH 10 FROM one").fetchall() == [(2,)]
+        conn.execute("CLOSE one")
+        conn.execute("DECLARE every CURSOR FOR SELECT amount FROM orders")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="3 shards"):
+            conn.execute("FETCH 2 FROM every")
+        conn.rollback()
+
+
+def test_cross_shard_disabled_refuses_what_would_run_on_several_shards(shard_clusters,
+                                                                       proxy_factory):
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(
+        shard_clusters, port, cross_shard_disabled=True), users=users_toml())
+    with proxy.connect() as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES (4, 4)")
+        assert conn.execute("SELECT amount FROM orders WHERE customer_id = 4").fetchone() == (4,)
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="cross_shard_disabled"):
+            conn.execute("SELECT amount FROM orders")
+        assert conn.execute("/* pgdog_shard: 0 */ SELECT count(*) FROM orders").fetchone()[0] >= 0
+
+
+def test_a_failing_shard_cancels_the_others(sharded, shard_clusters):
+    import time
+
+    keys = [next(k for k in range(100) if shard_of_int(k, SHARDS) == s) for s in range(SHARDS)]
+    with sharded.connect() as conn:
+        for key in keys:
+            conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, 1)", (key,))
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.DivisionByZero, match="shard 0"):
+            conn.execute("SELECT 1 / (customer_id - %s), pg_sleep(CASE WHEN customer_id = %s "
+                         "THEN 0 ELSE 5 END) FROM orders", (keys[0], keys[0]))
+        assert time.monotonic() - started < 3, "the other shards' statements ran on"
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -99,6 +99,8 @@ class General:
     read_write_split: bool = True
     # A client's reads after its own write go to the primary until the replicas have it.
     read_your_writes: bool = True
+    # Sharding: refuse statements that would run on several shards (each must name one).
+    cross_shard_disabled: bool = False
     # Bytes a replica may be behind the primary before it gets no reads; 0: no limit.
     replica_lag_limit: int = attrs.field(default=0, validator=at_least(0))
     # How often the primary's WAL position and the replicas' replay positions are sampled.
@@ -304,12 +306,18 @@ class User:
     server_user: str | None = None
     server_password: str | None = None
     read_your_writes: bool | None = None  # None: as in [general]
+    cross_shard_disabled: bool | None = None  # None: as in [general]
 
     def effective_pool_size(self, general: General) -> int:
         return self.pool_size if self.pool_size is not None else general.default_pool_size
 
     def effective_pooler_mode(self, general: General) -> str:
         return self.pooler_mode if self.pooler_mode is not None else general.pooler_mode
+
+    def effective_cross_shard_disabled(self, general: General) -> bool:
+        if self.cross_shard_disabled is not None:
+            return self.cross_shard_disabled
+        return general.cross_shard_disabled
 
     def effective_read_your_writes(self, general: General) -> bool:
         return self.read_your_writes if self.read_your_writes is not None else general.read_your_writes

@@ -4,11 +4,18 @@ What goes to the server passes through a Tracker of its own (statement names sha
 clients, statements prepared where they are needed; the client's statement names are shared
 by every shard's Tracker), and its answers come back one message at a time, as the client
 is to see them (the Tracker's hidden answers removed, its own put in place).
+
+When a statement runs on several shards, each link reads its server in a task of its own
+(`prefetch`, in a nursery the session owns) while the merger takes the answers in the order
+the client needs them: a shard that fails is seen at once, whatever the others are doing, and
+the others' statements can be cancelled. A link holds at most PREFETCH_LIMIT bytes of answers
+the merger has not taken; past that it waits (the server then waits too).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import trio
 
@@ -20,6 +27,8 @@ from ..protocol import messages as m
 from .tracker import Tracker
 
 _LEN = struct.Struct("!i").unpack_from
+PREFETCH_LIMIT = 256 * 1024
+_ERROR = ord("E")
 
 
 class ShardLost(Exception):
@@ -39,7 +48,8 @@ class ShardLost(Exception):
 
 
 class ShardLink:
-    __slots__ = ("_buf", "_pos", "last_copy_in", "params", "server", "shard", "tracker")
+    __slots__ = ("_arrived", "_buf", "_failure", "_pos", "_prefetching", "_taken", "last_copy_in",
+                 "params", "server", "shard", "tracker")
 
     def __init__(self, shard: int, server: ServerConnection, tracker: Tracker):
         self.shard = shard
@@ -49,6 +59,10 @@ class ShardLink:
         self._pos = 0
         self.params: list[bytes] = []  # ParameterStatus bodies the server sent since last asked
         self.last_copy_in: bytes | None = None  # its CopyInResponse to a COPY under way
+        self._prefetching = False
+        self._arrived = trio.Event()   # the prefetch task read more (or failed)
+        self._taken = trio.Event()     # the merger took answers (room to read more)
+        self._failure: ShardLost | None = None
 
     def outgoing(self, data: bytes) -> bytes:
         """Client messages for this shard as the server is to get them; the Tracker's own
@@ -73,8 +87,10 @@ class ShardLink:
                 nxt = pos + 1 + _LEN(buf, pos + 1)[0]
                 if nxt <= len(buf):
                     self._pos = nxt
+                    if self._prefetching:
+                        self._taken.set()
                     return buf[pos:nxt]
-            await self._fill()
+            await self.fill()
 
     def take(self) -> bytes:
         """Every answer already read (whole messages only: the Tracker keeps a partial one)."""
@@ -88,10 +104,47 @@ class ShardLink:
         return bool(self.tracker.queue)
 
     async def fill(self) -> None:
-        """Read what the server sends next into the answers."""
-        await self._fill()
+        """More answers: from the prefetch task if one runs, else read here."""
+        if not self._prefetching:
+            await self._read()
+            return
+        if self._failure is not None:
+            raise self._failure
+        self._arrived = trio.Event()
+        await self._arrived.wait()
+        if self._failure is not None:
+            raise self._failure
 
-    async def _fill(self) -> None:
+    def prefetching(self) -> None:
+        """From now on the prefetch task (about to start) reads this server, not `fill`."""
+        self._prefetching = True
+        self._failure = None
+
+    async def prefetch(self, on_error: Callable[[ShardLink], None]) -> None:
+        """Read the server's answers ahead of the merger until it owes nothing more (the
+        task is cancelled when the unit is done); `on_error` as soon as one is an error.
+        Call `prefetching` first."""
+        try:
+            while self.owes:
+                if len(self._buf) - self._pos > PREFETCH_LIMIT:
+                    self._taken = trio.Event()
+                    await self._taken.wait()
+                    continue
+                start = len(self._buf) - self._pos
+                try:
+                    await self._read()
+                except ShardLost as lost:
+                    self._failure = lost
+                    return
+                finally:
+                    self._arrived.set()
+                if _has_error(self._buf, self._pos + start):
+                    on_error(self)
+        finally:
+            self._prefetching = False
+            self._arrived.set()
+
+    async def _read(self) -> None:
         server = self.server
         try:
             data = await server.conn.recv()
@@ -110,7 +163,12 @@ class ShardLink:
         self._buf = self._buf[self._pos:] + visible
         self._pos = 0
 
-    @property
-    def idle(self) -> bool:
-        """Nothing owed by the server and nothing unread: the connection may go back."""
-        return self.tracker.idle and self._pos >= len(self._buf) and self.server.status == b"I"
+
+def _has_error(buf: bytes, pos: int) -> bool:
+    """Is there an ErrorResponse among the whole messages of `buf` from `pos` on?"""
+    end = len(buf)
+    while pos + 5 <= end:
+        if buf[pos] == _ERROR:
+            return True
+        pos += 1 + _LEN(buf, pos + 1)[0]
+    return False

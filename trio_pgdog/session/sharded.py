@@ -30,13 +30,14 @@ import trio
 from ..hooks.api import ALL_SHARDS, Action, QueryInfo
 from ..netio import ConnectionClosed
 from ..pool.hosts import PRIMARY, REPLICA
-from ..pool.server import ServerConnection, try_execute
+from ..pool.server import ServerConnection, send_cancel, try_execute
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import extended as ext
 from ..protocol import messages as m
 from ..protocol import results as r
 from ..router.keywords import leading_keywords
+from ..router.sharding.cursors import CursorStatement, cursor_statement
 from ..router.sharding.keys import ShardingError, ShardingFacts, insert_rows_by_shard, shards_for
 from ..router.sharding.split import split_insert
 from . import merge
@@ -89,6 +90,7 @@ class ShardedRelay:
         self.prepared: dict[bytes, tuple[bytes, bytes]] = {}
         self.statements: dict[bytes, tuple[str, tuple[int, ...]]] = {}
         self.portals: dict[bytes, frozenset[int]] = {}  # where each open portal was bound
+        self.cursors: dict[str, frozenset[int]] = {}     # where each SQL cursor was declared
         self.status = b"I"                 # the client's transaction status
         self.begin: bytes | None = None    # the client's BEGIN, sent to each shard it touches
         self.joined: set[int] = set()      # shards that received it
@@ -99,7 +101,11 @@ class ShardedRelay:
         self.local_key: str | None = None
         self._buf = b""
         self._turn = itertools.count()
-        self._unnamed: tuple[bytes, frozenset[int]] | None = None  # the unnamed Parse, and where
+        config = session.app.config
+        user = config.find_user(session.user, session.database)
+        # cross_shard_disabled: every statement must run on one shard.
+        self.one_shard_only = user is not None and user.effective_cross_shard_disabled(
+            config.general)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -177,7 +183,11 @@ class ShardedRelay:
             await self._send(m.error_response(*_IN_FAILED) + m.ready_for_query(b"E"))
             return
         try:
-            shards = self._route(sql, facts, (), (), (), extended=False)
+            cursor = cursor_statement(sql)
+            if cursor is not None:
+                shards = self._cursor_shards(cursor)
+            else:
+                shards = self._route(sql, facts, (), (), (), extended=False)
         except ProxyError as exc:
             await self._refuse(exc)
             return
@@ -247,6 +257,7 @@ class ShardedRelay:
         return merge.command_complete(tag)
 
     def _transaction_over(self) -> None:
+        self.cursors.clear()  # (a WITH HOLD cursor outlives its transaction, not its connection)
         self.status = b"I"
         self.begin = None
         self.joined.clear()
@@ -419,7 +430,34 @@ class ShardedRelay:
                                shard=shard, sharding_key=key, any_shard=self._any_shard())
         except ShardingError as exc:
             raise ProxyError(exc.sqlstate, exc.message) from None
+        if self.one_shard_only and (found is None or len(found) > 1):
+            raise ProxyError(codes.FEATURE_NOT_SUPPORTED,
+                             "this statement would run on several shards, and cross_shard_disabled "
+                             "is on: give it a sharding key or a shard hint")
         return frozenset(range(count)) if found is None else found
+
+    def _cursor_shards(self, cursor: CursorStatement) -> frozenset[int]:
+        """Where a cursor statement runs: DECLARE where its query does, the others where the
+        cursor was declared; a FETCH or MOVE over several shards is refused."""
+        if cursor.kind == "declare":
+            facts = self.cache.get(cursor.query)
+            shards = self._route(cursor.query, facts, (), (), (), extended=False)
+            self.cursors[cursor.name or ""] = shards
+            return shards
+        if cursor.name is None:  # CLOSE ALL
+            self.cursors.clear()
+            return frozenset(self.joined or {self._any_shard()})
+        shards = self.cursors.get(cursor.name)
+        if shards is None:
+            return frozenset((self._any_shard(),))  # PostgreSQL says it does not exist
+        if cursor.kind == "close":
+            del self.cursors[cursor.name]
+        elif len(shards) > 1:
+            raise ProxyError(codes.FEATURE_NOT_SUPPORTED,
+                             f'cursor "{cursor.name}" is open on {len(shards)} shards: a '
+                             f"{cursor.kind.upper()} from it cannot return the rows one database "
+                             "would (declare it with a sharding key or a shard hint)")
+        return shards
 
     def _hook_shard(self, sql: str, params: tuple, formats: tuple, extended: bool) -> int | None:
         session = self.session
@@ -537,8 +575,14 @@ class ShardedRelay:
         for link in links:
             await link.send(link.outgoing(outgoing[link.shard]))
         merger = _Merger(self, links, same_answer)
-        for kind, body, where in answers:
-            await merger.answer(kind, body, where)
+        async with trio.open_nursery() as nursery:  # each shard read as its answers come
+            for link in links:
+                link.prefetching()
+                nursery.start_soon(link.prefetch, merger.early_error)
+            for kind, body, where in answers:
+                await merger.answer(kind, body, where)
+            nursery.cancel_scope.cancel()
+        await merger.cancelled()
         if wrapped:
             await self._run_each(links, b"ROLLBACK" if merger.error is not None else b"COMMIT")
             merger.statuses = dict.fromkeys(merger.statuses, b"I")
@@ -721,6 +765,7 @@ class _Merger:
         self.error: bytes | None = None  # the first error, naming its shard
         self.failed: set[int] = set()    # shards skipping to their Sync
         self.statuses: dict[int, bytes] = {}
+        self._cancels: list[trio.Event] = []  # CancelRequests sent after the first error
 
     async def answer(self, kind: str, body: bytes, where: frozenset[int] | None) -> None:
         links = [link for link in self.links if where is None or link.shard in where]
@@ -863,6 +908,31 @@ class _Merger:
         self.failed.add(link.shard)
         if self.error is None:
             self.error = merge.naming_shard(message, link.shard) if len(self.links) > 1 else message
+            self.early_error(link)
+
+    def early_error(self, failed: ShardLink) -> None:
+        """A shard answered with an error (seen as it arrived, before the merger got there):
+        the others' work is for nothing, cancel it (once)."""
+        if self._cancels or len(self.links) < 2:
+            return
+        session = self.relay.session
+        timeout = session.app.config.general.connect_timeout / 1000
+        others = [link for link in self.links if link is not failed and link.owes]
+        if others:
+            log.info("client %s (%s@%s): shard %d failed: cancelling the statement on shard %s",
+                     session.addr, session.user, session.database, failed.shard,
+                     ", ".join(str(link.shard) for link in others))
+        for link in others:
+            done = trio.Event()
+            self._cancels.append(done)
+            session.app.spawn(_cancel, link.server, timeout, done)
+
+    async def cancelled(self) -> None:
+        """Every CancelRequest sent has reached PostgreSQL: a late one must not hit what the
+        connection runs next."""
+        with trio.move_on_after(CLEANUP_TIMEOUT):
+            for done in self._cancels:
+                await done.wait()
 
     def _emit(self, message: bytes) -> None:
         if self.error is None or message[:1] == b"N":
@@ -884,6 +954,13 @@ class _Merger:
             self.out.append(m.ready_for_query(status))
         if self.out:
             await self.relay._send(b"".join(self.out))
+
+
+async def _cancel(server: ServerConnection, timeout: float, done: trio.Event) -> None:
+    try:
+        await send_cancel(server, timeout)
+    finally:
+        done.set()
 
 
 def _unit_end(messages: list[Message]) -> int:
