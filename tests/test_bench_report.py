@@ -51,3 +51,50 @@ def test_memory_only_report_has_no_pgbench_table():
     assert "| target |" not in text and "Ratios" not in text
     assert f"trio_pgdog {bench.__version__} at git abc1234" in text.splitlines()[0]
     assert "- trio_pgdog: 3.0 KB per idle client" in text
+
+
+def _run(target: str, tps: float, cpu: float) -> bench.RunResult:
+    outcome = bench.PgbenchOutcome(requested=100, processed=100, tps=tps)
+    return bench.RunResult(target, "simple", 16, outcome, cpu)
+
+
+def test_sharded_rounds_judge_the_median_of_each_rounds_tps_ratio():
+    from trio_pgdog.bench_sharded import ShardingCost, sharding_lines
+
+    plain, sharded = bench.TRIO_PGDOG, bench.TRIO_PGDOG_SHARDED
+    cost = ShardingCost("simple", [(_run(plain, 1000, 100), _run(sharded, 950, 110)),
+                                   (_run(plain, 800, 120), _run(sharded, 640, 130)),
+                                   (_run(plain, 1200, 90), _run(sharded, 1140, 95))])
+    assert cost.tps == (1000, 950) and cost.cpu == (100, 110)
+    assert round(cost.tps_ratio, 2) == 0.95    # rounds: 0.95, 0.80, 0.95
+    assert cost.passes
+    first, unsharded, sharded_line = sharding_lines([cost])
+    assert first == ("- simple: TPS 1,000 → 950 (0.95x; target ≥ 0.9x) **PASS**; proxy CPU/txn "
+                     "100.0 → 110.0 µs (+10.0 µs, 1.10x)")
+    assert unsharded == "  - rounds, unsharded: TPS 1,000 / 800 / 1,200; CPU µs/txn 100.0 / 120.0 / 90.0"
+    assert sharded_line == "  - rounds, sharded: TPS 950 / 640 / 1,140; CPU µs/txn 110.0 / 130.0 / 95.0"
+    cost.pairs[0] = (_run(plain, 1000, 100), _run(sharded, 700, 150))   # 0.70, 0.80, 0.95
+    assert not cost.passes and "**MISS**" in sharding_lines([cost])[0]
+
+
+def test_key_hashing_is_judged_per_call_and_names_the_slow_ones():
+    from trio_pgdog.bench_sharded import HashCost, hash_lines
+
+    fast = [HashCost("public", "shard_of_int(1)", 0.12), HashCost("public", "shard_of_uuid(str)", 1.5)]
+    (line,) = hash_lines(fast)
+    assert line.endswith("shard_of_int(1) 0.12 µs, shard_of_uuid(str) 1.50 µs; target < 2 µs each **PASS**")
+    slow = [*fast, HashCost("bind", "uuid b'a0ee'", 2.5)]
+    public, bind = hash_lines(slow)
+    assert public.endswith("**PASS**")
+    assert bind.endswith("uuid b'a0ee' 2.50 µs; target < 2 µs each **MISS** (uuid b'a0ee')")
+
+
+def test_the_sharded_target_is_selectable_and_only_its_section_is_reported():
+    plan = bench.plan_from_args(bench.parse_args(["--targets", "trio_pgdog_sharded", "--quick"]))
+    assert plan.targets == ("trio_pgdog_sharded",)
+    from trio_pgdog.bench_sharded import HashCost
+
+    found = bench.Findings(hashes=[HashCost("public", "shard_of_int(1)", 0.1)])
+    text = bench.report(found, plan, [], "abc1234")
+    assert "| target |" not in text and "Routing by key" in text
+    assert "shard_of_int(1) 0.10 µs" in text

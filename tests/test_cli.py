@@ -18,6 +18,7 @@ from psycopg import errors
 
 import trio_pgdog
 from trio_pgdog.embedded import free_port
+from trio_pgdog.router.sharding.hashing import shard_of_int
 
 # A line written through `logging` (the proxy's log format); anything else is plain output.
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
@@ -196,3 +197,77 @@ def test_demo_runs_a_throwaway_cluster_and_cleans_up(tmp_path):
     assert refuses_connections(pg_port)  # the throw-away PostgreSQL is stopped too
     assert "Traceback" not in log_path.read_text()
 
+
+
+def test_sharded_demo_puts_each_row_on_its_shard_and_cleans_up(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "demo.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "trio_pgdog", "demo", "--shards", "2",
+                                 "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    base_dirs: list[Path] = []
+    shard_ports: dict[int, int] = {}
+    try:
+        def banner_shown() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return "Press Ctrl-C" in log_path.read_text()
+
+        wait_for(banner_shown, timeout=90, what="the sharded demo's banner")
+        text = log_path.read_text()
+        assert text.index(f"listening on 127.0.0.1:{port}") < text.index("Connect with")
+        url = f"postgres://pgdog:pgdog@127.0.0.1:{port}/pgdog"
+        assert f"psql {url}" in text
+        base_dirs = [Path(d) for d in re.findall(r"throw-away PostgreSQL for shard \d in (\S+)", text)]
+        shard_ports = {int(s): int(p) for s, p in re.findall(r"shard (\d): PostgreSQL on port (\d+)", text)}
+        assert len(base_dirs) == 2 and all(d.is_dir() for d in base_dirs), text
+        assert sorted(shard_ports) == [0, 1], text
+        # The banner's own commands: the INSERT through the proxy, the direct reads per shard.
+        for shard_port in shard_ports.values():
+            direct = f"postgres://pgdog:pgdog@127.0.0.1:{shard_port}/pgdog"
+            assert f'psql {direct} -c "SELECT * FROM orders"' in text
+        insert = re.search(rf'psql {re.escape(url)} -c "(INSERT INTO orders .*)"', text)
+        assert insert, text
+        done = psql(port, insert.group(1), user="pgdog", password="pgdog", dbname="pgdog")
+        assert (done.returncode, done.stderr) == (0, "")
+        values = ", ".join(f"({k}, 'item {k}', {k}.50)" for k in range(7, 21))
+        done = psql(port, f"INSERT INTO orders (customer_id, item, amount) VALUES {values}",
+                    user="pgdog", password="pgdog", dbname="pgdog")
+        assert (done.returncode, done.stderr) == (0, "")
+
+        placed = {}
+        for shard, shard_port in shard_ports.items():
+            done = psql(shard_port, "SELECT customer_id FROM orders ORDER BY 1", user="pgdog",
+                        password="pgdog", dbname="pgdog")
+            assert done.returncode == 0, done.stderr
+            placed[shard] = [int(k) for k in done.stdout.split()]
+            # The omnisharded table is on every shard.
+            done = psql(shard_port, "SELECT count(*) FROM products", user="pgdog",
+                        password="pgdog", dbname="pgdog")
+            assert done.stdout.strip() == "3"
+        assert placed == {s: [k for k in range(1, 21) if shard_of_int(k, 2) == s] for s in (0, 1)}
+        assert placed[0] and placed[1]
+        # A read by key through the proxy is answered by that key's shard.
+        done = psql(port, "SELECT inet_server_port(), item FROM orders WHERE customer_id = 3",
+                    user="pgdog", password="pgdog", dbname="pgdog")
+        assert done.stdout.strip() == f"{shard_ports[shard_of_int(3, 2)]}|cake", done.stderr
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert base_dirs and not any(d.exists() for d in base_dirs)
+    assert all(refuses_connections(p) for p in shard_ports.values())
+    assert refuses_connections(port)
+    assert "Traceback" not in log_path.read_text()
+
+
+@pytest.mark.parametrize("shards", ["1", "9", "two"])
+def test_demo_refuses_a_bad_number_of_shards(shards):
+    out = run_cli("demo", "--shards", shards)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1].startswith("python -m trio_pgdog demo: error: argument --shards: ")
+    assert "from 2 to 8" in out.stderr or "not a number of shards" in out.stderr

@@ -626,3 +626,17 @@ def test_examples_in_the_docs_load() -> None:
     assert config.sharding_schema("shop") == ShardingSchema(2, (ShardedColumn("orders", "customer_id"),))
     assert config.find_user("reports", "analytics") is not None
     assert load_config_text(quickstart, None).databases[0].name == "pgdog"
+
+
+def test_sharded_example_loads() -> None:
+    """examples/sharded: three shards, a replica of shard 1, four sharded tables."""
+    examples = Path(__file__).parent.parent / "examples" / "sharded"
+    config = load_config(str(examples / "pgdog.toml"), str(examples / "users.toml"))
+    assert config.shards("shop") == 3
+    assert [(db.shard, db.role) for db in config.databases_named("shop")] == [
+        (0, "primary"), (1, "primary"), (1, "replica"), (2, "primary")]
+    assert config.sharding_schema("shop") == ShardingSchema(3, (
+        ShardedColumn("customers", "id"), ShardedColumn("orders", "customer_id"),
+        ShardedColumn("carts", "session_token", "varchar"),
+        ShardedColumn("audit.events", "device_id", "uuid")))
+    assert config.find_user("shop_reports", "shop") is not None

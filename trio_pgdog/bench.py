@@ -5,6 +5,9 @@ One run starts a throw-away PostgreSQL cluster, loads `pgbench -i -s 1`, then dr
 subprocess) with `pgbench -S` in simple and extended query mode at several client counts. For
 every run it reports TPS, failed transactions and the pooler's CPU time per transaction, read
 from /proc/<pid>/stat, and finally the two ratios against PgBouncer the project aims at.
+With the trio_pgdog_sharded target, the cost of routing by key: a by-key script through
+trio_pgdog with one server against trio_pgdog with the table sharded over two
+(trio_pgdog.bench_sharded), and the cost of hashing one key.
 Last, each pooler's memory per idle logged-in client (trio_pgdog.bench_memory; that figure
 alone with --memory-only). Everything it starts (cluster, PgBouncer, proxy, temporary files)
 is removed again, also on Ctrl-C, SIGTERM and errors. See docs/benchmarks.md.
@@ -28,12 +31,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import __version__
 from .bench_memory import IdleClientError, MemoryFigure, measure_sync, raise_fd_limit
 from .embedded import Cluster, EmbeddedError, find_pg_binary, free_port
+
+if TYPE_CHECKING:  # bench_sharded imports this module
+    from .bench_sharded import HashCost, ShardingCost
 
 USER = PASSWORD = DATABASE = "pgdog"
 POOL_SIZE = 16
@@ -56,8 +63,12 @@ TRIO_PGDOG_PLUGIN = "trio_pgdog + no-op .so plugin"
 HOOK_TARGETS = {"trio_pgdog_logger": TRIO_PGDOG_LOGGER,
                 "trio_pgdog_table_access": TRIO_PGDOG_TABLE_ACCESS,
                 "trio_pgdog_plugin": TRIO_PGDOG_PLUGIN}
+# The by-key script through the plain proxy and through the proxy with the table sharded over
+# two more clusters, in rounds (trio_pgdog.bench_sharded).
+TRIO_PGDOG_SHARDED = "trio_pgdog sharded"
+SHARDED_KEY = "trio_pgdog_sharded"
 TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG,
-               "trio_pgdog_split": TRIO_PGDOG_SPLIT, **HOOK_TARGETS}
+               "trio_pgdog_split": TRIO_PGDOG_SPLIT, **HOOK_TARGETS, SHARDED_KEY: TRIO_PGDOG_SHARDED}
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER_DIR = os.path.join(CHECKOUT, "hooks", "include")
 # The test suite's plugin whose pgdog_route_query decides nothing.
@@ -219,10 +230,13 @@ def pgbench_argv(port: int, *args: str) -> list[str]:
     return [find_pg_binary("pgbench"), "-h", "127.0.0.1", "-p", str(port), "-U", USER, *args, DATABASE]
 
 
-def run_pgbench(port: int, mode: str, clients: int, per_client: int, timeout: float) -> PgbenchOutcome:
+def run_pgbench(port: int, mode: str, clients: int, per_client: int, timeout: float,
+                script: str | None = None) -> PgbenchOutcome:
+    """pgbench -S, or the custom script file `script` (-f)."""
     # -n: no VACUUM before the run (it would go through the pooler and is the same every time);
     # -j: two threads at most, as many as the machine has cores for pgbench to share.
-    argv = pgbench_argv(port, "-n", "-S", "-M", mode, "-c", str(clients),
+    workload = ("-f", script) if script else ("-S",)
+    argv = pgbench_argv(port, "-n", *workload, "-M", mode, "-c", str(clients),
                         "-j", str(min(2, clients)), "-t", str(per_client))
     requested = clients * per_client
     try:
@@ -258,10 +272,11 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def measured_run(target: Target, mode: str, clients: int, per_client: int, timeout: float) -> RunResult:
+def measured_run(target: Target, mode: str, clients: int, per_client: int, timeout: float,
+                 script: str | None = None) -> RunResult:
     pid = target.pid
     before = cpu_ticks(pid) if pid else 0
-    outcome = run_pgbench(target.port, mode, clients, per_client, timeout)
+    outcome = run_pgbench(target.port, mode, clients, per_client, timeout, script)
     cpu_us = None
     # An exited but not yet reaped pooler still has its /proc entry, so this read is safe.
     if pid and outcome.processed:
@@ -532,10 +547,11 @@ class Plan:
         return max(1, math.ceil(self.transactions / clients))
 
 
-def warm_up(target: Target, plan: Plan) -> None:
+def warm_up(target: Target, plan: Plan, script: str | None = None) -> None:
     """A run not reported: fills the pool and Python's caches so that the first measured run
     does not pay for opening server connections."""
-    run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout)
+    run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout,
+                script)
 
 
 def benchmark_target(target: Target, plan: Plan, modes: Sequence[str]) -> list[RunResult]:
@@ -559,11 +575,14 @@ class Findings:
     costs: list[HookCost] = field(default_factory=list)
     probes: list[HookProbe] = field(default_factory=list)
     memory: list[MemoryFigure] = field(default_factory=list)
+    sharding: list[ShardingCost] = field(default_factory=list)
+    hashes: list[HashCost] = field(default_factory=list)
 
 
 def run_plan(plan: Plan, problems: list[str]) -> Findings:
     pgbouncer = find_pgbouncer()
-    keys = [k for k in plan.targets if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS]
+    keys = [k for k in plan.targets
+            if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS and k != SHARDED_KEY]
     hook_keys = [k for k in plan.targets if k in HOOK_TARGETS] if plan.pgbench else []
     if "pgbouncer" in plan.targets and not pgbouncer:
         problems.append("PgBouncer is not installed (apt-get install -y pgbouncer): its rows are skipped.")
@@ -591,6 +610,11 @@ def run_plan(plan: Plan, problems: list[str]) -> Findings:
         found.costs = measure_hook_costs(plan, hook_keys, cluster, problems) if hook_keys else []
         found.probes = [probe for key in hook_keys for mode in plan.modes_for("trio_pgdog")
                         if (probe := probe_hook_path(plan, key, mode, cluster, problems)) is not None]
+        if SHARDED_KEY in plan.targets:
+            from .bench_sharded import hash_costs, measure_sharding
+
+            found.sharding = measure_sharding(plan, cluster, problems)
+            found.hashes = hash_costs()
         found.memory = measure_memory(plan, keys, cluster, pgbouncer, problems)
     return found
 
@@ -824,7 +848,7 @@ def report(found: Findings, plan: Plan, problems: Sequence[str], revision: str) 
     version = f"trio_pgdog {__version__}" + (f" at git {revision}" if revision else "")
     results, costs, probes = found.results, found.costs, found.probes
     parts = []
-    if plan.pgbench:
+    if plan.pgbench and results:
         parts += [
             f"pgbench -S, scale 1, {plan.transactions:,} transactions per run (-t = that ÷ clients), "
             f"pool size {POOL_SIZE}, {os.cpu_count()} cores, {when}, {version}",
@@ -845,6 +869,11 @@ def report(found: Findings, plan: Plan, problems: Sequence[str], revision: str) 
         parts += ["", f"The hook path measured inside the proxy (thread CPU time of its entry points, "
                   f"{RATIO_CLIENTS} clients, one run each; the no-op plugin's target is judged on "
                   "this):", "", *probe_lines]
+    if found.sharding or found.hashes:
+        from .bench_sharded import SHARD_ROUNDS, sharding_section
+
+        per_run = plan.per_client(RATIO_CLIENTS * SHARD_ROUNDS) * RATIO_CLIENTS
+        parts += sharding_section(found.sharding, found.hashes, per_run)
     if found.memory:
         parts += ["", f"Memory per idle client: the pooler's RSS (VmRSS) with no client and with "
                   f"{found.memory[0].clients:,} logged-in idle clients (SCRAM, one login first):", "",

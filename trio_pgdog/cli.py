@@ -27,6 +27,18 @@ def _port(text: str) -> int:
     return port
 
 
+def _shards(text: str) -> int:
+    from .demo import MAX_SHARDS, MIN_SHARDS
+
+    try:
+        shards = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of shards: {text!r}") from None
+    if not MIN_SHARDS <= shards <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_SHARDS} to {MAX_SHARDS}, got {shards}")
+    return shards
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m trio_pgdog",
@@ -49,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="proxy port (default: 6432)")
     demo.add_argument("--host", default=argparse.SUPPRESS,
                       help="address the proxy listens on (default: 127.0.0.1)")
+    demo.add_argument("--shards", type=_shards, default=None, metavar="N",
+                      help="a sharded database instead: N throw-away primaries (2 to 8), one per "
+                           "shard, with a table sharded on a key (no replicas)")
     check_config = sub.add_parser(
         "check-config", help="validate pgdog.toml and users.toml, load the hooks and plugins, log "
                              "in to every server as every user; non-zero exit on any problem")
@@ -92,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         log.info("%s (pid %d)", startup_banner(), os.getpid())
-        return run_demo(getattr(args, "port", None) or 6432, getattr(args, "host", None) or "127.0.0.1")
+        return run_demo(getattr(args, "port", None) or 6432, getattr(args, "host", None) or "127.0.0.1",
+                        shards=args.shards)
     if args.command == "check-plugin":
         from .hooks.check import check_plugin
 

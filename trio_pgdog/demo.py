@@ -1,4 +1,5 @@
-"""`python -m trio_pgdog demo`: the proxy in front of a throw-away primary and streaming replica."""
+"""`python -m trio_pgdog demo`: the proxy in front of a throw-away primary and streaming replica;
+`demo --shards N`: in front of N throw-away primaries, the shards of one sharded database."""
 
 from __future__ import annotations
 
@@ -19,15 +20,48 @@ log = logging.getLogger(__name__)
 DEMO_USER = DEMO_PASSWORD = DEMO_DATABASE = "pgdog"
 # How long a fresh replica may take to accept connections and replay up to the base backup.
 REPLICA_READY_TIMEOUT = 60.0
+# `demo --shards N`: how many shards it accepts.
+MIN_SHARDS, MAX_SHARDS = 2, 8
+# The sharded demo's tables, created on every shard (as the demo user, so that it owns them):
+# orders is sharded on customer_id; products, not listed in [[sharded_tables]], is omnisharded
+# (every shard holds the same rows).
+SHARDED_TABLE, SHARDING_KEY = "orders", "customer_id"
+SHARD_SCHEMA = f"""
+SET ROLE {DEMO_USER};
+CREATE TABLE {SHARDED_TABLE} ({SHARDING_KEY} bigint NOT NULL, item text, amount numeric);
+CREATE TABLE products (id int PRIMARY KEY, name text, price numeric);
+INSERT INTO products VALUES (1, 'tea', 3.50), (2, 'coffee', 4.20), (3, 'cake', 5.00);
+"""
+# The banner's example INSERT: six customers, so that every shard of a 2-shard demo gets some.
+EXAMPLE_ORDERS = ((1, "tea", "3.50"), (2, "coffee", "4.20"), (3, "cake", "5.00"),
+                  (4, "tea", "3.50"), (5, "coffee", "8.40"), (6, "cake", "10.00"))
 
 
-def _database_entry(port: int, role: str) -> str:
+def _database_entry(port: int, role: str, shard: int | None = None) -> str:
+    shard_line = "" if shard is None else f"shard = {shard}\n"
     return f"""
 [[databases]]
 name = "{DEMO_DATABASE}"
 host = "127.0.0.1"
 port = {port}
 role = "{role}"
+{shard_line}"""
+
+
+def _general(proxy_host: str, proxy_port: int) -> str:
+    return f"""[general]
+host = "{proxy_host}"
+port = {proxy_port}
+pooler_mode = "transaction"
+default_pool_size = 10
+"""
+
+
+def _users() -> str:
+    return f"""[[users]]
+name = "{DEMO_USER}"
+database = "{DEMO_DATABASE}"
+password = "{DEMO_PASSWORD}"
 """
 
 
@@ -38,12 +72,7 @@ def demo_configs(proxy_port: int, pg_port: int, replica_ports: Iterable[int] = (
 
     Each port in `replica_ports` adds a `role = "replica"` entry of the same logical database.
     """
-    pgdog = f"""[general]
-host = "{proxy_host}"
-port = {proxy_port}
-pooler_mode = "transaction"
-default_pool_size = 10
-"""
+    pgdog = _general(proxy_host, proxy_port)
     replica_ports = list(replica_ports)
     if replica_ports:
         pgdog += ("# A client's reads after its own writes go to the primary until the replicas "
@@ -51,12 +80,26 @@ default_pool_size = 10
     pgdog += _database_entry(pg_port, "primary")
     for replica_port in replica_ports:
         pgdog += _database_entry(replica_port, "replica")
-    users = f"""[[users]]
-name = "{DEMO_USER}"
+    return pgdog, _users()
+
+
+def sharded_demo_configs(proxy_port: int, shard_ports: Iterable[int],
+                         proxy_host: str = "127.0.0.1") -> tuple[str, str]:
+    """pgdog.toml and users.toml for a proxy in front of one primary per shard: the servers
+    on 127.0.0.1:`shard_ports`, in shard order, with `orders` sharded on `customer_id`."""
+    pgdog = _general(proxy_host, proxy_port)
+    for shard, shard_port in enumerate(shard_ports):
+        pgdog += _database_entry(shard_port, "primary", shard)
+    pgdog += f"""
+# Each row of {SHARDED_TABLE} lives on the shard of its {SHARDING_KEY}; every other table
+# (products) is omnisharded: each shard holds all its rows.
+[[sharded_tables]]
 database = "{DEMO_DATABASE}"
-password = "{DEMO_PASSWORD}"
+name = "{SHARDED_TABLE}"
+column = "{SHARDING_KEY}"
+data_type = "bigint"
 """
-    return pgdog, users
+    return pgdog, _users()
 
 
 def _replica_ready(replica: Cluster) -> bool:
@@ -118,7 +161,95 @@ def _banner(host: str, port: int, primary: Cluster, replica: Cluster, paths: lis
     )
 
 
-def run_demo(port: int, host: str = "127.0.0.1") -> int:
+def _sharded_banner(host: str, port: int, shards: list[Cluster], paths: list[str]) -> str:
+    url = f"postgres://{DEMO_USER}:{DEMO_PASSWORD}@{_client_host(host)}:{port}/{DEMO_DATABASE}"
+    n = len(shards)
+    rows = ", ".join(f"({key}, '{item}', {amount})" for key, item, amount in EXAMPLE_ORDERS)
+    lines = [
+        "",
+        f"trio_pgdog demo: database {DEMO_DATABASE} in {n} shards behind the proxy on port {port}:",
+        *(f"    shard {shard}: PostgreSQL on port {cluster.port}" for shard, cluster in enumerate(shards)),
+        "",
+        f"Table {SHARDED_TABLE} is sharded on {SHARDING_KEY}: a row goes to shard "
+        f"hash({SHARDING_KEY}) mod {n},",
+        f"the partition PostgreSQL's PARTITION BY HASH ({SHARDING_KEY}) with MODULUS {n} would "
+        "choose for it.",
+        "Table products is omnisharded: every shard holds all its rows, reads need one shard.",
+        "",
+        "Connect with:",
+        "",
+        f"    psql {url}",
+        "",
+        "Insert a few orders through the proxy (each row goes to its customer's shard):",
+        "",
+        f'    psql {url} -c "INSERT INTO {SHARDED_TABLE} ({SHARDING_KEY}, item, amount) VALUES '
+        f'{rows}"',
+        "",
+        "See where they landed, straight from each shard:",
+        "",
+        *(f'    psql postgres://{DEMO_USER}:{DEMO_PASSWORD}@127.0.0.1:{cluster.port}/{DEMO_DATABASE} '
+          f'-c "SELECT * FROM {SHARDED_TABLE}"' for cluster in shards),
+        "",
+        "Through the proxy, a read by key goes to its shard only, a read without one to every shard:",
+        "",
+        f'    psql {url} -c "SELECT inet_server_port(), * FROM {SHARDED_TABLE} WHERE '
+        f'{SHARDING_KEY} = 3"',
+        f'    psql {url} -c "SELECT inet_server_port(), * FROM {SHARDED_TABLE}"',
+        "",
+        f"Config files: {paths[0]}, {paths[1]}",
+        "Press Ctrl-C to stop (the temporary clusters are removed).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_configs(directory: str, pgdog_text: str, users_text: str) -> list[str]:
+    paths = []
+    for name, text in (("pgdog.toml", pgdog_text), ("users.toml", users_text)):
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(text)
+        paths.append(path)
+    return paths
+
+
+def _start_primary(clusters: contextlib.ExitStack, what: str) -> Cluster:
+    # Entered one by one, so whatever was created is destroyed on any way out.
+    cluster = clusters.enter_context(Cluster.create())
+    log.info("starting a throw-away PostgreSQL%s in %s", what, cluster.base_dir)
+    cluster.start()
+    cluster.add_user(DEMO_USER, DEMO_PASSWORD)
+    cluster.add_database(DEMO_DATABASE, owner=DEMO_USER)
+    return cluster
+
+
+def _replicated(clusters: contextlib.ExitStack, host: str, port: int) -> tuple[list[str], str]:
+    """The default demo's servers: a primary and a streaming replica of it."""
+    cluster = _start_primary(clusters, "")
+    replica = clusters.enter_context(cluster.create_replica())
+    log.info("starting a streaming replica of it in %s", replica.base_dir)
+    replica.start()
+    wait_replica_ready(replica)
+    paths = _write_configs(cluster.base_dir,
+                           *demo_configs(port, cluster.port, [replica.port], host))
+    return paths, _banner(host, port, cluster, replica, paths)
+
+
+def _sharded(clusters: contextlib.ExitStack, host: str, port: int,
+             shards: int) -> tuple[list[str], str]:
+    """`demo --shards N`: one primary per shard, each with the demo's tables."""
+    primaries = []
+    for shard in range(shards):
+        cluster = _start_primary(clusters, f" for shard {shard}")
+        cluster.sql(SHARD_SCHEMA, dbname=DEMO_DATABASE)
+        primaries.append(cluster)
+    paths = _write_configs(primaries[0].base_dir,
+                           *sharded_demo_configs(port, [c.port for c in primaries], host))
+    return paths, _sharded_banner(host, port, primaries, paths)
+
+
+def run_demo(port: int, host: str = "127.0.0.1", shards: int | None = None) -> int:
+    """The demo until Ctrl-C or SIGTERM: a primary and a replica, or `shards` primaries."""
     from .serving import EXIT_FAILED, serve
 
     # The proxy's port first: if it is taken, say so before spending time on clusters. It
@@ -132,27 +263,14 @@ def run_demo(port: int, host: str = "127.0.0.1") -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with sock, contextlib.ExitStack() as clusters:
-            # Entered one by one, so whatever was created is destroyed on any way out.
-            cluster = clusters.enter_context(Cluster.create())
-            log.info("starting a throw-away PostgreSQL in %s", cluster.base_dir)
-            cluster.start()
-            cluster.add_user(DEMO_USER, DEMO_PASSWORD)
-            cluster.add_database(DEMO_DATABASE, owner=DEMO_USER)
-            replica = clusters.enter_context(cluster.create_replica())
-            log.info("starting a streaming replica of it in %s", replica.base_dir)
-            replica.start()
-            wait_replica_ready(replica)
-            pgdog_text, users_text = demo_configs(port, cluster.port, [replica.port], host)
-            paths = []
-            for name, text in (("pgdog.toml", pgdog_text), ("users.toml", users_text)):
-                path = os.path.join(cluster.base_dir, name)
-                with open(path, "w") as f:
-                    f.write(text)
-                paths.append(path)
+            if shards is None:
+                paths, banner = _replicated(clusters, host, port)
+            else:
+                paths, banner = _sharded(clusters, host, port, shards)
             config = load_config(*paths)
 
             def announce() -> None:
-                print(_banner(host, port, cluster, replica, paths), file=sys.stderr, flush=True)
+                print(banner, file=sys.stderr, flush=True)
 
             return serve(config, sock=sock, on_listening=announce)
     except EmbeddedError as exc:
@@ -162,4 +280,5 @@ def run_demo(port: int, host: str = "127.0.0.1") -> int:
         log.info("demo interrupted")
         return 0
     finally:
-        log.info("demo stopped; temporary PostgreSQL primary and replica removed")
+        what = "primary and replica" if shards is None else f"primaries of the {shards} shards"
+        log.info("demo stopped; temporary PostgreSQL %s removed", what)
