@@ -415,6 +415,8 @@ def test_reads_inside_a_shard_go_to_its_replica(shard_clusters, proxy_factory):
     """Replicas belong to a shard: read/write splitting works inside it."""
     from conftest import wait_replicated
 
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE orders", dbname=APP_DB)
     primary = shard_clusters[1]
     with primary.create_replica() as replica:
         replica.start()
@@ -486,3 +488,50 @@ def test_a_failing_shard_cancels_the_others(sharded, shard_clusters):
                          "THEN 0 ELSE 5 END) FROM orders", (keys[0], keys[0]))
         assert time.monotonic() - started < 3, "the other shards' statements ran on"
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_pgbench_initialises_and_runs_through_the_proxy(shard_clusters, proxy_factory):
+    """pgbench -i (DDL, COPY of every account, VACUUM, primary keys) and its default script:
+    pgbench_accounts sharded on aid, the other tables on every shard."""
+    from trio_pgdog.embedded import find_pg_binary
+
+    accounts = ('\n[[sharded_tables]]\ndatabase = "appdb"\nname = "pgbench_accounts"\n'
+                'column = "aid"\n')
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(shard_clusters, port) + accounts,
+                          users=users_toml())
+    pgbench = [find_pg_binary("pgbench"), "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "app"]
+    env = {"PGPASSWORD": PASSWORD}
+    done = subprocess.run([*pgbench, "-i", "-s", "1", "-q", APP_DB], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    counts = [int(c.sql("SELECT count(*) FROM pgbench_accounts", dbname=APP_DB))
+              for c in shard_clusters]
+    assert sum(counts) == 100_000 and all(counts)
+    for shard, cluster in enumerate(shard_clusters):
+        assert cluster.sql(f"SELECT count(*) FROM pgbench_accounts WHERE NOT satisfies_hash_partition("
+                           f"'shard_check'::regclass, {SHARDS}, {shard}, aid::bigint)",
+                           dbname=APP_DB) == "0"
+        assert cluster.sql("SELECT count(*) FROM pgbench_branches", dbname=APP_DB) == "1"
+    done = subprocess.run([*pgbench, "-c", "4", "-j", "2", "-t", "30", APP_DB], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+def test_session_mode_keeps_primaries_for_writes_after_reads(shard_clusters, proxy_factory):
+    from conftest import wait_replicated
+
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE orders", dbname=APP_DB)
+    primary = shard_clusters[0]
+    with primary.create_replica() as replica:
+        replica.start()
+        wait_replicated(primary, [replica])
+        extra = ("\n[[databases]]\n" f'name = "{APP_DB}"\nhost = "127.0.0.1"\n'
+                 f'port = {replica.port}\nshard = 0\nrole = "replica"\n')
+        proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(
+            shard_clusters, port, pooler_mode="session") + extra, users=users_toml())
+        with proxy.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM orders WHERE customer_id = 3").fetchone()
+            conn.execute("INSERT INTO orders (customer_id, amount) VALUES (3, 1)")
+            assert conn.execute("SELECT count(*) FROM orders WHERE customer_id = 3"
+                                ).fetchone() == (1,)

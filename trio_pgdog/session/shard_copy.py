@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _LEN = struct.Struct("!i").unpack_from
 COPY_DATA, COPY_DONE, COPY_FAIL = ord("d"), ord("c"), ord("f")
+_IN_COPY = frozenset(b"dHS")  # messages that leave the copy going
 
 
 async def copy_in(relay: ShardedRelay, sql: str, facts: ShardingFacts, shards: frozenset[int],
@@ -124,43 +125,56 @@ async def _copy_started(links: list[ShardLink]) -> bytes | None:
 async def _stream(relay: ShardedRelay, links: list[ShardLink],
                   splitter: CopySplitter | None) -> bytes | None:
     """The client's copy data to the shards until CopyDone or CopyFail; an error of the
-    proxy's own (a row that cannot be split) instead of the shards' answers, if any."""
+    proxy's own (a row that cannot be split) instead of the shards' answers, if any. What
+    arrived in one read goes out in one CopyData per shard, whatever its messages were."""
     by_shard = {link.shard: link for link in links}
     while True:
-        kind, body = await _client_message(relay)
-        if kind == COPY_DATA:
-            if splitter is None:
-                for link in links:
-                    await link.send(m.message(b"d", body))
-                continue
-            try:
-                await _send_rows(by_shard, splitter.feed(body))
-            except CopySplitError as exc:
-                return await _abort(links, exc)
-        elif kind == COPY_DONE:
-            if splitter is not None:
+        rows: dict[int, list[bytes]] = {}
+        for kind, body in await _client_messages(relay):
+            if kind == COPY_DATA:
+                if splitter is None:
+                    rows.setdefault(-1, []).append(body)
+                    continue
                 try:
-                    await _send_rows(by_shard, splitter.finish())
+                    for shard, pieces in splitter.feed(body).items():
+                        rows.setdefault(shard, []).extend(pieces)
                 except CopySplitError as exc:
                     return await _abort(links, exc)
-            for link in links:
-                await link.send(m.message(b"c"))
-            return None
-        elif kind == COPY_FAIL:
-            for link in links:
-                await link.send(m.message(b"f", body))
-            return None
-        elif kind in (ord("H"), ord("S")):
-            continue  # PostgreSQL ignores them during COPY
-        else:
-            return await _abort(links, CopySplitError(
-                codes.PROTOCOL_VIOLATION,
-                f"unexpected message type 0x{kind:02X} during COPY from stdin"))
+            elif kind in (ord("H"), ord("S")):
+                continue  # PostgreSQL ignores them during COPY
+            else:
+                await _send_rows(by_shard, rows)
+                return await _copy_end(links, by_shard, splitter, kind, body)
+        await _send_rows(by_shard, rows)
+
+
+async def _copy_end(links: list[ShardLink], by_shard: dict[int, ShardLink],
+                    splitter: CopySplitter | None, kind: int, body: bytes) -> bytes | None:
+    """CopyDone (the last rows, then CopyDone to every shard), CopyFail (to every shard), or
+    a message that has no place in a COPY (the COPY stops with PostgreSQL's error)."""
+    if kind == COPY_DONE:
+        if splitter is not None:
+            try:
+                await _send_rows(by_shard, splitter.finish())
+            except CopySplitError as exc:
+                return await _abort(links, exc)
+        for link in links:
+            await link.send(m.message(b"c"))
+        return None
+    if kind == COPY_FAIL:
+        for link in links:
+            await link.send(m.message(b"f", body))
+        return None
+    return await _abort(links, CopySplitError(
+        codes.PROTOCOL_VIOLATION, f"unexpected message type 0x{kind:02X} during COPY from stdin"))
 
 
 async def _send_rows(by_shard: dict[int, ShardLink], rows: dict[int, list[bytes]]) -> None:
+    """Each shard's rows in one CopyData (-1: every shard, the same data)."""
     for shard, pieces in rows.items():
-        await by_shard[shard].send(m.message(b"d", b"".join(pieces)))
+        data = m.message(b"d", b"".join(pieces))
+        for link in by_shard.values() if shard == -1 else (by_shard[shard],):
+            await link.send(data)
 
 
 async def _abort(links: list[ShardLink], exc: CopySplitError) -> bytes:
@@ -171,15 +185,22 @@ async def _abort(links: list[ShardLink], exc: CopySplitError) -> bytes:
     return fields
 
 
-async def _client_message(relay: ShardedRelay) -> tuple[int, bytes]:
-    """The client's next whole message during COPY."""
+async def _client_messages(relay: ShardedRelay) -> list[tuple[int, bytes]]:
+    """The client's whole messages that have arrived (at least one) during COPY."""
     while True:
-        buf = relay._buf
-        if len(buf) >= 5:
-            nxt = 1 + _LEN(buf, 1)[0]
-            if nxt <= len(buf):
-                relay._buf = buf[nxt:]
-                return buf[0], buf[5:nxt]
+        buf, pos, found = relay._buf, 0, []
+        while len(buf) - pos >= 5:
+            nxt = pos + 1 + _LEN(buf, pos + 1)[0]
+            if nxt > len(buf):
+                break
+            kind = buf[pos]
+            found.append((kind, buf[pos + 5 : nxt]))
+            pos = nxt
+            if kind not in _IN_COPY:
+                break  # the copy ends here; what follows is the client's next unit
+        if found:
+            relay._buf = buf[pos:]
+            return found
         try:
             data = await relay.session.client.recv()
         except ConnectionClosed:

@@ -138,7 +138,7 @@ class ShardLink:
                     return
                 finally:
                     self._arrived.set()
-                if _has_error(self._buf, self._pos + start):
+                if has_error(self._buf, self._pos + start):
                     on_error(self)
         finally:
             self._prefetching = False
@@ -164,7 +164,7 @@ class ShardLink:
         self._pos = 0
 
 
-def _has_error(buf: bytes, pos: int) -> bool:
+def has_error(buf: bytes, pos: int) -> bool:
     """Is there an ErrorResponse among the whole messages of `buf` from `pos` on?"""
     end = len(buf)
     while pos + 5 <= end:

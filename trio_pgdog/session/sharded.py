@@ -44,7 +44,7 @@ from . import merge
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
 from .shard_copy import copy_in
-from .shard_link import ShardLink, ShardLost
+from .shard_link import ShardLink, ShardLost, has_error
 from .tracker import Tracker
 from .units import split_units
 
@@ -209,7 +209,8 @@ class ShardedRelay:
         else:
             outgoing = dict.fromkeys(shards, message[2])
         await self._fan_out(outgoing, [("Q", b"", None)], writes=facts.writes,
-                            same_answer=facts.omnisharded_write)
+                            same_answer=facts.omnisharded_write,
+                            atomic=not _outside_transactions(message[2]))
 
     async def _transaction(self, sql: str, raw: bytes) -> None:
         """BEGIN, COMMIT, ROLLBACK, SAVEPOINT... sent as a Query."""
@@ -562,19 +563,22 @@ class ShardedRelay:
     # --- several shards --------------------------------------------------------------------
 
     async def _fan_out(self, outgoing: dict[int, bytes], answers: list[Answer], *,
-                       writes: bool, same_answer: bool = False) -> None:
+                       writes: bool, same_answer: bool = False, atomic: bool = True) -> None:
         """The same statement (or each shard's own) on several shards, one merged answer.
         `answers`: what each client message earns and from which shards (None: all).
         Writes outside a transaction run inside one on every shard, committed only if
         every shard succeeded."""
         ends = answers[-1][0] in ("Q", "S")
-        wrapped = writes and self.status == b"I" and ends
+        wrapped = writes and atomic and self.status == b"I" and ends
         links = [await self._link(shard, writes) for shard in sorted(outgoing)]
         if wrapped:
             await self._run_each(links, b"BEGIN")
-        for link in links:
-            await link.send(link.outgoing(outgoing[link.shard]))
-        merger = _Merger(self, links, same_answer)
+        if writes and len(links) > 1:
+            links = await self._one_after_another(links, outgoing)
+        else:
+            for link in links:
+                await link.send(link.outgoing(outgoing[link.shard]))
+        merger = _Merger(self, links, same_answer, several=len(outgoing) > 1)
         async with trio.open_nursery() as nursery:  # each shard read as its answers come
             for link in links:
                 link.prefetching()
@@ -592,6 +596,23 @@ class ShardedRelay:
             if self.status != b"I":
                 self.joined.update(link.shard for link in links)
         await merger.finish(self.status if ends else None)
+
+    async def _one_after_another(self, links: list[ShardLink], outgoing: dict[int, bytes]
+                                 ) -> list[ShardLink]:
+        """A write on several shards runs on one shard after the other, in shard order: two
+        clients writing the same rows everywhere (an omnisharded table) then lock them on
+        every shard in the same order, and cannot deadlock across shards, which no shard
+        could see. A shard that fails ends it: the shards after it never run the statement.
+        Returns the links that ran it (their answers read and kept for the merger)."""
+        ran: list[ShardLink] = []
+        for link in links:
+            await link.send(link.outgoing(outgoing[link.shard]))
+            ran.append(link)
+            while link.owes:
+                await link.fill()
+            if has_error(link._buf, link._pos):
+                break
+        return ran
 
     async def _extended_fan_out(self, unit: list[Message], executions: list[Execution]) -> None:
         """An extended-protocol batch whose statements run on several shards: each message
@@ -642,8 +663,9 @@ class ShardedRelay:
         if link is None:
             session = self.session
             group = session._current_group().shards[shard]
-            role = session.role_override or (PRIMARY if writes or self.status != b"I"
-                                             else REPLICA)
+            # A session-mode client keeps its connections for writes to come: primaries.
+            reads = not writes and self.status == b"I" and session.transaction_mode
+            role = session.role_override or (REPLICA if reads else PRIMARY)
             server = await self._checkout(group, role)
             tracker = Tracker(session.app.statements, rename=True)
             tracker.statements = self.prepared
@@ -756,9 +778,11 @@ class _Merger:
     client one answer (session/merge.py). A shard that failed skips to the Sync, as
     PostgreSQL does; after the first error only ReadyForQuery statuses are read."""
 
-    def __init__(self, relay: ShardedRelay, links: list[ShardLink], same_answer: bool):
+    def __init__(self, relay: ShardedRelay, links: list[ShardLink], same_answer: bool, *,
+                 several: bool = True):
         self.relay = relay
         self.links = links
+        self.several = several  # the statement was for several shards: errors name theirs
         self.same_answer = same_answer  # every shard answers alike (omnisharded writes)
         self.out: list[bytes] = []
         self.size = 0
@@ -766,6 +790,7 @@ class _Merger:
         self.failed: set[int] = set()    # shards skipping to their Sync
         self.statuses: dict[int, bytes] = {}
         self._cancels: list[trio.Event] = []  # CancelRequests sent after the first error
+        self._notices: set[bytes] = set()  # each shard's same notice is shown once
 
     async def answer(self, kind: str, body: bytes, where: frozenset[int] | None) -> None:
         links = [link for link in self.links if where is None or link.shard in where]
@@ -890,7 +915,9 @@ class _Merger:
             message = await link.message()
             kind = message[:1]
             if kind == b"N":
-                self._emit(message)
+                if message not in self._notices:
+                    self._notices.add(message)
+                    self._emit(message)
             elif kind == b"S":
                 self.relay.session.settings.reported([message[5:]], link.server)
             elif kind not in (b"c", b"A"):
@@ -907,7 +934,7 @@ class _Merger:
     def _failed(self, link: ShardLink, message: bytes) -> None:
         self.failed.add(link.shard)
         if self.error is None:
-            self.error = merge.naming_shard(message, link.shard) if len(self.links) > 1 else message
+            self.error = merge.naming_shard(message, link.shard) if self.several else message
             self.early_error(link)
 
     def early_error(self, failed: ShardLink) -> None:
@@ -969,6 +996,18 @@ def _unit_end(messages: list[Message]) -> int:
         if kind in b"QSHFdcfX":
             return i
     return len(messages) - 1
+
+
+# Statements PostgreSQL refuses inside a transaction block: sent to each shard as they are.
+_NO_TRANSACTION = (["VACUUM"], ["CLUSTER"], ["REINDEX"], ["ALTER", "SYSTEM"],
+                   ["CREATE", "DATABASE"], ["DROP", "DATABASE"], ["CREATE", "TABLESPACE"],
+                   ["DROP", "TABLESPACE"])
+
+
+def _outside_transactions(query: bytes) -> bool:
+    """Must this Query run outside a transaction block (VACUUM, CREATE INDEX CONCURRENTLY...)?"""
+    words = leading_keywords(query[5:], 4)
+    return words[:1] in _NO_TRANSACTION or words[:2] in _NO_TRANSACTION or "CONCURRENTLY" in words
 
 
 def _savepoint_name(raw: bytes) -> str:

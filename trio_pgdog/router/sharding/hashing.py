@@ -124,5 +124,8 @@ def shard_of_text(value: str, shards: int) -> int:
 
 
 def shard_of_uuid(value: uuid.UUID | str, shards: int) -> int:
-    key = value if isinstance(value, uuid.UUID) else uuid.UUID(value)
-    return bytes_key_hash(key.bytes) % shards
+    if isinstance(value, uuid.UUID):
+        return bytes_key_hash(value.bytes) % shards
+    if len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
+        return bytes_key_hash(bytes.fromhex(value.replace("-", ""))) % shards
+    return bytes_key_hash(uuid.UUID(value).bytes) % shards

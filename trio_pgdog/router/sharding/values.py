@@ -67,6 +67,13 @@ def int_from_text(text: bytes | str) -> int:
 
 def uuid_from_text(text: bytes | str) -> bytes:
     """A uuid key written as text: its 16 bytes."""
+    if len(text) == 36:  # the canonical form, as drivers send it: no regex needed
+        try:
+            if isinstance(text, bytes):
+                return bytes.fromhex(text.replace(b"-", b"").decode("ascii"))
+            return bytes.fromhex(text.replace("-", ""))
+        except (ValueError, UnicodeDecodeError):
+            pass
     source = text.decode("ascii", "replace") if isinstance(text, bytes) else text
     match = _UUID.match(source)
     if match is None:
