@@ -40,6 +40,7 @@ from ..router.keywords import leading_keywords
 from ..router.sharding.cursors import CursorStatement, cursor_statement
 from ..router.sharding.keys import ShardingError, ShardingFacts, insert_rows_by_shard, shards_for
 from ..router.sharding.split import split_insert
+from ..router.sharding.template import template
 from . import merge
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
@@ -101,6 +102,9 @@ class ShardedRelay:
         self.local_key: str | None = None
         self._buf = b""
         self._turn = itertools.count()
+        # Literals can be taken out of texts only as standard strings read them.
+        self.standard_strings = session.settings.wanted.get(
+            "standard_conforming_strings", "on") == "on"
         config = session.app.config
         user = config.find_user(session.user, session.database)
         # cross_shard_disabled: every statement must run on one shard.
@@ -165,9 +169,10 @@ class ShardedRelay:
 
     async def _query(self, message: Message) -> None:
         sql = message[1].rstrip(b"\x00").decode("utf-8", "replace")
-        if await self.session._role_override(message[2], self.status):
+        if (b"pgdog" in message[2] or b"PGDOG" in message[2]) and \
+                await self.session._role_override(message[2], self.status):
             return  # SET pgdog.role: answered by the session
-        facts = self.cache.get(sql)
+        facts, values = self._facts(sql)
         if facts.setting is not None and facts.statements == 1:
             try:
                 notice = self._apply_setting(facts)
@@ -187,7 +192,7 @@ class ShardedRelay:
             if cursor is not None:
                 shards = self._cursor_shards(cursor)
             else:
-                shards = self._route(sql, facts, (), (), (), extended=False)
+                shards = self._route(sql, facts, values, (), (), extended=False)
         except ProxyError as exc:
             await self._refuse(exc)
             return
@@ -211,6 +216,18 @@ class ShardedRelay:
         await self._fan_out(outgoing, [("Q", b"", None)], writes=facts.writes,
                             same_answer=facts.omnisharded_write,
                             atomic=not _outside_transactions(message[2]))
+
+    def _facts(self, sql: str) -> tuple[ShardingFacts, tuple[bytes, ...]]:
+        """The sharding facts of a Query's text, and the values of its literals when the facts
+        are those of its shape (router/sharding/template.py): one analysis per shape."""
+        found = template(sql) if self.standard_strings else None
+        if found is not None:
+            shape, values = found
+            facts = self.cache.get(shape)
+            # An INSERT's rows are split by cutting the text: its literals must be in it.
+            if facts.parse_ok and facts.insert_keys is None:
+                return facts, values
+        return self.cache.get(sql), ()
 
     async def _transaction(self, sql: str, raw: bytes) -> None:
         """BEGIN, COMMIT, ROLLBACK, SAVEPOINT... sent as a Query."""

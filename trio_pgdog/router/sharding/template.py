@@ -1,0 +1,75 @@
+"""Simple-protocol statements with their literals taken out, for the sharding facts cache.
+
+A client using the simple protocol puts its values in the text: `... WHERE aid = 48213` is a
+new text for every key, and analysing each (router/sharding/keys.py, tens of microseconds) would
+cost more than relaying it. So a SELECT, UPDATE, DELETE or INSERT has its integer and string
+literals replaced by parameters (`... WHERE aid = $1`): the facts are cached once per shape and
+the literals are read as the values of those parameters, in text format, as a Bind would carry
+them (`shards_for` reads them the same way).
+
+Only what is surely a literal is taken out: digits that stand alone and standard strings
+('...', with '' inside). Comments, quoted identifiers, escape and dollar-quoted strings stay
+as they are; a negative number keeps its minus sign in the text (its digits become a
+parameter). A template PostgreSQL would not parse (a type modifier such as varchar(20) became
+varchar($1)) is useless: the caller then analyses the text itself.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["template"]
+
+# Alternatives in the order they must be tried at a position: what to keep, then what to take.
+_TOKEN = re.compile(
+    r"""(--[^\n]*)"""                      # 1 a line comment: kept
+    r"""|(/\*.*?\*/)"""                    # 2 a block comment: kept (hints live there)
+    r"""|("(?:[^"]|"")*")"""               # 3 a quoted identifier: kept
+    r"""|([A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)"""  # 4 a word: kept (E'..', U&'..' too)
+    r"""|('(?:[^']|'')*')"""               # 5 a standard string: taken
+    r"""|(\d+)(?![A-Za-z0-9_.])"""        # 6 an integer: taken
+    r"""|(\d*\.?\d+(?:[eE][+-]?\d+)?\.?)""",  # 7 another number: kept (3.0 is not an int8 key)
+    re.S)
+# Before a minus sign that makes a number negative rather than subtracting: the minus is taken too.
+_SIGNED_AFTER = frozenset("=<>(,[")
+_DML = re.compile(r"\s*(?:/\*.*?\*/\s*)*(?:select|update|delete|insert|with)\b", re.I | re.S)
+
+
+def template(sql: str) -> tuple[str, tuple[bytes, ...]] | None:
+    """(the text with its literals as $1..$n, their values as text), or None when the text
+    is not a statement worth it (no literal, not DML, or something the scan cannot be sure of:
+    a dollar sign, an escape string)."""
+    if "$" in sql or not _DML.match(sql):
+        return None
+    values: list[bytes] = []
+    out: list[str] = []
+    last = 0
+    for match in _TOKEN.finditer(sql):
+        string, number = match.group(5), match.group(6)
+        if string is None and number is None:
+            word = match.group(4)
+            if word is not None and len(word) == 1 and sql[match.end():match.end() + 1] in "'&":
+                return None  # E'...', U&'...', B'...': not a standard string
+            continue
+        start = match.start()
+        if string is not None:
+            value = string[1:-1].replace("''", "'")
+        else:
+            start, value = _signed(sql, start, last, number)
+        out.append(sql[last:start])
+        values.append(value.encode())
+        out.append(f"${len(values)}")
+        last = match.end()
+    if not values:
+        return None
+    out.append(sql[last:])
+    return "".join(out), tuple(values)
+
+
+def _signed(sql: str, start: int, last: int, digits: str) -> tuple[int, str]:
+    """Where an integer literal starts and its value: `= -3` is the value -3 (so a key hashes
+    as itself), `a - 3` is a subtraction of 3."""
+    before = sql[last:start].rstrip()
+    if before.endswith("-") and before[:-1].rstrip()[-1:] in _SIGNED_AFTER:
+        return last + len(before) - 1, "-" + digits
+    return start, digits
