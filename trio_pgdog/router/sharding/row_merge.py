@@ -186,6 +186,41 @@ def _sort_function(readers: list[tuple[int, Callable[[bytes], Any], bool]]
     return many
 
 
+def _message_sort_function(readers: list[tuple[int, Callable[[bytes], Any], bool]]
+                           ) -> Callable[[bytes], tuple[Any, ...]]:
+    """DataRow message -> its sort key (as _sort_function builds it from cells), reading
+    only the cells it needs. The function is generated for the columns, as dataclasses and
+    attrs generate theirs: one straight walk over the message, no per-row loop or list."""
+    needed = {index for index, _read, _nulls in readers}
+    last = max(needed)
+    lines = ["def key(message):", "    pos = 7"]
+    for column in range(last + 1):
+        lines.append("    (n,) = unpack(message, pos)")
+        if column in needed:
+            lines.append(f"    c{column} = None if n < 0 else message[pos + 4 : pos + 4 + n]")
+        if column < last:
+            lines.append("    pos += 4 + (n if n > 0 else 0)")
+    parts = []
+    namespace: dict[str, Any] = {"unpack": _I32.unpack_from}
+    for k, (index, read, nulls_first) in enumerate(readers):
+        namespace[f"read{k}"] = read
+        null_flag, present = (0, 1) if nulls_first else (1, 0)
+        parts.append(f"{null_flag} if c{index} is None else {present}, "
+                     f"0 if c{index} is None else read{k}(c{index})")
+    lines.append(f"    return ({', '.join(parts)},)")
+    exec("\n".join(lines), namespace)  # noqa: S102 - generated from column numbers only
+    return namespace["key"]
+
+
+def _visible_end(message: bytes, visible: int) -> int:
+    pos = 7
+    unpack = _I32.unpack_from
+    for _ in range(visible):
+        (n,) = unpack(message, pos)
+        pos += 4 + (n if n > 0 else 0)
+    return pos
+
+
 # --- the engine ----------------------------------------------------------------------------
 
 
@@ -224,9 +259,10 @@ class RowMerge:
         if plan.kind == "aggregate":
             self._init_aggregate()
         else:
-            self._sort_key = self._sorter([f[3] for f in self.fields], [f[6] for f in self.fields])
-            self._distinct_key = self._identity(range(self.visible)) if plan.distinct else None
-            self._needed = max(self.sort_columns, default=-1) + 1
+            types, formats = [f[3] for f in self.fields], [f[6] for f in self.fields]
+            self._sorted = bool(plan.sort)
+            self.key = self._message_key(types, formats)  # type: ignore[method-assign]
+            self._distinct_key = self._message_identity(types, formats) if plan.distinct else None
 
     # columns
 
@@ -250,6 +286,30 @@ class RowMerge:
                 ) -> Callable[[Sequence[bytes | None]], tuple[Any, ...]] | None:
         if not self.plan.sort:
             return None
+        return _sort_function(self._sort_readers(types, formats))
+
+    def _message_key(self, types: list[int], formats: list[int]) -> Callable[[bytes], Any]:
+        if not self.plan.sort:
+            return self._no_key
+        return _message_sort_function(self._sort_readers(types, formats))
+
+    @staticmethod
+    def _no_key(message: bytes) -> tuple[Any, ...]:
+        return ()
+
+    def _message_identity(self, types: list[int], formats: list[int]) -> Callable[[bytes], Any]:
+        """DataRow message -> its DISTINCT identity: the cells' bytes themselves when every
+        column's bytes are canonical (no decoding), else decoded values."""
+        visible = self.visible
+        if all(codecs.canonical(types[i], formats[i]) for i in range(visible)):
+            if not self.plan.hidden:
+                return lambda message: message[7:]
+            return lambda message: message[7 : _visible_end(message, visible)]
+        from_cells = self._identity(range(visible))
+        return lambda message: from_cells(_cells(message, visible))
+
+    def _sort_readers(self, types: list[int], formats: list[int]
+                      ) -> list[tuple[int, Callable[[bytes], Any], bool]]:
         readers = []
         for key, index in zip(self.plan.sort, self.sort_columns, strict=True):
             oid, fmt = types[index], formats[index]
@@ -265,7 +325,7 @@ class RowMerge:
                     raise MergeError("0A000", f'ORDER BY ... COLLATE "{key.collation}": the '
                                      'proxy orders text by its bytes only (COLLATE "C")')
             readers.append((index, read, key.nulls_first))
-        return _sort_function(readers)
+        return readers
 
     def _identity(self, columns: Sequence[int], types: Sequence[int] | None = None,
                   formats: Sequence[int] | None = None) -> Callable[[Sequence[bytes | None]], Any]:
@@ -296,16 +356,16 @@ class RowMerge:
     # rows: concat, stream, sort
 
     def key(self, message: bytes) -> tuple[Any, ...]:
-        """The sort key of a shard's DataRow message (kind "sort"): ascending."""
-        assert self._sort_key is not None
-        return self._sort_key(_cells(message, self._needed))
+        """The sort key of a shard's DataRow message (kind "sort"): ascending. (Replaced per
+        instance by a function built for the plan's columns.)"""
+        raise NotImplementedError
 
     def output(self, message: bytes, key: Any = None) -> bytes | None:
         """The message to send the client for a shard's row in merge order, or None."""
         if self.done:
             return None
         plan = self.plan
-        if self._sort_key is not None:
+        if self._sorted:
             if key is None:
                 key = self.key(message)
             if self._last_key is not None and key < self._last_key:
@@ -314,8 +374,8 @@ class RowMerge:
                                  "be wrong. Add COLLATE \"C\" to the text terms of ORDER BY")
             self._last_key = key
         if self._distinct_key is not None:
-            identity = self._distinct_key(_cells(message, self.visible))
-            if self._sort_key is not None and key != self._tie_key:
+            identity = self._distinct_key(message)
+            if self._sorted and key != self._tie_key:
                 self._tie_key = key
                 self._seen.clear()  # equal rows have equal sort keys: only ties can repeat
             if identity in self._seen:
@@ -356,7 +416,7 @@ class RowMerge:
         self._distinct_key = self._identity(range(self.visible), self.final_types, formats) \
             if plan.distinct else None
         self._having = _Condition(self, plan.having).compile() if plan.having is not None else None
-        self._sort_key = None
+        self._sorted = False
         if plan.check_shard_order:
             prefix = [(self.sort_columns[i], k) for i, k in enumerate(plan.sort[: len(group_columns)])]
             readers = []
