@@ -84,6 +84,16 @@ def other_cases() -> list[Case]:
         Case("SELECT g, count(*) FROM t GROUP BY 1 ORDER BY 1 LIMIT 2 OFFSET 1"),
         Case("SELECT g, count(*) FROM t GROUP BY g ORDER BY g DESC LIMIT 3"),
         Case("SELECT g, bp, count(*) FROM t GROUP BY g, bp ORDER BY bp, g LIMIT 3"),
+        Case("SELECT g % 2 AS parity, count(*), sum(i8) FROM t GROUP BY g % 2 ORDER BY 1"),
+        Case("SELECT g % 2 AS parity, count(*) FROM t GROUP BY parity ORDER BY parity DESC"),
+        Case("SELECT t.*, count(*) FROM t GROUP BY id ORDER BY id"),
+        Case("SELECT g FROM t GROUP BY g HAVING avg(i4) > 0 ORDER BY g"),
+        Case("SELECT max(DISTINCT i4), min(DISTINCT tx), count(*) FILTER (WHERE i4 > 0), "
+             "sum(i2) FILTER (WHERE b) FROM t"),
+        Case("SELECT g, count(*) FROM t GROUP BY g HAVING g > 1 ORDER BY g"),
+        Case("SELECT g, count(*) FROM t GROUP BY g ORDER BY g % 2 NULLS FIRST, g"),
+        Case("SELECT DISTINCT g FROM t LIMIT 2", "limited"),
+        Case("SELECT id, nm FROM t WHERE nm < 'b' ORDER BY nm DESC, id"),
         # pgDog #1616: min/max of timestamps keep their microseconds.
         Case("SELECT min(ts), max(ts), min(tz), max(tz), min(tm), max(tm) FROM t"),
         Case("SELECT g, max(ts), min(tz) FROM t GROUP BY g ORDER BY max(ts) NULLS FIRST, g"),
@@ -225,6 +235,15 @@ def test_merged_answers_equal_postgres(merge_port: int, layout: str) -> None:
     compared = _run(merge_port, rows, shard_of, cases, [[0], [1]])
     refused = sum(1 for c in cases if c.refused)
     assert compared == 2 * (len(cases) - refused)
+
+
+def test_result_formats_per_column(merge_port: int) -> None:
+    # One format code per output column: the shards get text for the hidden ones.
+    cases = [Case("SELECT id, tx, ts FROM t ORDER BY d DESC, id"),
+             Case("SELECT g, avg(i4), max(tz) FROM t GROUP BY g ORDER BY min(n), g")]
+    for formats in ([1, 0, 1], [0, 1, 0]):
+        assert _run(merge_port, FIXED_ROWS, [r["id"] % 3 for r in FIXED_ROWS],  # type: ignore[operator]
+                    cases, [formats]) == 2
 
 
 def test_empty_table(merge_port: int) -> None:

@@ -181,6 +181,11 @@ def plan_select(sql: str, sharded_tables: Collection[Table] | None = None) -> Me
             plans.append(_Planner(sql, node, sharded_tables).plan())
         except _Refused as refused:
             plans.append(MergePlan("refused", sql, sql, refusal=(refused.sqlstate, refused.message)))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            # A statement shape this planner does not know: refusing beats a wrong answer.
+            plans.append(MergePlan("refused", sql, sql, refusal=(
+                FEATURE_NOT_SUPPORTED, "the proxy cannot tell how to merge this statement's "
+                f"results across shards ({type(exc).__name__}): use a sharding key")))
     if not plans:
         return MergePlan("concat", sql, sql)
     if len(plans) == 1:
@@ -198,10 +203,14 @@ def plan_select(sql: str, sharded_tables: Collection[Table] | None = None) -> Me
 # --- small JSON helpers --------------------------------------------------------------------
 
 
+_POSITIONS = frozenset({"location", "rexpr_list_start", "rexpr_list_end", "stmt_location",
+                        "stmt_len"})
+
+
 def _strip(node: Any) -> Any:
     """A node without its source locations, for comparing expressions."""
     if isinstance(node, dict):
-        return {k: _strip(v) for k, v in node.items() if k not in ("location",)}
+        return {k: _strip(v) for k, v in node.items() if k not in _POSITIONS}
     if isinstance(node, list):
         return [_strip(v) for v in node]
     return node
@@ -910,8 +919,7 @@ class _Planner:
             expr, collation, path = self.uncollated(sort_by["node"], ("sortClause", i, "node"))
             ref = self.output_by_name_or_position(expr)
             if isinstance(ref, str):
-                raise _Refused(f"ORDER BY {ref} next to a * in an aggregate query: order by "
-                               "position or list the columns")
+                ref = None  # maybe a column of the *: a hidden copy of it is the same value
             if ref is None:
                 ref = self.output_by_expression(expr)
             if ref is None:
