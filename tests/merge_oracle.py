@@ -18,12 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
-
-from trio_pgdog.router.sharding.merge_plan import (MergePlan, plan_select, shard_parameters,
-                                                   shard_result_formats)
-from trio_pgdog.router.sharding.row_merge import MergeError, RowMerge, parse_row_description
-
 from pgwire import Wire
+
+from trio_pgdog.router.sharding.merge_plan import (
+    MergePlan,
+    plan_select,
+    shard_parameters,
+    shard_result_formats,
+)
+from trio_pgdog.router.sharding.row_merge import MergeError, RowMerge, parse_row_description
 
 SHARDS = ("merge_s0", "merge_s1", "merge_s2")
 WHOLE = "merge_whole"

@@ -148,14 +148,15 @@ def test_union() -> None:
 
 @pytest.mark.parametrize("clause, limit, offset, shard_clause, shard_params", [
     ("LIMIT 10", 10, 0, "LIMIT 10", ()),
-    ("LIMIT 10 OFFSET 20", 10, 20, "LIMIT 30", ()),
-    ("OFFSET 20 LIMIT 10", 10, 20, "LIMIT 30", ()),
-    ("OFFSET 5", None, 5, "", ()),
-    ("LIMIT ALL OFFSET 5", None, 5, "LIMIT ALL", ()),
-    ("OFFSET 1 ROWS FETCH FIRST 2 ROWS ONLY", 2, 1, "LIMIT 3", ()),
+    ("LIMIT 10 OFFSET 20", 10, 20, "LIMIT 30 OFFSET 0", ()),
+    ("OFFSET 20 LIMIT 10", 10, 20, "OFFSET 0 LIMIT 30", ()),
+    ("OFFSET 5", None, 5, "OFFSET 0", ()),
+    ("LIMIT ALL OFFSET 5", None, 5, "LIMIT ALL OFFSET 0", ()),
+    ("OFFSET 1 ROWS FETCH FIRST 2 ROWS ONLY", 2, 1, "OFFSET 0 ROWS FETCH FIRST 3 ROWS ONLY", ()),
     ("LIMIT $1", Param(0), 0, "LIMIT $1", ()),
-    ("LIMIT $1 OFFSET 5", Param(0), 5, "LIMIT $1", ((0, "limit"),)),
-    ("LIMIT 5 OFFSET $1", 5, Param(0), "LIMIT $1", ((0, "limit"),)),
+    ("LIMIT $1 OFFSET 5", Param(0), 5, "LIMIT $1 OFFSET 0", ((0, "limit"),)),
+    ("LIMIT 5 OFFSET $1", 5, Param(0), "LIMIT $1 OFFSET 0", ((0, "limit"),)),
+    ("LIMIT 5 OFFSET $1::int8", 5, Param(0), "LIMIT $1 OFFSET 0::int8", ((0, "limit"),)),
     ("LIMIT $1 OFFSET $2", Param(0), Param(1), "LIMIT $1 OFFSET $2", ((0, "limit"), (1, "zero"))),
     ("OFFSET $1", None, Param(0), "OFFSET $1", ((0, "zero"),)),
     ("LIMIT $1::int OFFSET $2::bigint", Param(0), Param(1), "LIMIT $1::int OFFSET $2::bigint",
@@ -295,7 +296,7 @@ def test_order_by_and_limit_with_aggregates() -> None:
     # Ordered by the group keys, a group among the first 15 is among each shard's first 15.
     assert first.limit_pushed and first.check_shard_order
     assert _same_sql(first.shard_sql, "SELECT customer_id, count(*) FROM orders GROUP BY "
-                                      "customer_id ORDER BY customer_id LIMIT 15")
+                                      "customer_id ORDER BY customer_id LIMIT 15 OFFSET 0")
     hidden = plan_select("SELECT g FROM t GROUP BY g ORDER BY avg(x) DESC, max(y)")
     assert hidden.aggregates == (Aggregate(1, "avg", 2), Aggregate(3, "max"))
     assert hidden.sort == (SortKey(1, True, True), SortKey(3))

@@ -14,11 +14,10 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from merge_oracle import Case, Connections, check_cases, setup_sql
 
 from trio_pgdog.router.sharding.merge_plan import plan_select
 from trio_pgdog.router.sharding.row_merge import MergeError, RowMerge
-
-from merge_oracle import Case, Connections, check_cases, setup_sql
 
 SORTABLE = ["i2", "i4", "i8", "n", "f4", "f8", "tx", "vc", "bp", "b", "d", "tm", "ts", "tz",
             "u", "iv", "nm"]

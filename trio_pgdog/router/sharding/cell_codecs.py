@@ -584,7 +584,7 @@ def _time_literal(oid: int, text: str) -> Key:
             return infinite[oid] if value[0] != "-" else -infinite[oid] - 1
     try:
         if oid == TIME:
-            parts = (value.split(":") + ["0", "0"])[:3]
+            parts = ([*value.split(":"), "0", "0"])[:3]
             whole, _, fraction = parts[2].partition(".")
             us = (int(parts[0]) * 3600 + int(parts[1]) * 60 + int(whole)) * 1_000_000
             return us + (int(fraction.ljust(6, "0")) if fraction else 0)
@@ -600,7 +600,7 @@ def _time_literal(oid: int, text: str) -> Key:
                 raise ValueError(value)
             return days
         clock = match["time"] or "00:00"
-        hms = (clock.split(":") + ["0"])[:3]
+        hms = ([*clock.split(":"), "0"])[:3]
         whole, _, fraction = hms[2].partition(".")
         us = (int(hms[0]) * 3600 + int(hms[1]) * 60 + int(whole)) * 1_000_000 \
             + (int(fraction.ljust(6, "0")) if fraction else 0)

@@ -109,10 +109,10 @@ def client_row_description(plan: MergePlan, row_description: bytes) -> bytes:
     """The RowDescription message the client sees for a shard's (body or message): without
     the hidden columns, avg columns typed numeric or double precision."""
     fields = parse_row_description(row_description)
-    if not plan.hidden and not any(a.function == "avg" for a in plan.aggregates):
-        if row_description[:1] == b"T" and len(row_description) > 4 and \
-                _I32.unpack_from(row_description, 1)[0] == len(row_description) - 1:
-            return row_description
+    whole = row_description[:1] == b"T" and len(row_description) > 4 and \
+        _I32.unpack_from(row_description, 1)[0] == len(row_description) - 1
+    if whole and not plan.hidden and not any(a.function == "avg" for a in plan.aggregates):
+        return row_description
     return _build_row_description(_client_fields(plan, fields))
 
 
@@ -208,7 +208,7 @@ def _message_sort_function(readers: list[tuple[int, Callable[[bytes], Any], bool
         parts.append(f"{null_flag} if c{index} is None else {present}, "
                      f"0 if c{index} is None else read{k}(c{index})")
     lines.append(f"    return ({', '.join(parts)},)")
-    exec("\n".join(lines), namespace)  # noqa: S102 - generated from column numbers only
+    exec("\n".join(lines), namespace)
     return namespace["key"]
 
 
