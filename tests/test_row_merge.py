@@ -17,7 +17,12 @@ from hypothesis import strategies as st
 from merge_oracle import Case, Connections, check_cases, setup_sql
 
 from trio_pgdog.router.sharding.merge_plan import plan_select
-from trio_pgdog.router.sharding.row_merge import MergeError, RowMerge
+from trio_pgdog.router.sharding.row_merge import (
+    MergeError,
+    RowMerge,
+    client_row_description,
+    parse_row_description,
+)
 
 SORTABLE = ["i2", "i4", "i8", "n", "f4", "f8", "tx", "vc", "bp", "b", "d", "tm", "ts", "tz",
             "u", "iv", "nm"]
@@ -423,3 +428,41 @@ def test_float_sum_overflow_is_postgres_error() -> None:
     with pytest.raises(MergeError) as error:
         merge.accept(1, _row_message(b"1e308"))
     assert error.value.sqlstate == "22003"
+
+
+def test_client_row_description_drops_hidden_columns_and_types_averages() -> None:
+    plan = plan_select("SELECT g, avg(x) AS mean FROM t GROUP BY g ORDER BY max(y)")
+    # What a shard describes: g, sum(x) AS mean (bigint), count(x), max(y).
+    shard = _description(("g", 23, 1), ("mean", 20, 1), ("__pgdog_hidden_0", 20, 0),
+                         ("__pgdog_hidden_1", 1184, 0))
+    client = client_row_description(plan, shard)
+    assert client[:1] == b"T"
+    assert [(f[0], f[3], f[4], f[5], f[6]) for f in parse_row_description(client)] == [
+        (b"g", 23, -1, -1, 1), (b"mean", 1700, -1, -1, 1)]
+    assert RowMerge(plan, shard).row_description == client
+    # Nothing to change: the shard's message itself.
+    plain = plan_select("SELECT g FROM t ORDER BY g")
+    message = b"T" + struct.pack("!i", len(_description(("g", 23, 0))) + 4) + _description(("g", 23, 0))
+    assert client_row_description(plain, message) is message
+
+
+@pytest.mark.parametrize("sql, types, flagged", [
+    ("SELECT a FROM t ORDER BY a", [25], True),
+    ("SELECT a FROM t ORDER BY a COLLATE \"C\"", [25], False),
+    ("SELECT a FROM t ORDER BY a", [23], False),
+    ("SELECT a FROM t ORDER BY a", [19], False),  # name: always "C"
+    ("SELECT max(a) FROM t", [1043], True),
+    ("SELECT g FROM t GROUP BY g HAVING max(a) > 'm'", [23, 25], True),
+    ("SELECT g, a, count(*) FROM t GROUP BY g, a HAVING count(*) > 1", [23, 25, 20], False),
+])
+def test_text_order_is_bytes(sql: str, types: list[int], flagged: bool) -> None:
+    plan = plan_select(sql)
+    columns = [(f"c{i}", oid, 0) for i, oid in enumerate(types)]
+    assert RowMerge(plan, _description(*columns)).text_order_is_bytes is flagged
+
+
+def test_another_collation_is_refused_where_the_proxy_sorts_alone() -> None:
+    plan = plan_select("SELECT a, count(*) FROM t GROUP BY a ORDER BY a COLLATE \"de_DE\"")
+    with pytest.raises(MergeError) as error:
+        RowMerge(plan, _description(("a", 25, 0), ("count", 20, 0)))
+    assert 'COLLATE "C"' in error.value.message

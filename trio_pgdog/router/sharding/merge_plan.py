@@ -45,41 +45,44 @@ import attrs
 from pglast.parser import ParseError, parse_sql_json
 
 from ..classify import _only_item
+from .merge_sql import (
+    DISTINCT_SAFE,
+    FEATURE_NOT_SUPPORTED,
+    MERGEABLE,
+    OTHER_AGGREGATES,
+    SET_RETURNING,
+    Path,
+    Refused,
+    Shape,
+    Table,
+    Tables,
+    aggregate_calls,
+    ast_at,
+    bare_name,
+    branches,
+    check_subqueries,
+    const_node,
+    direction,
+    drop,
+    func_name,
+    has_window,
+    implicit_name,
+    int_const,
+    is_star,
+    last_name,
+    param_node,
+    param_numbers,
+    rename,
+    set_ops,
+    strip_positions,
+    summarizes,
+    walk,
+)
 
-__all__ = ["Aggregate", "MergePlan", "Param", "SortKey", "plan_select", "shard_parameters",
-           "shard_result_formats"]
+__all__ = ["Aggregate", "MergePlan", "Param", "SortKey", "bind_bound", "plan_select",
+           "shard_parameters", "shard_result_formats"]
 
-Table = tuple[str | None, str]
-FEATURE_NOT_SUPPORTED = "0A000"
-
-# Aggregates whose per-shard results combine exactly.
-MERGEABLE = frozenset({"count", "sum", "min", "max", "avg", "bool_and", "bool_or", "every"})
-# ... of which these give the same answer over distinct values.
-_DISTINCT_SAFE = frozenset({"min", "max", "bool_and", "bool_or", "every"})
-# Built-in aggregates that do not combine from per-shard results (refused by name).
-OTHER_AGGREGATES = frozenset({
-    "string_agg", "array_agg", "json_agg", "jsonb_agg", "json_agg_strict", "jsonb_agg_strict",
-    "json_object_agg", "jsonb_object_agg", "json_object_agg_strict", "json_object_agg_unique",
-    "json_object_agg_unique_strict", "jsonb_object_agg_strict", "jsonb_object_agg_unique",
-    "jsonb_object_agg_unique_strict", "xmlagg", "percentile_cont", "percentile_disc", "mode",
-    "rank", "dense_rank", "percent_rank", "cume_dist", "stddev", "stddev_pop", "stddev_samp",
-    "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx",
-    "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx",
-    "regr_sxy", "regr_syy", "bit_and", "bit_or", "bit_xor", "range_agg",
-    "range_intersect_agg", "any_value", "grouping",
-})
-AGGREGATES = MERGEABLE | OTHER_AGGREGATES
-# Set-returning functions: after aggregation they multiply a group's row per shard.
-SET_RETURNING = frozenset({
-    "generate_series", "generate_subscripts", "unnest", "json_array_elements",
-    "jsonb_array_elements", "json_array_elements_text", "jsonb_array_elements_text",
-    "json_each", "jsonb_each", "json_each_text", "jsonb_each_text", "json_object_keys",
-    "jsonb_object_keys", "json_populate_recordset", "jsonb_populate_recordset",
-    "json_to_recordset", "jsonb_to_recordset", "jsonb_path_query", "regexp_matches",
-    "regexp_split_to_table", "string_to_table", "pg_get_keywords", "pg_options_to_table",
-})
 _COMPARISONS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-_C_COLLATIONS = frozenset({"C", "POSIX", "ucs_basic"})
 
 
 @attrs.frozen
@@ -149,13 +152,6 @@ class MergePlan:
         return self.shard_sql != self.sql
 
 
-class _Refused(Exception):
-    def __init__(self, message: str, sqlstate: str = FEATURE_NOT_SUPPORTED) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-
-
 # --- the entry point -----------------------------------------------------------------------
 
 
@@ -172,7 +168,7 @@ def plan_select(sql: str, sharded_tables: Collection[Table] | None = None) -> Me
         return MergePlan("concat", sql, sql)
     tree = json.loads(text)
     # What the text holds at all, to skip the walks that would find nothing.
-    shape = _Shape(nested=text.count('"SelectStmt"') > len(tree.get("stmts", ())),
+    shape = Shape(nested=text.count('"SelectStmt"') > len(tree.get("stmts", ())),
                    calls='"FuncCall"' in text, ctes='"CommonTableExpr"' in text)
     statements = tree.get("stmts", ())
     plans = []
@@ -183,7 +179,7 @@ def plan_select(sql: str, sharded_tables: Collection[Table] | None = None) -> Me
             continue
         try:
             plans.append(_Planner(sql, node, sharded_tables, shape).plan())
-        except _Refused as refused:
+        except Refused as refused:
             plans.append(MergePlan("refused", sql, sql, refusal=(refused.sqlstate, refused.message)))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             # A statement shape this planner does not know: refusing beats a wrong answer.
@@ -204,268 +200,9 @@ def plan_select(sql: str, sharded_tables: Collection[Table] | None = None) -> Me
     return plans[0]
 
 
-# --- small JSON helpers --------------------------------------------------------------------
-
-
-_POSITIONS = frozenset({"location", "rexpr_list_start", "rexpr_list_end", "stmt_location",
-                        "stmt_len"})
-
-
-def _strip(node: Any) -> Any:
-    """A node without its source locations, for comparing expressions."""
-    if isinstance(node, dict):
-        return {k: _strip(v) for k, v in node.items() if k not in _POSITIONS}
-    if isinstance(node, list):
-        return [_strip(v) for v in node]
-    return node
-
-
-def _func_name(call: dict[str, Any]) -> str | None:
-    """The lower-case name of a function call, None when schema-qualified by another schema
-    than pg_catalog (a user's function: not one the proxy knows)."""
-    names = [part["String"]["sval"] for part in call.get("funcname", ()) if "String" in part]
-    if not names:
-        return None
-    if len(names) > 1 and names[-2] != "pg_catalog":
-        return None
-    return names[-1].lower()
-
-
-_SUBQUERIES = frozenset({"SubLink", "SelectStmt"})
-
-
-def _walk(node: Any, skip_subqueries: bool = True):
-    """Every (type, fields) node under `node` (in no particular order), not entering
-    subqueries unless asked to."""
-    stack = [node]
-    pop, push = stack.pop, stack.append
-    while stack:
-        item = pop()
-        if type(item) is dict:
-            for key, value in item.items():
-                kind = type(value)
-                if kind is dict:
-                    if skip_subqueries and key in _SUBQUERIES:
-                        continue
-                    if key[:1].isupper():
-                        yield key, value
-                    push(value)
-                elif kind is list:
-                    push(value)
-        elif type(item) is list:
-            stack.extend(item)
-
-
-def _has_window(node: Any) -> bool:
-    return any(t == "FuncCall" and "over" in f for t, f in _walk(node))
-
-
-def _aggregate_calls(node: Any) -> list[tuple[str | None, dict[str, Any]]]:
-    out = []
-    for node_type, fields in _walk(node):
-        if node_type != "FuncCall" or "over" in fields:
-            continue
-        name = _func_name(fields)
-        if name in AGGREGATES or fields.get("agg_star") or fields.get("agg_within_group") \
-                or "agg_filter" in fields or "agg_order" in fields or fields.get("agg_distinct"):
-            out.append((name, fields))
-    return out
-
-
-def _param_numbers(node: Any) -> list[int]:
-    return [fields["number"] for t, fields in _walk(node, skip_subqueries=False)
-            if t == "ParamRef" and "number" in fields]
-
-
-def _int_const(node: dict[str, Any]) -> int | None:
-    if "A_Const" in node and "ival" in node["A_Const"]:
-        return node["A_Const"]["ival"].get("ival", 0)
-    return None
-
-
-def _bare_name(node: dict[str, Any]) -> str | None:
-    if "ColumnRef" in node:
-        fields = node["ColumnRef"].get("fields", ())
-        if len(fields) == 1 and "String" in fields[0]:
-            return fields[0]["String"]["sval"]
-    return None
-
-
-def _last_name(node: dict[str, Any]) -> str | None:
-    if "ColumnRef" in node:
-        fields = node["ColumnRef"].get("fields", ())
-        if fields and "String" in fields[-1]:
-            return fields[-1]["String"]["sval"]
-    return None
-
-
-def _implicit_name(val: dict[str, Any]) -> str | None:
-    """PostgreSQL's column name for an unaliased output expression (FigureColname), for the
-    shapes ORDER BY can name."""
-    node_type, fields = _only_item(val)
-    if node_type == "ColumnRef":
-        return _last_name(val)
-    if node_type == "FuncCall":
-        names = [p["String"]["sval"] for p in fields.get("funcname", ()) if "String" in p]
-        return names[-1] if names else None
-    if node_type == "TypeCast":
-        inner = _implicit_name(fields["arg"])
-        if inner is not None:
-            return inner
-        names = [p["String"]["sval"] for p in fields["typeName"].get("names", ()) if "String" in p]
-        return names[-1] if names else None
-    if node_type == "CoalesceExpr":
-        return "coalesce"
-    if node_type == "CaseExpr":
-        return "case"
-    return None
-
-
-def _is_star(val: dict[str, Any]) -> bool:
-    if "ColumnRef" in val:
-        fields = val["ColumnRef"].get("fields", ())
-        return bool(fields) and "A_Star" in fields[-1]
-    return False
-
-
-# --- subqueries: per-shard summaries -------------------------------------------------------
-
-
-@attrs.frozen
-class _Shape:
-    nested: bool  # a SELECT inside the statement (subquery, CTE)
-    calls: bool  # a function call somewhere
-    ctes: bool  # a WITH somewhere
-
-
-class _Tables:
-    """Which query blocks read sharded tables."""
-
-    def __init__(self, root: dict[str, Any], sharded: Collection[Table] | None,
-                 shape: _Shape) -> None:
-        self.sharded = None if sharded is None else {(s, n) for s, n in sharded}
-        self.sharded_names = None if sharded is None else {n for _s, n in sharded}
-        self.ctes: dict[str, dict[str, Any]] = {}
-        for node_type, fields in _walk(root, skip_subqueries=False) if shape.ctes else ():
-            if node_type == "CommonTableExpr":
-                self.ctes[fields["ctename"]] = fields["ctequery"]
-        self._cte_reads: dict[str, bool] = {}
-
-    def reads_sharded(self, block: Any, seen: frozenset[str] = frozenset()) -> bool:
-        for node_type, fields in _walk(block, skip_subqueries=False):
-            if node_type != "RangeVar":
-                continue
-            schema, name = fields.get("schemaname"), fields["relname"]
-            if schema is None and name in self.ctes:
-                if name in seen:
-                    continue
-                if name not in self._cte_reads:
-                    self._cte_reads[name] = self.reads_sharded(self.ctes[name], seen | {name})
-                if self._cte_reads[name]:
-                    return True
-                continue
-            if self.sharded is None:
-                return True
-            if (schema, name) in self.sharded or (schema is not None and (None, name) in self.sharded) \
-                    or (schema is None and name in self.sharded_names):
-                return True
-        return False
-
-
-def _summarizes(block: dict[str, Any]) -> str | None:
-    """What makes a query block's result depend on having all the rows, if anything."""
-    op = block.get("op", "SETOP_NONE")
-    if op != "SETOP_NONE" and (op != "SETOP_UNION" or not block.get("all")):
-        return "a set operation (UNION, INTERSECT, EXCEPT)"
-    if "groupClause" in block or "havingClause" in block:
-        return "GROUP BY"
-    if "distinctClause" in block:
-        return "DISTINCT"
-    if "limitCount" in block or "limitOffset" in block:
-        return "LIMIT/OFFSET"
-    own = [block.get(k) for k in ("targetList", "sortClause")]
-    if _has_window(own):
-        return "a window function"
-    if _aggregate_calls(own):
-        return "an aggregate"
-    return None
-
-
-def _own_names(block: Any) -> set[str]:
-    """Aliases and table names a query block (and the blocks inside it) can qualify with."""
-    names: set[str] = set()
-    for node_type, fields in _walk(block, skip_subqueries=False):
-        if node_type == "RangeVar":
-            names.add(fields.get("alias", {}).get("aliasname") or fields["relname"])
-            if "alias" in fields:
-                names.add(fields["relname"])
-        elif node_type in ("RangeSubselect", "RangeFunction", "JoinExpr") and "alias" in fields:
-            names.add(fields["alias"]["aliasname"])
-        elif node_type == "CommonTableExpr":
-            names.add(fields["ctename"])
-    return names
-
-
-def _correlated(block: dict[str, Any]) -> bool:
-    """The block qualifies a column with a name it does not define: it refers to the query
-    around it, row by row."""
-    own = _own_names(block)
-    for node_type, fields in _walk(block, skip_subqueries=False):
-        if node_type == "ColumnRef":
-            parts = fields.get("fields", ())
-            if len(parts) >= 2 and "String" in parts[0]:
-                qualifier = parts[-2]["String"]["sval"] if "String" in parts[-2] else None
-                if qualifier is not None and qualifier not in own:
-                    return True
-    return False
-
-
-def _check_subqueries(top: dict[str, Any], tables: _Tables) -> None:
-    """Refuse a subquery that summarizes sharded rows by itself."""
-    for block, correlatable in _nested_blocks(top):
-        what = _summarizes(block)
-        if what is None:
-            continue
-        if correlatable and _correlated(block):
-            continue
-        if not tables.reads_sharded(block):
-            continue
-        raise _Refused(
-            f"a subquery with {what} over a sharded table would be computed on each shard "
-            "separately, giving a wrong result: run it on one shard (a sharding key) or "
-            "move it to the outer query")
-
-
-def _nested_blocks(top: dict[str, Any]):
-    """(query block, may be correlated) for every SELECT inside the statement."""
-    def inner(node: Any, correlatable: bool):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "SelectStmt":
-                    yield value, correlatable
-                    yield from inner(value, correlatable)
-                elif key == "SubLink":
-                    yield from inner(value, True)
-                elif key == "RangeSubselect":
-                    yield from inner(value, bool(value.get("lateral")))
-                elif key in ("larg", "rarg") and isinstance(value, dict):
-                    yield value, False
-                    yield from inner(value, False)
-                else:
-                    yield from inner(value, correlatable)
-        elif isinstance(node, list):
-            for item in node:
-                yield from inner(item, correlatable)
-    for key, value in top.items():
-        if key in ("larg", "rarg"):
-            continue  # a set operation's branches: checked as such by the planner
-        yield from inner(value, False)
-
-
 # --- the planner ---------------------------------------------------------------------------
 
 Ref = tuple[str, int]  # ("start", i) | ("end", j) | ("hidden", h): resolved to a position at the end
-Path = tuple[str | int, ...]  # a path in the AST (JSON keys without node type names)
 
 
 class _Target:
@@ -473,19 +210,19 @@ class _Target:
 
     def __init__(self, val: dict[str, Any], name: str | None, ref: Ref | None) -> None:
         self.val = val
-        self.star = _is_star(val)
+        self.star = is_star(val)
         self.name = name  # the explicit alias
-        self.implicit = name if name is not None else _implicit_name(val)
+        self.implicit = name if name is not None else implicit_name(val)
         self.ref = ref
 
 
 class _Planner:
     def __init__(self, sql: str, node: dict[str, Any], sharded: Collection[Table] | None,
-                 shape: _Shape) -> None:
+                 shape: Shape) -> None:
         self.sql = sql
         self.node = node
         self.shape = shape
-        self.tables = _Tables(node, sharded, shape)
+        self.tables = Tables(node, sharded, shape)
         self.edits: list[Callable[[Any], None]] = []
         self.hidden: list[Callable[[Any], Any]] = []  # each builds its AST ResTarget
         self.shard_params: list[tuple[int, str]] = []
@@ -501,18 +238,18 @@ class _Planner:
         if "valuesLists" in node:
             return MergePlan("concat", self.sql, self.sql)
         if self.shape.nested:
-            _check_subqueries(node, self.tables)
+            check_subqueries(node, self.tables)
         self.targets = self.read_targets(node.get("targetList", ()))
         calls = self.shape.calls
-        if "windowClause" in node or (calls and _has_window([node.get("targetList"),
+        if "windowClause" in node or (calls and has_window([node.get("targetList"),
                                                                node.get("sortClause")])):
-            raise _Refused("window functions cannot be computed from each shard's rows: "
+            raise Refused("window functions cannot be computed from each shard's rows: "
                            "run the query on one shard (a sharding key) or without the window")
         distinct = node.get("distinctClause")
         if distinct is not None and distinct != [{}]:
-            raise _Refused("DISTINCT ON cannot be merged across shards yet: use a sharding key")
+            raise Refused("DISTINCT ON cannot be merged across shards yet: use a sharding key")
         aggregated = ("groupClause" in node or "havingClause" in node
-                      or (calls and bool(_aggregate_calls([node.get("targetList"),
+                      or (calls and bool(aggregate_calls([node.get("targetList"),
                                                            node.get("sortClause")]))))
         if aggregated:
             return self.aggregate(distinct is not None)
@@ -580,7 +317,7 @@ class _Planner:
 
     def read_targets(self, targets: Sequence[dict[str, Any]]) -> list[_Target]:
         out: list[_Target] = []
-        stars = [i for i, t in enumerate(targets) if _is_star(t["ResTarget"]["val"])]
+        stars = [i for i, t in enumerate(targets) if is_star(t["ResTarget"]["val"])]
         self.star = stars[0] if stars else None
         self.explicit = len(targets)
         for i, wrapper in enumerate(targets):
@@ -599,9 +336,9 @@ class _Planner:
         """A hidden trailing column computing the AST node at `path` (as `as_function` when
         given: the same call renamed)."""
         def build(stmt: Any) -> Any:
-            node = copy.deepcopy(_ast_at(stmt, path))
+            node = copy.deepcopy(ast_at(stmt, path))
             if as_function is not None:
-                _rename(node, as_function)
+                rename(node, as_function)
             return node
         self.hidden.append(build)
         return ("hidden", len(self.hidden) - 1)
@@ -619,10 +356,10 @@ class _Planner:
                 ref = self.output_by_expression(expr)
             if ref is None:
                 if distinct:
-                    raise _Refused("for SELECT DISTINCT, ORDER BY expressions must appear in "
+                    raise Refused("for SELECT DISTINCT, ORDER BY expressions must appear in "
                                    "select list", "42P10")
                 ref = self.hide(path)
-            keys.append((ref, *_direction(sort_by), collation))
+            keys.append((ref, *direction(sort_by), collation))
         return keys
 
     def uncollated(self, expr: dict[str, Any], path: Path) -> tuple[dict[str, Any], str | None, Path]:
@@ -636,18 +373,18 @@ class _Planner:
     def output_by_name_or_position(self, expr: dict[str, Any]) -> Ref | str | None:
         """ORDER BY 2 or ORDER BY name: an output column, as PostgreSQL reads them first; a
         name not among the explicit targets but maybe inside a `*` is returned as a string."""
-        position = _int_const(expr)
+        position = int_const(expr)
         if position is not None:
             if not 1 <= position <= (self.explicit if self.star is None else 1 << 30):
-                raise _Refused(f"ORDER BY position {position} is not in select list", "42P10")
+                raise Refused(f"ORDER BY position {position} is not in select list", "42P10")
             return ("start", position - 1)
-        name = _bare_name(expr)
+        name = bare_name(expr)
         if name is None:
             return None
         for target in self.targets:
             if target.implicit == name and not target.star:
                 if target.ref is None:
-                    raise _Refused(f"ORDER BY {name}: the column's position between two * "
+                    raise Refused(f"ORDER BY {name}: the column's position between two * "
                                    "cannot be told; order by position or list the columns")
                 return target.ref
         if self.star is not None:
@@ -655,9 +392,9 @@ class _Planner:
         return None
 
     def output_by_expression(self, expr: dict[str, Any]) -> Ref | None:
-        wanted = _strip(expr)
+        wanted = strip_positions(expr)
         for target in self.targets:
-            if not target.star and _strip(target.val) == wanted:
+            if not target.star and strip_positions(target.val) == wanted:
                 if target.ref is None:
                     return None
                 return target.ref
@@ -673,8 +410,8 @@ class _Planner:
             node = node["TypeCast"]["arg"]
         if "ParamRef" in node:
             number = node["ParamRef"]["number"]
-            if _param_numbers(self.node).count(number) > 1:
-                raise _Refused(f"LIMIT/OFFSET parameter ${number} is also used elsewhere in the "
+            if param_numbers(self.node).count(number) > 1:
+                raise Refused(f"LIMIT/OFFSET parameter ${number} is also used elsewhere in the "
                                "statement: the proxy must send the shards another value for it")
             return Param(number - 1)
         if "A_Const" in node:
@@ -687,14 +424,14 @@ class _Planner:
                 text = const["sval"].get("sval", "").strip()
                 if text.lstrip("+-").isdigit():
                     return int(text)
-        raise _Refused("LIMIT and OFFSET must be integer constants or parameters for a query "
+        raise Refused("LIMIT and OFFSET must be integer constants or parameters for a query "
                        "over several shards")
 
     def limits(self, push: bool) -> tuple[Bound, int | Param, bool]:
         """(limit, offset, pushed) with the shard SQL edits and Bind adjustments made."""
         node = self.node
         if node.get("limitOption") == "LIMIT_OPTION_WITH_TIES":
-            raise _Refused("FETCH FIRST ... WITH TIES cannot be merged across shards yet")
+            raise Refused("FETCH FIRST ... WITH TIES cannot be merged across shards yet")
         limit, offset = self.bound("limitCount"), self.bound("limitOffset")
         offset = 0 if offset is None else offset
         if "limitCount" not in node and "limitOffset" not in node:
@@ -707,7 +444,7 @@ class _Planner:
             return limit, offset, False
         if isinstance(limit, int) and isinstance(offset, int):
             if offset:
-                self.set_bounds(_const(limit + offset), None, str(limit + offset), "0")
+                self.set_bounds(const_node(limit + offset), None, str(limit + offset), "0")
         elif limit is None and isinstance(offset, int):
             if offset:
                 self.set_bounds("keep", None, None, "0")
@@ -719,7 +456,7 @@ class _Planner:
                 self.shard_params.append((limit.index, "limit"))
         elif isinstance(limit, int) and isinstance(offset, Param):
             # LIMIT $n carries limit + offset
-            self.set_bounds(_param(offset.index), None, f"${offset.index + 1}", "0")
+            self.set_bounds(param_node(offset.index), None, f"${offset.index + 1}", "0")
             self.shard_params.append((offset.index, "limit"))
         else:
             assert isinstance(limit, Param) and isinstance(offset, Param)
@@ -731,12 +468,12 @@ class _Planner:
         """No LIMIT/OFFSET on the shards: constants go, parameters stay (every Bind value
         must be used) with values that limit nothing."""
         count, offset = self.node.get("limitCount"), self.node.get("limitOffset")
-        keep_count = count is not None and bool(_param_numbers(count))
-        keep_offset = offset is not None and bool(_param_numbers(offset))
+        keep_count = count is not None and bool(param_numbers(count))
+        keep_offset = offset is not None and bool(param_numbers(offset))
         if keep_count:
-            self.shard_params.append((_param_numbers(count)[0] - 1, "null"))
+            self.shard_params.append((param_numbers(count)[0] - 1, "null"))
         if keep_offset:
-            self.shard_params.append((_param_numbers(offset)[0] - 1, "zero"))
+            self.shard_params.append((param_numbers(offset)[0] - 1, "zero"))
         self.set_bounds("keep" if keep_count else None, "keep" if keep_offset else None)
 
     def set_bounds(self, count: Any, offset: Any, count_text: str | None = None,
@@ -781,21 +518,21 @@ class _Planner:
 
     def set_operation(self) -> MergePlan:
         node = self.node
-        ops = _set_ops(node)
+        ops = set_ops(node)
         if any(op in ("SETOP_INTERSECT", "SETOP_EXCEPT") for op, _all in ops) and \
                 self.tables.reads_sharded(node):
-            raise _Refused("INTERSECT and EXCEPT over sharded tables cannot be computed "
+            raise Refused("INTERSECT and EXCEPT over sharded tables cannot be computed "
                            "shard by shard: a row may be on one shard and its match on another")
         top_distinct = node["op"] == "SETOP_UNION" and not node.get("all")
         if not top_distinct and any(op == "SETOP_UNION" and not every for op, every in ops):
-            raise _Refused("a UNION (without ALL) inside a UNION ALL cannot be merged across "
+            raise Refused("a UNION (without ALL) inside a UNION ALL cannot be merged across "
                            "shards: write UNION ALL, or UNION at the top")
-        for branch in _branches(node):
+        for branch in branches(node):
             if self.shape.nested:
-                _check_subqueries(branch, self.tables)
-            what = _summarizes(branch)
+                check_subqueries(branch, self.tables)
+            what = summarizes(branch)
             if what is not None and self.tables.reads_sharded(branch):
-                raise _Refused(f"a UNION branch with {what} over a sharded table would be "
+                raise Refused(f"a UNION branch with {what} over a sharded table would be "
                                "computed on each shard separately: move it out of the UNION")
         first = node
         while first.get("op", "SETOP_NONE") != "SETOP_NONE":
@@ -807,9 +544,9 @@ class _Planner:
             expr, collation, _path = self.uncollated(sort_by["node"], ("sortClause", i, "node"))
             ref = self.output_by_name_or_position(expr)
             if ref is None:
-                raise _Refused("invalid UNION/INTERSECT/EXCEPT ORDER BY clause: only result "
+                raise Refused("invalid UNION/INTERSECT/EXCEPT ORDER BY clause: only result "
                                "column names can be used", "0A000")
-            sort.append((ref, *_direction(sort_by), collation))
+            sort.append((ref, *direction(sort_by), collation))
         return self.rows(sort, top_distinct)
 
     # aggregates
@@ -817,7 +554,7 @@ class _Planner:
     def aggregate(self, distinct: bool) -> MergePlan:
         node = self.node
         if any(t.star for t in self.targets) and "groupClause" not in node:
-            raise _Refused("a * next to aggregates without GROUP BY cannot be merged")
+            raise Refused("a * next to aggregates without GROUP BY cannot be merged")
         group_refs = self.group_keys(node.get("groupClause", ()))
         aggregates: list[tuple[Ref, str, Ref | None]] = []
         group_set = set(group_refs)
@@ -825,16 +562,16 @@ class _Planner:
             if target.star:
                 continue
             if target.ref is None:
-                raise _Refused("an output column between two * in an aggregate query: list "
+                raise Refused("an output column between two * in an aggregate query: list "
                                "the columns")
             call = self.aggregate_call(target.val)
             if call is not None:
                 name, _fields = call
                 aggregates.append(self.aggregate_column(name, target.ref, ("targetList", i, "val"),
-                                                        target.name or _implicit_name(target.val)))
+                                                        target.name or implicit_name(target.val)))
                 continue
-            if _aggregate_calls(target.val):
-                raise _Refused("an aggregate inside an expression (such as sum(a) / count(b) or "
+            if aggregate_calls(target.val):
+                raise Refused("an aggregate inside an expression (such as sum(a) / count(b) or "
                                "coalesce(sum(a), 0)) cannot be merged across shards: select the "
                                "aggregates themselves and compute in the application")
             if target.ref in group_set:
@@ -843,7 +580,7 @@ class _Planner:
         having, shard_having = self.having(node.get("havingClause"), aggregates)
         sort = self.aggregate_sort(node.get("sortClause", ()), aggregates, group_refs)
         if distinct:
-            self.edits.append(_drop("distinctClause"))
+            self.edits.append(drop("distinctClause"))
         group_positions = tuple(dict.fromkeys(self.position(r) for r in group_refs))
         sort_keys = tuple(self.sort_key(*key) for key in sort)
         grouped = "groupClause" in node
@@ -851,8 +588,8 @@ class _Planner:
                 and {k.column for k in sort_keys[: len(group_positions)]} == set(group_positions)
                 and all(k.column is not None for k in sort_keys))
         limit, offset, pushed = self.limits(push=push)
-        if not pushed and "sortClause" in node and not _param_numbers(node["sortClause"]):
-            self.edits.append(_drop("sortClause"))
+        if not pushed and "sortClause" in node and not param_numbers(node["sortClause"]):
+            self.edits.append(drop("sortClause"))
         if shard_having is not _KEEP:
             self.edits.append(shard_having)
         return self.finish(
@@ -870,32 +607,32 @@ class _Planner:
         if "FuncCall" not in val:
             return None
         fields = val["FuncCall"]
-        name = _func_name(fields)
+        name = func_name(fields)
         if "over" in fields:
             return None
         if name in OTHER_AGGREGATES or fields.get("agg_within_group"):
-            raise _Refused(f"{name}() cannot be combined from each shard's partial result: "
+            raise Refused(f"{name}() cannot be combined from each shard's partial result: "
                            "run it on one shard (a sharding key)")
         if name not in MERGEABLE:
             if fields.get("agg_star") or "agg_filter" in fields or "agg_order" in fields \
                     or fields.get("agg_distinct"):
-                raise _Refused(f"the aggregate {name or 'function'}() is not one the proxy can "
+                raise Refused(f"the aggregate {name or 'function'}() is not one the proxy can "
                                "merge across shards (count, sum, min, max, avg, bool_and, "
                                "bool_or)")
             return None
-        if fields.get("agg_distinct") and name not in _DISTINCT_SAFE:
-            raise _Refused(f"{name}(DISTINCT ...) cannot be merged across shards: a value may "
+        if fields.get("agg_distinct") and name not in DISTINCT_SAFE:
+            raise Refused(f"{name}(DISTINCT ...) cannot be merged across shards: a value may "
                            "be on several shards (count the distinct values in the "
                            "application, or GROUP BY the value)")
         if fields.get("func_variadic"):
-            raise _Refused(f"{name}(VARIADIC ...) cannot be merged across shards")
+            raise Refused(f"{name}(VARIADIC ...) cannot be merged across shards")
         args = fields.get("args", ())
         if name == "count" and fields.get("agg_star"):
             pass
         elif len(args) != 1:
-            raise _Refused(f"{name}() with {len(args)} arguments cannot be merged across shards")
-        if _aggregate_calls(args) or _has_window(args):
-            raise _Refused("nested aggregate or window calls cannot be merged across shards")
+            raise Refused(f"{name}() with {len(args)} arguments cannot be merged across shards")
+        if aggregate_calls(args) or has_window(args):
+            raise Refused("nested aggregate or window calls cannot be merged across shards")
         return ("bool_and" if name == "every" else name), fields
 
     def hidden_aggregate(self, name: str, path: Path) -> tuple[Ref, str, Ref | None]:
@@ -913,8 +650,8 @@ class _Planner:
         column_name = output_name or "avg"
 
         def edit(stmt: Any, _path: Path = path) -> None:
-            _rename(_ast_at(stmt, _path), "sum")
-            target = _ast_at(stmt, _path[:-1])
+            rename(ast_at(stmt, _path), "sum")
+            target = ast_at(stmt, _path[:-1])
             target.name = column_name  # the client sees the column as avg
         self.edits.append(edit)
         return ref, "avg", count
@@ -923,27 +660,27 @@ class _Planner:
         refs: list[Ref] = []
         for i, item in enumerate(clause):
             if "GroupingSet" in item:
-                raise _Refused("GROUPING SETS, ROLLUP and CUBE cannot be merged across shards yet")
-            if _aggregate_calls(item):
-                raise _Refused("aggregate functions are not allowed in GROUP BY", "42803")
+                raise Refused("GROUPING SETS, ROLLUP and CUBE cannot be merged across shards yet")
+            if aggregate_calls(item):
+                raise Refused("aggregate functions are not allowed in GROUP BY", "42803")
             ref = self.group_ref(item, ("groupClause", i))
             self.group_items.setdefault(ref, item)
             refs.append(ref)
         return refs
 
     def group_ref(self, item: dict[str, Any], path: Path) -> Ref:
-        position = _int_const(item)
+        position = int_const(item)
         if position is not None:
             if not 1 <= position <= (self.explicit if self.star is None else 1 << 30):
-                raise _Refused(f"GROUP BY position {position} is not in select list", "42P10")
+                raise Refused(f"GROUP BY position {position} is not in select list", "42P10")
             if self.star is not None and position > (self.star or 0):
-                raise _Refused("GROUP BY a position after a * cannot be merged: name the column")
+                raise Refused("GROUP BY a position after a * cannot be merged: name the column")
             return ("start", position - 1)
-        name = _bare_name(item)
+        name = bare_name(item)
         if name is not None:
             # GROUP BY prefers an input column: an output column that is that column first.
             for target in self.targets:
-                if not target.star and _last_name(target.val) == name and \
+                if not target.star and last_name(target.val) == name and \
                         (target.name is None or target.name == name) and target.ref is not None:
                     return target.ref
             for target in self.targets:
@@ -959,18 +696,18 @@ class _Planner:
         same for every row of a group (PostgreSQL checked that), so any shard's will do. A
         function call over a column that is not a group key may be a user-defined aggregate,
         which the proxy cannot combine: refused."""
-        keys = [_strip(self.key_expression(ref)) for ref in group_refs]
-        for node_type, fields in _walk(val):
-            if node_type == "FuncCall" and _func_name(fields) in SET_RETURNING:
-                raise _Refused(f"a set-returning function ({_func_name(fields)}) next to "
+        keys = [strip_positions(self.key_expression(ref)) for ref in group_refs]
+        for node_type, fields in walk(val):
+            if node_type == "FuncCall" and func_name(fields) in SET_RETURNING:
+                raise Refused(f"a set-returning function ({func_name(fields)}) next to "
                                "aggregates cannot be merged across shards")
             if node_type != "FuncCall":
                 continue
-            for inner_type, inner in _walk(fields.get("args", [])):
-                if inner_type == "ColumnRef" and _strip({"ColumnRef": inner}) not in keys and \
-                        not any(_last_name(k) == _last_name({"ColumnRef": inner}) for k in keys if k):
-                    raise _Refused(
-                        f"the output expression calling {_func_name(fields) or 'a function'}() "
+            for inner_type, inner in walk(fields.get("args", [])):
+                if inner_type == "ColumnRef" and strip_positions({"ColumnRef": inner}) not in keys and \
+                        not any(last_name(k) == last_name({"ColumnRef": inner}) for k in keys if k):
+                    raise Refused(
+                        f"the output expression calling {func_name(fields) or 'a function'}() "
                         "on a column that is not in GROUP BY may be an aggregate the proxy "
                         "does not know: add the column to GROUP BY")
 
@@ -996,13 +733,13 @@ class _Planner:
                 if call is not None:
                     ref, name, count = self.hidden_aggregate(call[0], path)
                     aggregates.append((ref, name, count))
-                elif _aggregate_calls(expr):
-                    raise _Refused("ORDER BY an expression over aggregates cannot be merged "
+                elif aggregate_calls(expr):
+                    raise Refused("ORDER BY an expression over aggregates cannot be merged "
                                    "across shards: select the aggregates and order by them")
                 else:
                     self.check_carried(expr, group_refs)
                     ref = self.hide(path)
-            keys.append((ref, *_direction(sort_by), collation))
+            keys.append((ref, *direction(sort_by), collation))
         return keys
 
     # HAVING
@@ -1020,11 +757,11 @@ class _Planner:
         ours: list[Any] = []
         keep: list[tuple[Path, bool]] = []  # (path, neutralized: "(c) OR true")
         for expr, path in conjuncts:
-            if not _aggregate_calls(expr):
+            if not aggregate_calls(expr):
                 keep.append((path, False))  # a condition on the group keys: each shard applies it
                 continue
             ours.append(self.condition(expr, path, aggregates))
-            if _param_numbers(expr):
+            if param_numbers(expr):
                 keep.append((path, True))  # its parameters must stay in use
         having = ours[0] if len(ours) == 1 else ("and", tuple(ours))
         if not ours:
@@ -1036,7 +773,7 @@ class _Planner:
             from pglast import ast, enums
             parts = []
             for path, neutral in _keep:
-                expr = copy.deepcopy(_ast_at(stmt, path))
+                expr = copy.deepcopy(ast_at(stmt, path))
                 if neutral:
                     expr = ast.BoolExpr(boolop=enums.BoolExprType.OR_EXPR, args=(
                         expr, ast.A_Const(isnull=False, val=ast.Boolean(boolval=True))))
@@ -1081,7 +818,7 @@ class _Planner:
                 if op == "=":
                     return ("or", tuple(("cmp", "=", left, item) for item in items))
                 return ("and", tuple(("cmp", "<>", left, item) for item in items))
-        raise _Refused("this HAVING condition on aggregates cannot be evaluated by the proxy "
+        raise Refused("this HAVING condition on aggregates cannot be evaluated by the proxy "
                        "after merging shards: use comparisons of aggregates and GROUP BY "
                        "columns with constants, combined with AND, OR, NOT")
 
@@ -1108,17 +845,17 @@ class _Planner:
             ref, name, count = self.hidden_aggregate(call[0], path)
             aggregates.append((ref, name, count))
             return ("col", ref)
-        wanted = _strip(expr)
+        wanted = strip_positions(expr)
         for ref, item in self.group_items.items():
-            if _strip(item) == wanted:
+            if strip_positions(item) == wanted:
                 return ("col", ref)
-        name = _bare_name(expr)
+        name = bare_name(expr)
         if name is not None:
             for target in self.targets:
-                if not target.star and (_last_name(target.val) == name or target.name == name) \
+                if not target.star and (last_name(target.val) == name or target.name == name) \
                         and target.ref is not None:
                     return ("col", target.ref)
-        raise _Refused("this HAVING condition on aggregates cannot be evaluated by the proxy "
+        raise Refused("this HAVING condition on aggregates cannot be evaluated by the proxy "
                        "after merging shards: compare aggregates and GROUP BY columns with "
                        "constants")
 
@@ -1141,71 +878,6 @@ def _resolve(condition: Any, position: Callable[[Ref], int]) -> Any:
     if kind == "col":
         return ("col", position(condition[1]))
     return condition
-
-
-def _direction(sort_by: dict[str, Any]) -> tuple[bool, bool]:
-    """(descending, nulls_first) with PostgreSQL's defaults."""
-    direction = sort_by.get("sortby_dir", "SORTBY_DEFAULT")
-    if direction == "SORTBY_USING":
-        ops = [p["String"]["sval"] for p in sort_by.get("useOp", ()) if "String" in p]
-        if ops and ops[-1] in ("<", ">"):
-            descending = ops[-1] == ">"
-        else:
-            raise _Refused("ORDER BY ... USING an operator other than < or > cannot be merged")
-    else:
-        descending = direction == "SORTBY_DESC"
-    nulls = sort_by.get("sortby_nulls", "SORTBY_NULLS_DEFAULT")
-    nulls_first = descending if nulls == "SORTBY_NULLS_DEFAULT" else nulls == "SORTBY_NULLS_FIRST"
-    return descending, nulls_first
-
-
-def _set_ops(node: dict[str, Any]) -> list[tuple[str, bool]]:
-    op = node.get("op", "SETOP_NONE")
-    if op == "SETOP_NONE":
-        return []
-    return [(op, bool(node.get("all"))), *_set_ops(node["larg"]), *_set_ops(node["rarg"])]
-
-
-def _branches(node: dict[str, Any]) -> list[dict[str, Any]]:
-    if node.get("op", "SETOP_NONE") == "SETOP_NONE":
-        return [node]
-    return _branches(node["larg"]) + _branches(node["rarg"])
-
-
-# --- AST edits (only when the shards run something else) -------------------------------------
-
-
-def _ast_at(stmt: Any, path: Path) -> Any:
-    node = stmt
-    for step in path:
-        node = node[step] if isinstance(step, int) else getattr(node, step)
-    return node
-
-
-def _rename(call: Any, name: str) -> None:
-    from pglast import ast
-    names = tuple(call.funcname)
-    call.funcname = (*names[:-1], ast.String(sval=name))
-
-
-def _drop(attribute: str) -> Callable[[Any], None]:
-    def edit(stmt: Any) -> None:
-        setattr(stmt, attribute, None)
-    return edit
-
-
-def _const(value: int) -> Callable[[], Any]:
-    def build() -> Any:
-        from pglast import ast
-        return ast.A_Const(isnull=False, val=ast.Integer(ival=value))
-    return build
-
-
-def _param(index: int) -> Callable[[], Any]:
-    def build() -> Any:
-        from pglast import ast
-        return ast.ParamRef(number=index + 1)
-    return build
 
 
 # --- per execution -------------------------------------------------------------------------
