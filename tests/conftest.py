@@ -308,6 +308,15 @@ def proxy_factory(pg: Cluster, tmp_path: Path) -> Iterator:
             proxy.stop(signal.SIGKILL)
 
 
+@pytest.fixture(scope="session")
+def shard_clusters() -> Iterator[list[Cluster]]:
+    """Three clusters, the shards of `appdb` (tests/shards.py), shared by every test file."""
+    from shards import started_shards
+
+    with started_shards() as clusters:
+        yield clusters
+
+
 @pytest.fixture
 def proxy(proxy_factory) -> ProxyProcess:
     """A transaction-pooling proxy for user `app` on `appdb` with default settings."""

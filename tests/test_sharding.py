@@ -11,55 +11,16 @@ rolls back on all of them.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import subprocess
-from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import APP_DB, PG_USERS, PROTOCOLS, _toml, psql, users_toml
+from conftest import APP_DB, PROTOCOLS, psql, users_toml
+from shards import PASSWORD, SHARDS, sharded_toml
 
 from trio_pgdog.embedded import Cluster
 from trio_pgdog.router.sharding.hashing import shard_of_int
-
-SHARDS = 3
-PASSWORD = PG_USERS["app"][0]
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS orders (id bigserial, customer_id bigint, amount int, note text);
-CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text);
-CREATE TABLE IF NOT EXISTS shard_check (k bigint) PARTITION BY HASH (k);
-CREATE TABLE IF NOT EXISTS copied (customer_id bigint, note text, ts timestamptz);
-ALTER TABLE orders OWNER TO app; ALTER TABLE countries OWNER TO app;
-ALTER TABLE copied OWNER TO app; ALTER TABLE shard_check OWNER TO app;
-"""
-
-
-@pytest.fixture(scope="session")
-def shard_clusters() -> Iterator[list[Cluster]]:
-    with contextlib.ExitStack() as stack:
-        clusters = []
-        for _ in range(SHARDS):
-            cluster = stack.enter_context(Cluster.create())
-            cluster.start()
-            cluster.add_user("app", PASSWORD, auth="scram-sha-256")
-            cluster.add_database(APP_DB, owner="app")
-            cluster.sql(SCHEMA, dbname=APP_DB)
-            clusters.append(cluster)
-        yield clusters
-
-
-def sharded_toml(clusters: list[Cluster], port: int, **general: object) -> str:
-    lines = ["[general]", 'host = "127.0.0.1"', f"port = {port}"]
-    lines += [f"{k} = {_toml(v)}" for k, v in general.items()]
-    for shard, cluster in enumerate(clusters):
-        lines += ["", "[[databases]]", f'name = "{APP_DB}"', 'host = "127.0.0.1"',
-                  f"port = {cluster.port}", f"shard = {shard}"]
-    lines += ["", "[[sharded_tables]]", f'database = "{APP_DB}"', 'name = "orders"',
-              'column = "customer_id"', "",
-              "[[sharded_tables]]", f'database = "{APP_DB}"', 'name = "copied"',
-              'column = "customer_id"', ""]
-    return "\n".join(lines)
 
 
 @pytest.fixture(params=["transaction", "session"])

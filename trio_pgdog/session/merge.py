@@ -10,6 +10,7 @@ shard it came from.
 from __future__ import annotations
 
 from ..protocol import messages as m
+from ..router.sharding.row_merge import parse_row_description
 
 # CommandComplete tags whose last word is a row count to add up across shards.
 _COUNTED = frozenset((b"SELECT", b"INSERT", b"UPDATE", b"DELETE", b"MERGE", b"COPY", b"MOVE",
@@ -39,10 +40,11 @@ def command_complete(tag: bytes) -> bytes:
     return m.message(b"C", tag + b"\x00")
 
 
-def combined_status(statuses: list[bytes]) -> bytes:
+def combined_status(statuses: list[bytes], failed: bool = False) -> bytes:
     """The transaction status the client sees when each shard reports its own: failed if any
-    failed, in a transaction if any is, else idle."""
-    if b"E" in statuses:
+    failed (or the client was sent an error inside a transaction), in a transaction if any
+    is, else idle."""
+    if b"E" in statuses or (failed and b"T" in statuses):
         return b"E"
     if b"T" in statuses:
         return b"T"
@@ -61,3 +63,19 @@ def disagreement(shard: int, what: str) -> bytes:
     """The error for shards whose answers cannot be one answer (e.g. other columns)."""
     return m.error_response("0A000", f"shard {shard} answered with {what} than shard 0's; the "
                             "statement cannot be answered as one result")
+
+
+def same_columns(first: bytes, other: bytes) -> bool:
+    """Do two shards' descriptions (RowDescription or NoData messages) agree? Their table
+    oids aside: each cluster numbers its own tables."""
+    if first == other:
+        return True
+    if first[:1] != b"T" or other[:1] != b"T":
+        return False
+    return columns(first) == columns(other)
+
+
+def columns(description: bytes) -> list[tuple[object, ...]]:
+    """A RowDescription's columns without their table oids."""
+    return [(name, attnum, oid, size, mod, fmt)
+            for name, _table, attnum, oid, size, mod, fmt in parse_row_description(description)]

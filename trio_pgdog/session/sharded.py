@@ -44,6 +44,7 @@ from ..router.sharding.template import template
 from . import merge
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
+from .select_merge import SelectRun, extended_unit, simple_query
 from .shard_copy import copy_in
 from .shard_link import ShardLink, ShardLost, has_error
 from .tracker import Tracker
@@ -205,17 +206,22 @@ class ShardedRelay:
             if facts.kind == "set":
                 await self._settings_changed(shard, sql)
             return
-        rows = None
+        rows, selects = None, None
         if facts.insert_keys is not None:
             rows = insert_rows_by_shard(facts, self.schema)
         if rows is not None and len(rows) > 1:
             pieces = split_insert(sql, facts, rows)
             outgoing = {shard: m.query(piece) for shard, (piece, _indexes) in pieces.items()}
         else:
-            outgoing = dict.fromkeys(shards, message[2])
+            try:  # a SELECT whose rows must be merged: what the shards run instead
+                query, selects = simple_query(self, sql, facts, message[2])
+            except ProxyError as exc:
+                await self._refuse(exc)
+                return
+            outgoing = dict.fromkeys(shards, query)
         await self._fan_out(outgoing, [("Q", b"", None)], writes=facts.writes,
                             same_answer=facts.omnisharded_write,
-                            atomic=not _outside_transactions(message[2]))
+                            atomic=not _outside_transactions(message[2]), selects=selects)
 
     def _facts(self, sql: str) -> tuple[ShardingFacts, tuple[bytes, ...]]:
         """The sharding facts of a Query's text, and the values of its literals when the facts
@@ -580,7 +586,8 @@ class ShardedRelay:
     # --- several shards --------------------------------------------------------------------
 
     async def _fan_out(self, outgoing: dict[int, bytes], answers: list[Answer], *,
-                       writes: bool, same_answer: bool = False, atomic: bool = True) -> None:
+                       writes: bool, same_answer: bool = False, atomic: bool = True,
+                       selects: list[SelectRun] | None = None) -> None:
         """The same statement (or each shard's own) on several shards, one merged answer.
         `answers`: what each client message earns and from which shards (None: all).
         Writes outside a transaction run inside one on every shard, committed only if
@@ -596,6 +603,7 @@ class ShardedRelay:
             for link in links:
                 await link.send(link.outgoing(outgoing[link.shard]))
         merger = _Merger(self, links, same_answer, several=len(outgoing) > 1)
+        merger.selects = selects or []
         async with trio.open_nursery() as nursery:  # each shard read as its answers come
             for link in links:
                 link.prefetching()
@@ -609,7 +617,8 @@ class ShardedRelay:
             merger.statuses = dict.fromkeys(merger.statuses, b"I")
         if ends:
             statuses = list(merger.statuses.values())
-            self.status = merge.combined_status(statuses) if statuses else self.status
+            self.status = merge.combined_status(statuses, merger.error is not None) \
+                if statuses else self.status
             if self.status != b"I":
                 self.joined.update(link.shard for link in links)
         await merger.finish(self.status if ends else None)
@@ -656,11 +665,19 @@ class ShardedRelay:
                     extended=True, syncs=_syncs(unit))
                 return
             owners.append(where)
+        try:  # SELECTs whose rows must be merged: what the shards run instead
+            unit, origins, kinds, selects = extended_unit(self, unit, executions)
+        except ProxyError as exc:
+            await self._refuse(exc, extended=True, syncs=_syncs(unit))
+            return
+        owners = [owners[i] for i in origins]
         outgoing = {shard: b"".join(raw for (_k, _b, raw), where in zip(unit, owners, strict=True)
                                     if shard in where) for shard in touched}
-        answers: list[Answer] = [(chr(kind), body, None if len(where) == len(touched) else where)
-                                 for (kind, body, _raw), where in zip(unit, owners, strict=True)]
-        await self._fan_out(outgoing, answers, writes=any(e.facts.writes for e in executions))
+        answers: list[Answer] = [(kind, body, None if len(where) == len(touched) else where)
+                                 for (_k, body, _raw), where, kind in zip(unit, owners, kinds,
+                                                                          strict=True)]
+        await self._fan_out(outgoing, answers, writes=any(e.facts.writes for e in executions),
+                            selects=selects)
 
     async def _run_each(self, links: list[ShardLink], sql: bytes) -> None:
         """A statement of the proxy's own on each link (the answers are not the client's)."""
@@ -808,6 +825,7 @@ class _Merger:
         self.statuses: dict[int, bytes] = {}
         self._cancels: list[trio.Event] = []  # CancelRequests sent after the first error
         self._notices: set[bytes] = set()  # each shard's same notice is shown once
+        self.selects: list[SelectRun] = []  # merged SELECTs, in the order they run
 
     async def answer(self, kind: str, body: bytes, where: frozenset[int] | None) -> None:
         links = [link for link in self.links if where is None or link.shard in where]
@@ -815,10 +833,14 @@ class _Merger:
             await self._ready(links)
             return
         if kind == "Q":
-            await self._query(links)
+            await (self.selects[0].query(self, links) if self.selects else self._query(links))
             return
         links = [link for link in links if link.shard not in self.failed]
-        if kind in "PBC":
+        if kind in ("T", "t"):  # a merged SELECT's description, asked or needed
+            await self.selects[0].describe(self, links, emit=kind == "T")
+        elif kind == "R":  # its rows
+            await self.selects.pop(0).rows(self, links)
+        elif kind in "PBC":
             await self._one_each(links)
         elif kind == "D":
             await self._describe(links, body[:1] == b"S")
@@ -848,7 +870,7 @@ class _Merger:
                 self._failed(link, got[-1] if got[-1][:1] == b"E" else got[0])
             elif first is None:
                 first = got
-            elif got[-1] != first[-1] and self.error is None:
+            elif not merge.same_columns(first[-1], got[-1]) and self.error is None:
                 self.error = merge.disagreement(link.shard, "other columns")
         for message in first or ():
             self._emit(message)
@@ -890,7 +912,8 @@ class _Merger:
                         if description is None:
                             description = message
                             self._emit(message)
-                        elif message != description and self.error is None:
+                        elif not merge.same_columns(description, message) and \
+                                self.error is None:
                             self.error = merge.disagreement(link.shard, "other columns")
                     elif kind in (b"D", b"d"):
                         if not self.same_answer or link is links[0]:
@@ -954,17 +977,18 @@ class _Merger:
             self.error = merge.naming_shard(message, link.shard) if self.several else message
             self.early_error(link)
 
-    def early_error(self, failed: ShardLink) -> None:
-        """A shard answered with an error (seen as it arrived, before the merger got there):
-        the others' work is for nothing, cancel it (once)."""
+    def early_error(self, failed: ShardLink | None) -> None:
+        """A shard answered with an error (seen as it arrived, before the merger got there;
+        None: the merge failed): the others' work is for nothing, cancel it (once)."""
         if self._cancels or len(self.links) < 2:
             return
         session = self.relay.session
         timeout = session.app.config.general.connect_timeout / 1000
         others = [link for link in self.links if link is not failed and link.owes]
         if others:
-            log.info("client %s (%s@%s): shard %d failed: cancelling the statement on shard %s",
-                     session.addr, session.user, session.database, failed.shard,
+            log.info("client %s (%s@%s): %s failed: cancelling the statement on shard %s",
+                     session.addr, session.user, session.database,
+                     "the merge" if failed is None else f"shard {failed.shard}",
                      ", ".join(str(link.shard) for link in others))
         for link in others:
             done = trio.Event()
