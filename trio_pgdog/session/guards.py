@@ -40,7 +40,7 @@ def guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, boo
             if refusal is not None:
                 out += [data[start:pos], m.query(raise_sql("0A000", *refusal))]
                 start = nxt
-            elif words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"]):
+            elif drops_statements(words):
                 server.statements.clear()
                 discarded_all = discarded_all or words[:2] == ["DISCARD", "ALL"]
             elif words[:1] in (["SET"], ["RESET"]):
@@ -48,6 +48,12 @@ def guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, boo
         pos = nxt
     out.append(data[start:])
     return b"".join(out), discarded_all, sets
+
+
+def drops_statements(words: list[str]) -> bool:
+    """Do a Query's leading words drop the server's prepared statements (DEALLOCATE,
+    DISCARD ALL / PLANS)?"""
+    return words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"])
 
 
 def only_notices(data: bytes) -> bool:
