@@ -15,13 +15,16 @@ from __future__ import annotations
 import datetime as dt
 import pathlib
 import random
+import struct
 import threading
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 
+import pgwire
 import psycopg
 import pytest
+import trio
 from conftest import APP_DB, PROTOCOLS, users_toml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -268,6 +271,88 @@ def test_text_in_another_collation_is_an_error_not_a_wrong_order(proxy, shard_cl
             conn.execute('SELECT tx FROM t WHERE tx IS NOT NULL ORDER BY tx COLLATE "und-x-icu"'
                          ).fetchall()
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (90,)
+
+
+# --- the extended protocol as drivers other than libpq speak it ----------------------------
+
+_H = struct.Struct("!h")
+
+
+def _parse(name: bytes, sql: str) -> bytes:
+    return pgwire.message(b"P", name + b"\x00" + sql.encode() + b"\x00" + _H.pack(0))
+
+
+def _bind(name: bytes, params: list[bytes], binary: bool) -> bytes:
+    body = b"\x00" + name + b"\x00" + _H.pack(0) + _H.pack(len(params))
+    body += b"".join(struct.pack("!i", len(p)) + p for p in params)
+    return pgwire.message(b"B", body + _H.pack(1) + _H.pack(int(binary)))
+
+
+_EXECUTE = pgwire.message(b"E", b"\x00" + struct.pack("!i", 0))
+_SYNC, _FLUSH = pgwire.message(b"S"), pgwire.message(b"H")
+
+
+async def _answers(wire: pgwire.Wire, data: bytes, readies: int = 1) -> list[pgwire.Message]:
+    await wire.send(data)
+    got = []
+    while readies:
+        message = await wire.read_message()
+        assert message is not None
+        got.append(message)
+        readies -= message.kind == b"Z"
+    return got
+
+
+def _rows(answers: list[pgwire.Message]) -> tuple[list[bytes], list[bytes]]:
+    """(DataRow bodies, CommandComplete tags); no error allowed."""
+    assert not [a for a in answers if a.kind == b"E"], answers
+    return ([a.body for a in answers if a.kind == b"D"],
+            [a.body for a in answers if a.kind == b"C"])
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_executions_without_a_describe_merge_too(proxy, shard_clusters, binary):
+    """asyncpg and JDBC describe a statement once, then only Bind and Execute it: the proxy
+    asks the shards for the description it needs to merge, and the client sees none."""
+    sql = "SELECT g, count(*), avg(n), max(ts) FROM t WHERE i > $1 GROUP BY g ORDER BY g LIMIT 3"
+
+    async def run(port: int, user: str, database: str) -> list[tuple[list[bytes], list[bytes]]]:
+        async with await pgwire.Wire.connect(port) as wire:
+            await wire.login(user, database, PASSWORD)
+            await _answers(wire, _parse(b"s1", sql) + pgwire.message(b"D", b"Ss1\x00") + _SYNC)
+            out = []
+            for value in (b"0", b"5"):
+                answers = await _answers(wire, _bind(b"s1", [value], binary) + _EXECUTE + _SYNC)
+                assert [a.kind for a in answers if a.kind == b"T"] == []
+                out.append(_rows(answers))
+            # unnamed, and DISTINCT with a LIMIT, rewritten for the shards
+            answers = await _answers(wire, _parse(b"", "SELECT DISTINCT g FROM t ORDER BY g "
+                                                  "OFFSET 1") + _bind(b"", [], binary)
+                                     + _EXECUTE + _SYNC)
+            out.append(_rows(answers))
+            return out
+
+    async def both() -> None:
+        merged = await run(proxy.port, "app", APP_DB)
+        direct = await run(shard_clusters[0].port, "app", ORACLE_DB)
+        assert merged == direct
+
+    trio.run(both)
+
+
+def test_a_merged_portal_executed_after_a_flush_is_refused(proxy):
+    async def run() -> None:
+        async with await pgwire.Wire.connect(proxy.port) as wire:
+            await wire.login("app", APP_DB, PASSWORD)
+            await wire.send(_parse(b"", "SELECT id FROM t ORDER BY id LIMIT 2")
+                            + _bind(b"", [], False) + _FLUSH)
+            assert (await wire.read_message()).kind == b"1"
+            assert (await wire.read_message()).kind == b"2"
+            answers = await _answers(wire, _EXECUTE + _SYNC)
+            assert [a.sqlstate for a in answers if a.kind == b"E"] == ["0A000"]
+            assert (await wire.query("SELECT count(*) FROM t")).rows == [[b"90"]]
+
+    trio.run(run)
 
 
 # --- generated rows ------------------------------------------------------------------------

@@ -55,7 +55,7 @@ _I32 = struct.Struct("!i")
 # (never sent: the Tracker gives it a shared name); the client's own keeps its text, for
 # executions that run on one shard.
 _DERIVED = b"\x01merged:"
-_DESCRIBE, _EXECUTE = ord("D"), ord("E")
+_BIND, _DESCRIBE, _EXECUTE = ord("B"), ord("D"), ord("E")
 _ENDS = frozenset(b"CIs")  # what ends an Execute's (or a Query statement's) rows
 _logged_byte_order = False
 
@@ -286,10 +286,10 @@ def extended_unit(relay: ShardedRelay, unit: list[Message], executions: list[Exe
     runs: list[SelectRun] = []
     out = list(unit)
     origins = list(range(len(unit)))
-    for execution in reversed(executions):  # from the end: insertions keep earlier indexes
-        if len(execution.shards) < 2:
-            continue
-        plan = plan_for(relay.cache, execution.sql, execution.facts)
+    plans = [plan_for(relay.cache, e.sql, e.facts) if len(e.shards) > 1 else None
+             for e in executions]
+    for execution, plan in zip(reversed(executions), reversed(plans), strict=True):
+        # (from the end: insertions keep the earlier indexes)
         if plan is None:
             continue
         run, bind = _bind(relay, plan, unit[execution.first])
@@ -310,6 +310,34 @@ def extended_unit(relay: ShardedRelay, unit: list[Message], executions: list[Exe
                     kinds.insert(i, "t")
                 break
     return out, origins, kinds, runs
+
+
+def check_portals(relay: ShardedRelay, unit: list[Message], executions: list[Execution]) -> None:
+    """A merged portal must be executed in the batch that binds it (its merge is built
+    there): an Execute or Describe in a later batch (after a Flush) is refused rather than
+    answered unmerged. Remembers the merged portals this batch leaves unexecuted."""
+    pending = relay.merged_portals
+    if not pending and all(len(e.shards) < 2 for e in executions):
+        return  # (the common case, at the cost of this test)
+    plans = [plan_for(relay.cache, e.sql, e.facts) if len(e.shards) > 1 else None
+             for e in executions]
+    merged = [(e.first, e.last) for e, plan in zip(executions, plans, strict=True) if plan]
+    bound: set[bytes] = set()
+    for i, (kind, body, _raw) in enumerate(unit):
+        if kind == _BIND:
+            bound.add(ext.bind_statement(body)[0])
+        elif (kind == _EXECUTE or (kind == _DESCRIBE and body[:1] == b"P")) and pending:
+            portal = body[1:-1] if kind == _DESCRIBE else body[:-5]
+            if portal in pending and portal not in bound and \
+                    not any(first <= i <= last for first, last in merged):
+                raise ProxyError("0A000", "a SELECT merged from several shards must be bound and "
+                                 "executed in the same batch (before a Sync or Flush)")
+    for execution, plan in zip(executions, plans, strict=True):
+        portal = ext.bind_statement(unit[execution.first][1])[0]
+        pending.discard(portal)
+        if plan is not None and not any(unit[i][0] == _EXECUTE
+                                        for i in range(execution.first, execution.last + 1)):
+            pending.add(portal)
 
 
 def _bind(relay: ShardedRelay, plan: MergePlan, message: Message) -> tuple[SelectRun, Message]:

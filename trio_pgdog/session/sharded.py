@@ -45,7 +45,7 @@ from . import merge
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
 from .guards import drops_statements
-from .select_merge import SelectRun, extended_unit, simple_query
+from .select_merge import SelectRun, check_portals, extended_unit, simple_query
 from .shard_copy import copy_in
 from .shard_link import ShardLink, ShardLost, has_error
 from .tracker import Tracker
@@ -93,6 +93,7 @@ class ShardedRelay:
         self.prepared: dict[bytes, tuple[bytes, bytes]] = {}
         self.statements: dict[bytes, tuple[str, tuple[int, ...]]] = {}
         self.portals: dict[bytes, frozenset[int]] = {}  # where each open portal was bound
+        self.merged_portals: set[bytes] = set()  # merged SELECTs bound, not yet executed
         self.cursors: dict[str, frozenset[int]] = {}     # where each SQL cursor was declared
         self.status = b"I"                 # the client's transaction status
         self.begin: bytes | None = None    # the client's BEGIN, sent to each shard it touches
@@ -343,6 +344,7 @@ class ShardedRelay:
     async def _extended(self, unit: list[Message]) -> None:
         try:
             executions = self._executions(unit)
+            check_portals(self, unit, executions)
         except ProxyError as exc:
             await self._refuse(exc, extended=True, syncs=_syncs(unit))
             return
