@@ -10,7 +10,8 @@ shard it needs:
   shard's server as it came (statement names shared through the shard's Tracker) and the
   answer comes back as the server sent it;
 - several shards: each gets what is its own (the unit, an INSERT's own rows, a COPY's own
-  rows), their answers are read shard after shard and merged into one (session/merge.py);
+  rows), their answers are read shard after shard and merged into one (session/merge.py;
+  a SELECT's rows as one database would return them: session/select_merge.py);
   writes outside a transaction run inside one on every shard, committed only if every shard
   succeeded.
 
