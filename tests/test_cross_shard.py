@@ -262,6 +262,16 @@ def test_a_shard_error_during_a_merge_names_the_shard(proxy):
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (90,)
 
 
+def test_copy_of_a_query_whose_rows_need_merging_is_refused(proxy):
+    with proxy.connect() as conn:
+        ordered = "COPY (SELECT id FROM t ORDER BY id LIMIT 3) TO STDOUT"
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="COPY"), \
+                conn.cursor().copy(ordered) as copy:
+            list(copy.rows())
+        with conn.cursor().copy("COPY (SELECT id FROM t) TO STDOUT") as copy:  # any order is right
+            assert sorted(int(row[0]) for row in copy.rows()) == list(range(90))
+
+
 def test_text_in_another_collation_is_an_error_not_a_wrong_order(proxy, shard_clusters):
     if shard_clusters[0].sql("SELECT count(*) FROM pg_collation WHERE collname = 'und-x-icu'",
                              dbname=APP_DB) == "0":

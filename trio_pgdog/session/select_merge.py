@@ -88,11 +88,13 @@ class PlanCache:
 _caches: weakref.WeakKeyDictionary[FactsCache, PlanCache] = weakref.WeakKeyDictionary()
 
 
-def plan_for(cache: FactsCache, sql: str, facts: ShardingFacts) -> MergePlan | None:
+def plan_for(cache: FactsCache, sql: str, facts: ShardingFacts, *, select: bool = False
+             ) -> MergePlan | None:
     """The merge plan of a statement that runs on several shards, None when the shards' rows
     one after the other are the answer (not a SELECT, or nothing to merge). ProxyError
-    (0A000 and the reason) when no merge would be right."""
-    if facts.kind != "select" and facts.statements < 2:
+    (0A000 and the reason) when no merge would be right. `select`: `sql` is known to be a
+    query whatever `facts` say."""
+    if facts.kind != "select" and facts.statements < 2 and not select:
         return None
     plans = _caches.get(cache)
     if plans is None:
@@ -102,6 +104,26 @@ def plan_for(cache: FactsCache, sql: str, facts: ShardingFacts) -> MergePlan | N
         assert plan.refusal is not None
         raise ProxyError(*plan.refusal)
     return None if plan.kind == "concat" else plan
+
+
+def check_copy_query(relay: ShardedRelay, sql: str, facts: ShardingFacts) -> None:
+    """`COPY (query) TO` over several shards: COPY's rows cannot be merged, so a query whose
+    rows need merging (ORDER BY, aggregates, LIMIT...) is refused (ProxyError), not
+    concatenated. Read with pglast's AST (rare: the cost is no matter)."""
+    from pglast import parse_sql
+    from pglast.parser import ParseError
+    from pglast.stream import RawStream
+
+    try:
+        query = parse_sql(sql)[0].stmt.query
+    except (ParseError, AttributeError, IndexError):  # the shards say what is wrong
+        return
+    if query is None:
+        return
+    if plan_for(relay.cache, RawStream()(query), facts, select=True) is not None:
+        raise ProxyError("0A000", "COPY (query) TO over several shards: the query's rows would "
+                         "need merging (ORDER BY, aggregates, DISTINCT, LIMIT), which COPY "
+                         "cannot do; run the query as a SELECT, or give it a sharding key")
 
 
 # --- one execution ---------------------------------------------------------------------------

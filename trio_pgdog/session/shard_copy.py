@@ -25,6 +25,7 @@ from ..router.sharding.copy_statement import CopySplitError, CopyStatement, pars
 from ..router.sharding.keys import ShardingFacts
 from . import merge
 from .failures import ClientGone
+from .select_merge import check_copy_query
 from .shard_link import ShardLink
 
 if TYPE_CHECKING:
@@ -47,6 +48,12 @@ async def copy_in(relay: ShardedRelay, sql: str, facts: ShardingFacts, shards: f
             await relay._refuse(ProxyError(codes.FEATURE_NOT_SUPPORTED,
                                            "COPY FROM a server file or program cannot run on a "
                                            "sharded database: use COPY FROM STDIN"))
+            return
+        try:
+            if statement is not None and statement.table is None and len(shards) > 1:
+                check_copy_query(relay, sql, facts)
+        except ProxyError as exc:
+            await relay._refuse(exc)
             return
         await relay._fan_out(dict.fromkeys(shards, raw), [("Q", b"", None)], writes=facts.writes)
         return
