@@ -7,7 +7,9 @@ every run it reports TPS, failed transactions and the pooler's CPU time per tran
 from /proc/<pid>/stat, and finally the two ratios against PgBouncer the project aims at.
 With the trio_pgdog_sharded target, the cost of routing by key: a by-key script through
 trio_pgdog with one server against trio_pgdog with the table sharded over two
-(trio_pgdog.bench_sharded), and the cost of hashing one key.
+(trio_pgdog.bench_sharded), and the cost of hashing one key. With trio_pgdog_cross_shard,
+queries without a key (count, ORDER BY ... LIMIT, GROUP BY) merged over two and three shards
+against one database holding every row (trio_pgdog.bench_cross_shard).
 Last, each pooler's memory per idle logged-in client (trio_pgdog.bench_memory; that figure
 alone with --memory-only). Everything it starts (cluster, PgBouncer, proxy, temporary files)
 is removed again, also on Ctrl-C, SIGTERM and errors. See docs/benchmarks.md.
@@ -40,6 +42,7 @@ from .bench_memory import IdleClientError, MemoryFigure, measure_sync, raise_fd_
 from .embedded import Cluster, EmbeddedError, find_pg_binary, free_port
 
 if TYPE_CHECKING:  # bench_sharded imports this module
+    from .bench_cross_shard import CrossShardRun
     from .bench_sharded import HashCost, ShardingCost
 
 USER = PASSWORD = DATABASE = "pgdog"
@@ -67,8 +70,11 @@ HOOK_TARGETS = {"trio_pgdog_logger": TRIO_PGDOG_LOGGER,
 # two more clusters, in rounds (trio_pgdog.bench_sharded).
 TRIO_PGDOG_SHARDED = "trio_pgdog sharded"
 SHARDED_KEY = "trio_pgdog_sharded"
+# SELECTs without a key merged over 2 and 3 shards against one database (bench_cross_shard).
+CROSS_SHARD_KEY = "trio_pgdog_cross_shard"
 TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG,
-               "trio_pgdog_split": TRIO_PGDOG_SPLIT, **HOOK_TARGETS, SHARDED_KEY: TRIO_PGDOG_SHARDED}
+               "trio_pgdog_split": TRIO_PGDOG_SPLIT, **HOOK_TARGETS, SHARDED_KEY: TRIO_PGDOG_SHARDED,
+               CROSS_SHARD_KEY: "trio_pgdog cross-shard"}
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER_DIR = os.path.join(CHECKOUT, "hooks", "include")
 # The test suite's plugin whose pgdog_route_query decides nothing.
@@ -577,12 +583,14 @@ class Findings:
     memory: list[MemoryFigure] = field(default_factory=list)
     sharding: list[ShardingCost] = field(default_factory=list)
     hashes: list[HashCost] = field(default_factory=list)
+    cross_shard: list[CrossShardRun] = field(default_factory=list)
 
 
 def run_plan(plan: Plan, problems: list[str]) -> Findings:
     pgbouncer = find_pgbouncer()
     keys = [k for k in plan.targets
-            if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS and k != SHARDED_KEY]
+            if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS
+            and k not in (SHARDED_KEY, CROSS_SHARD_KEY)]
     hook_keys = [k for k in plan.targets if k in HOOK_TARGETS] if plan.pgbench else []
     if "pgbouncer" in plan.targets and not pgbouncer:
         problems.append("PgBouncer is not installed (apt-get install -y pgbouncer): its rows are skipped.")
@@ -615,6 +623,10 @@ def run_plan(plan: Plan, problems: list[str]) -> Findings:
 
             found.sharding = measure_sharding(plan, cluster, problems)
             found.hashes = hash_costs()
+        if CROSS_SHARD_KEY in plan.targets:
+            from .bench_cross_shard import measure_cross_shard
+
+            found.cross_shard = measure_cross_shard(plan, cluster, problems)
         found.memory = measure_memory(plan, keys, cluster, pgbouncer, problems)
     return found
 
@@ -874,6 +886,10 @@ def report(found: Findings, plan: Plan, problems: Sequence[str], revision: str) 
 
         per_run = plan.per_client(RATIO_CLIENTS * SHARD_ROUNDS) * RATIO_CLIENTS
         parts += sharding_section(found.sharding, found.hashes, per_run)
+    if found.cross_shard:
+        from .bench_cross_shard import cross_shard_section
+
+        parts += cross_shard_section(found.cross_shard)
     if found.memory:
         parts += ["", f"Memory per idle client: the pooler's RSS (VmRSS) with no client and with "
                   f"{found.memory[0].clients:,} logged-in idle clients (SCRAM, one login first):", "",
