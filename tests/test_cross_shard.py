@@ -218,6 +218,27 @@ def test_merged_answers_are_the_oracles(proxy, oracle, protocol, binary):
                     (first, second), binary=binary)
         same_answer(conn, oracle, "SELECT k, count(*) FROM t WHERE k IN (%s, %s) GROUP BY k "
                     "ORDER BY k", (first, second), binary=binary)
+    # text merged in byte order: said once in the log, not once per query
+    assert proxy.log.count("merging text from several shards in byte order") == 1
+
+
+def test_several_merged_selects_in_one_pipeline(proxy, oracle):
+    """psycopg's pipeline mode: several executions before one Sync, each merged on its own."""
+    queries = ["SELECT g, count(*), avg(n) FROM t GROUP BY g ORDER BY g",
+               "SELECT id, ts FROM t ORDER BY ts DESC, id LIMIT 4",
+               "SELECT id FROM t WHERE id = 3",
+               "SELECT DISTINCT b FROM t ORDER BY b"]
+    want = [answer(oracle, sql) for sql in queries]
+    with proxy.connect() as conn:
+        with conn.pipeline():
+            cursors = [conn.cursor() for _ in queries]
+            for cur, sql in zip(cursors, queries, strict=True):
+                cur.execute(sql)
+        got = [([(c.name, c.type_code) for c in cur.description],
+                [tuple(repr(v) for v in row) for row in cur.fetchall()], cur.statusmessage)
+               for cur in cursors]
+    assert got == want
+    assert proxy.log.count("in byte order") <= 1
 
 
 def test_merged_answers_inside_a_transaction(proxy, oracle):
