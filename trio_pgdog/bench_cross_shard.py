@@ -61,30 +61,31 @@ def measure_cross_shard(plan: Plan, cluster: Cluster, problems: list[str]) -> li
     """Every query in every mode through the plain proxy, then through the sharded one over
     each of SHARD_COUNTS."""
     runs: list[CrossShardRun] = []
-    with cleanup_shielded() as stack:
-        workdir = make_workdir(stack, cluster, "trio_pgdog-bench-cross-")
+    with cleanup_shielded() as outer:
+        workdir = make_workdir(outer, cluster, "trio_pgdog-bench-cross-")
         scripts = {}
         for n, (name, sql) in enumerate(QUERIES.items()):
             scripts[name] = os.path.join(workdir, f"query{n}.sql")
             with open(scripts[name], "w") as f:
                 f.write(sql + "\n")
-        try:
-            plain = start_trio_pgdog(stack, cluster, "trio_pgdog")
-        except (BenchError, EmbeddedError) as exc:
-            problems.append(f"cross-shard: the plain proxy did not start: {exc}")
-            return []
-        runs += _runs(plain, 1, plan, scripts, problems)
-    for count in SHARD_COUNTS:
         with cleanup_shielded() as stack:
             try:
-                progress(f"cross-shard: {count} shards, pgbench -i -s 1 through the proxy ...")
-                shards = [start_cluster(stack, pgbench_data=False) for _ in range(count)]
-                sharded = start_sharded_proxy(stack, shards)
-                load_shards(sharded, shards)
-            except (BenchError, EmbeddedError, subprocess.TimeoutExpired) as exc:
-                problems.append(f"cross-shard: {count} shards did not start: {exc}")
-                continue
-            runs += _runs(sharded, count, plan, scripts, problems)
+                plain = start_trio_pgdog(stack, cluster, "trio_pgdog")
+            except (BenchError, EmbeddedError) as exc:
+                problems.append(f"cross-shard: the plain proxy did not start: {exc}")
+                return []
+            runs += _runs(plain, 1, plan, scripts, problems)
+        for count in SHARD_COUNTS:
+            with cleanup_shielded() as stack:
+                try:
+                    progress(f"cross-shard: {count} shards, pgbench -i -s 1 through the proxy ...")
+                    shards = [start_cluster(stack, pgbench_data=False) for _ in range(count)]
+                    sharded = start_sharded_proxy(stack, shards)
+                    load_shards(sharded, shards)
+                except (BenchError, EmbeddedError, subprocess.TimeoutExpired) as exc:
+                    problems.append(f"cross-shard: {count} shards did not start: {exc}")
+                    continue
+                runs += _runs(sharded, count, plan, scripts, problems)
     return runs
 
 
