@@ -141,6 +141,7 @@ class SelectRun:
         self.merge: RowMerge | None = None
         self._columns: list[tuple[object, ...]] | None = None
         self._ended: set[int] = set()  # shards whose rows are all read
+        self._ready: set[int] = set()  # shards whose ReadyForQuery was read already
 
     # the shards' descriptions
 
@@ -155,7 +156,11 @@ class SelectRun:
                 self._ended.add(link.shard)
             elif kind == b"T":
                 self._description(merger, link, message)
-            else:  # NoData: not a SELECT's answer after all
+            else:  # NoData, or no statement at all: not a SELECT's answer after all
+                self._ended.add(link.shard)
+                if kind == b"Z":
+                    merger.statuses[link.shard] = message[5:6]
+                    self._ready.add(link.shard)
                 self._fail(merger, MergeError("0A000", f"shard {link.shard} answered no rows "
                                               "description for a SELECT"))
         if emit and self.merge is not None:
@@ -203,7 +208,7 @@ class SelectRun:
         await self.describe(merger, links, emit=True)
         await self.rows(merger, links)
         for link in links:
-            while True:
+            while link.shard not in self._ready:
                 message = await merger._next(link)
                 if message[:1] == b"Z":
                     merger.statuses[link.shard] = message[5:6]
