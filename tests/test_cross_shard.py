@@ -64,11 +64,15 @@ def tables(shard_clusters) -> Iterator[list[str]]:
     yield dsns
 
 
+def start_proxy(shard_clusters, proxy_factory, **general: object):
+    extra = "".join(sharded_table(name, "k") for name in ("t", "gen", "big"))
+    return proxy_factory(pgdog_text=lambda port: sharded_toml(shard_clusters, port, **general)
+                         + extra, users=users_toml())
+
+
 @pytest.fixture
 def proxy(shard_clusters, proxy_factory, tables):
-    extra = "".join(sharded_table(name, "k") for name in ("t", "gen", "big"))
-    return proxy_factory(pgdog_text=lambda port: sharded_toml(shard_clusters, port) + extra,
-                         users=users_toml())
+    return start_proxy(shard_clusters, proxy_factory)
 
 
 @pytest.fixture
@@ -174,6 +178,7 @@ ORDERED = [
     "SELECT id, i FROM t ORDER BY i, id LIMIT 7 OFFSET 5",
     "SELECT id FROM t ORDER BY id OFFSET 85",
     "SELECT id FROM t ORDER BY id LIMIT 0",
+    "SELECT id, k FROM t ORDER BY id DESC LIMIT 4 FOR UPDATE",  # each shard locks its rows
     # aggregates over every row
     "SELECT count(*), count(i), count(n), sum(i), sum(n), min(i), max(i), min(n), max(n) FROM t",
     "SELECT sum(f), avg(f), min(f), max(f) FROM t",
@@ -239,6 +244,15 @@ def test_several_merged_selects_in_one_pipeline(proxy, oracle):
                for cur in cursors]
     assert got == want
     assert proxy.log.count("in byte order") <= 1
+
+
+@pytest.mark.parametrize("protocol", ["simple", "prepared"])
+def test_merged_answers_in_session_pooling(shard_clusters, proxy_factory, tables, oracle,
+                                           protocol):
+    proxy = start_proxy(shard_clusters, proxy_factory, pooler_mode="session")
+    with proxy.connect(**PROTOCOLS[protocol]) as conn:
+        for sql in ORDERED[::3]:
+            same_answer(conn, oracle, sql, binary=protocol == "prepared")
 
 
 def test_merged_answers_inside_a_transaction(proxy, oracle):
