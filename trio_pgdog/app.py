@@ -102,9 +102,14 @@ class Proxy:
                 session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big", signed=True)):
             log.info("cancel request for unknown client key %d ignored", pid)
             return
-        server = session.server
-        if server is None:
-            return
+        # A sharded session's statement may run on several shards' servers: cancel each.
+        servers = session.relay.busy_servers() if session.relay is not None else \
+            [session.server] if session.server is not None else []
+        async with trio.open_nursery() as nursery:
+            for server in servers:
+                nursery.start_soon(self._cancel_one, session, server)
+
+    async def _cancel_one(self, session: ClientSession, server: ServerConnection) -> None:
         if await send_cancel(server, self.config.general.connect_timeout / 1000):
             log.info("client %s: cancel forwarded to %r", session.addr, server)
 
