@@ -130,24 +130,46 @@ class ProxyProcess:
         PostgreSQL shows them as pg_stat_activity.client_port, which tells this proxy's
         server connections apart from those of proxies other tests left behind.
         """
-        pid = self.proc.pid
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
+        return server_ports(self.proc.pid, server_port)
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes of a proxy with `workers` > 1 (its children)."""
+        return process_children(self.proc.pid)
+
+
+def process_children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def server_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of the established TCP connections to `server_port` of process `pid` and
+    of its children (a proxy's workers)."""
+    inodes = set()
+    for one in (pid, *process_children(pid)):
+        try:
+            fds = list(Path(f"/proc/{one}/fd").iterdir())
+        except OSError:  # gone while we looked
+            continue
+        for fd in fds:
             try:
                 target = os.readlink(fd)
             except OSError:  # closed while we looked
                 continue
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
-        ports = set()
-        for table in ("tcp", "tcp6"):
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-            for line in lines:
-                fields = line.split()
-                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-                if state == "01" and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
-                    ports.add(int(local.rsplit(":", 1)[1], 16))
-        return ports
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+            if state == "01" and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
 
 
 def proxy_backends(pg: Cluster, proxy: ProxyProcess, columns: str = "pid") -> list[list[str]]:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import attrs
 import trio
 
-from . import __version__, listener, logs
+from . import __version__, listener, logs, workers
 from .config import Config, ConfigError, load_config
 from .hooks.api import ServerInfo
 from .hooks.errors import HookLoadError
@@ -32,6 +32,7 @@ from .session.prepared import StatementRegistry
 from .session.session import ClientSession
 from .session.spellings import Spellings
 from .session.startup import Cancel
+from .workers import WorkerSlot
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,14 @@ def with_general(config: Config, overrides: Mapping[str, object]) -> Config:
 
 
 class Proxy:
-    def __init__(self, config: Config, overrides: Mapping[str, object] | None = None):
+    def __init__(self, config: Config, overrides: Mapping[str, object] | None = None,
+                 worker: WorkerSlot | None = None):
         # [general] keys from the command line: they win over the files, on reload too.
         self.overrides = dict(overrides or {})
         self.config = with_general(config, self.overrides)
-        self.pools = PoolManager(on_connect=self._after_connect)
+        self.worker = worker  # one of several processes serving the port (workers.py)
+        self.pools = PoolManager(on_connect=self._after_connect,
+                                 share=worker.share if worker is not None else None)
         self.hooks = HookRegistry()  # loaded in run(), rebuilt on reload
         self.sessions: dict[int, ClientSession] = {}  # by the pid in their BackendKeyData
         self.statements = StatementRegistry()  # shared prepared-statement names
@@ -67,7 +71,10 @@ class Proxy:
     def register(self, session: ClientSession) -> tuple[int, int]:
         """Give a logged-in session its own BackendKeyData (pid, secret)."""
         while True:
-            pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
+            if self.worker is None:
+                pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
+            else:  # the pid says which worker the client is on (cancel requests)
+                pid = self.worker.pid_for(secrets.randbelow(0x7FFFFFFF // self.worker.count - 1) + 1)
             if pid not in self.sessions:
                 break
         self.sessions[pid] = session
@@ -82,15 +89,27 @@ class Proxy:
             self._no_sessions.set()
 
     async def cancel(self, request: Cancel) -> None:
-        """Forward a CancelRequest to the server running that client's query, if any."""
-        session = self.sessions.get(request.pid)
+        """Forward a CancelRequest to the server running that client's query, if any (or to
+        the worker process the client is on)."""
+        if self.worker is not None and not self.worker.owns(request.pid):
+            await workers.pass_cancel(self.worker, request.pid, request.secret)
+            return
+        await self._cancel(request.pid, request.secret)
+
+    async def _cancel(self, pid: int, secret: int) -> None:
+        session = self.sessions.get(pid)
         if session is None or not hmac.compare_digest(
-                session.secret.to_bytes(4, "big"), request.secret.to_bytes(4, "big", signed=True)):
-            log.info("cancel request for unknown client key %d ignored", request.pid)
+                session.secret.to_bytes(4, "big"), secret.to_bytes(4, "big", signed=True)):
+            log.info("cancel request for unknown client key %d ignored", pid)
             return
-        server = session.server
-        if server is None:
-            return
+        # A sharded session's statement may run on several shards' servers: cancel each.
+        servers = session.relay.busy_servers() if session.relay is not None else \
+            [session.server] if session.server is not None else []
+        async with trio.open_nursery() as nursery:
+            for server in servers:
+                nursery.start_soon(self._cancel_one, session, server)
+
+    async def _cancel_one(self, session: ClientSession, server: ServerConnection) -> None:
         if await send_cancel(server, self.config.general.connect_timeout / 1000):
             log.info("client %s: cancel forwarded to %r", session.addr, server)
 
@@ -138,6 +157,8 @@ class Proxy:
         async with trio.open_nursery() as root:
             self._root = root
             self.pools.apply(self.config, root)
+            if self.worker is not None:
+                await root.start(workers.serve_peer_cancels, self.worker, self._cancel)
             async with trio.open_nursery() as clients:
                 root.start_soon(self._signals, root.cancel_scope, clients)
                 root.start_soon(departures.watch, self.sessions)

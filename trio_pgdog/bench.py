@@ -72,8 +72,11 @@ TRIO_PGDOG_SHARDED = "trio_pgdog sharded"
 SHARDED_KEY = "trio_pgdog_sharded"
 # SELECTs without a key merged over 2 and 3 shards against one database (bench_cross_shard).
 CROSS_SHARD_KEY = "trio_pgdog_cross_shard"
+# The same proxy with `workers = 2` (two processes sharing the port and the pool).
+TRIO_PGDOG_WORKERS = "trio_pgdog 2 workers"
 TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG,
-               "trio_pgdog_split": TRIO_PGDOG_SPLIT, **HOOK_TARGETS, SHARDED_KEY: TRIO_PGDOG_SHARDED,
+               "trio_pgdog_split": TRIO_PGDOG_SPLIT, "trio_pgdog_workers": TRIO_PGDOG_WORKERS,
+               **HOOK_TARGETS, SHARDED_KEY: TRIO_PGDOG_SHARDED,
                CROSS_SHARD_KEY: "trio_pgdog cross-shard"}
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER_DIR = os.path.join(CHECKOUT, "hooks", "include")
@@ -269,7 +272,17 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ticks(pid: int) -> int:
-    """utime + stime of process `pid` (all its threads), in clock ticks."""
+    """utime + stime of process `pid` (all its threads) and of its running children (a
+    proxy's workers), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(child) for child in f.read().split()]
+    except OSError:
+        children = []
+    return _own_cpu_ticks(pid) + sum(_own_cpu_ticks(child) for child in children)
+
+
+def _own_cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     # Field 2 (comm) is in parentheses and may hold spaces: count fields after its ')'.
@@ -453,6 +466,8 @@ host = "127.0.0.1"
 port = {cluster.port}
 role = "primary"
 """
+    if key == "trio_pgdog_workers":
+        pgdog_toml = pgdog_toml.replace("\n\n[[databases]]", "\nworkers = 2\n\n[[databases]]", 1)
     pgdog_toml += hook_config(key, workdir)
     if key == "trio_pgdog_split":
         pgdog_toml += f"""
@@ -511,6 +526,11 @@ def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, key: str = "
         env["TRIO_PGDOG_PROBE_OUT"] = probe_out
     proc = spawn(stack, argv, log_path, cwd=workdir, env=env)
     wait_for_log(proc, log_path, f"listening on 127.0.0.1:{port}", "trio_pgdog")
+    if key == "trio_pgdog_workers":
+        wait_for_log(proc, log_path, f"[worker 1] trio_pgdog.app: listening on 127.0.0.1:{port}",
+                     "trio_pgdog")
+        wait_for_log(proc, log_path, f"[worker 0] trio_pgdog.app: listening on 127.0.0.1:{port}",
+                     "trio_pgdog")
     return Target(TARGET_KEYS[key], port, proc, log_path)
 
 
@@ -786,6 +806,21 @@ def ratio_lines(results: Sequence[RunResult]) -> list[str]:
                                 *cpu, cpu_ok, f"≤ {MAX_CPU_RATIO:g}x"))
         lines.append(ratio_line(f"{mode}, {RATIO_CLIENTS} clients, TPS {TRIO_PGDOG} ÷ {PGBOUNCER}",
                                 *tps, tps_ok, f"≥ {MIN_TPS_RATIO:g}x"))
+        lines += workers_lines(results, mode, ours, theirs)
+    return lines
+
+
+def workers_lines(results: Sequence[RunResult], mode: str, one: RunResult | None,
+                  pgbouncer: RunResult | None) -> list[str]:
+    """TPS with `workers = 2` next to PgBouncer and next to one worker (no target yet)."""
+    two = find(results, TRIO_PGDOG_WORKERS, mode, RATIO_CLIENTS)
+    if two is None:
+        return []
+    lines = []
+    for other in (pgbouncer, one):
+        if other is not None and other.outcome.tps:
+            lines.append(f"- {mode}, {RATIO_CLIENTS} clients, TPS {TRIO_PGDOG_WORKERS} ÷ "
+                         f"{other.target}: {two.outcome.tps / other.outcome.tps:.2f}x")
     return lines
 
 

@@ -21,12 +21,15 @@ class ListenError(Exception):
     """The proxy cannot listen where it was told to; ``str(err)`` is one line for an operator."""
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port, not yet listening (clients are refused until `listen`)."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to host:port, not yet listening (clients are refused until `listen`).
+    `reuse_port`: the workers of one proxy each bind the port (workers.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()

@@ -16,9 +16,12 @@ __all__ = ["LEVELS", "JsonFormatter", "parse_level", "setup", "use_format"]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WORKER_TEXT_FORMAT = "%(asctime)s %(levelname)s [%(worker)s] %(name)s: %(message)s"
 
 # The one handler the proxy installs on the root logger; its formatter follows log_format.
 _handler: logging.Handler | None = None
+_format = "text"
+_worker: str | None = None  # this process is one of several workers (workers.py)
 
 
 def parse_level(text: str) -> str | None:
@@ -39,6 +42,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            entry["worker"] = worker
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -49,22 +55,49 @@ class JsonFormatter(logging.Formatter):
 
 
 def _formatter(log_format: str) -> logging.Formatter:
-    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    if log_format == "json":
+        return JsonFormatter()
+    return logging.Formatter(TEXT_FORMAT if _worker is None else WORKER_TEXT_FORMAT)
 
 
 def setup(level: str, log_format: str = "text") -> None:
     """Log records of `level` and above to standard error, in `log_format`."""
-    global _handler
+    global _handler, _format
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
+    _format = log_format
     _handler = logging.StreamHandler(sys.stderr)
     _handler.setFormatter(_formatter(log_format))
     root.addHandler(_handler)
     root.setLevel(level)
 
 
+class _WorkerName(logging.Filter):
+    """Gives each record the worker's name (workers.py), for the formats to show."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.worker = name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def set_worker(name: str) -> None:
+    """Every line this process logs from now on names the worker (`[worker 1] trio_pgdog: ...`;
+    in JSON a "worker" field)."""
+    global _worker
+    _worker = name
+    if _handler is not None:
+        _handler.addFilter(_WorkerName(name))
+        _handler.setFormatter(_formatter(_format))
+
+
 def use_format(log_format: str) -> None:
     """Switch the line format of the handler `setup` installed (nothing if it was not)."""
+    global _format
+    _format = log_format
     if _handler is not None:
         _handler.setFormatter(_formatter(log_format))

@@ -13,9 +13,10 @@ from collections.abc import Callable
 import trio
 
 from . import listener
-from .app import Proxy
+from .app import Proxy, with_general
 from .config import Config
 from .hooks.errors import HookLoadError
+from .workers import Supervisor, WorkerSlot, check_port
 
 log = logging.getLogger("trio_pgdog")
 
@@ -24,13 +25,16 @@ EXIT_CONFIG = 2  # the configuration (files, hooks, options) cannot be used
 
 
 def serve(config: Config, *, overrides: dict[str, object] | None = None,
-          sock: socket.socket | None = None, on_listening: Callable[[], object] | None = None
-          ) -> int:
+          sock: socket.socket | None = None, on_listening: Callable[[], object] | None = None,
+          worker: WorkerSlot | None = None) -> int:
     """Run the proxy until SIGINT/SIGTERM; the exit status for the process.
 
     `sock` is a socket from listener.bind (the demo binds before it starts its clusters);
-    `on_listening` runs once clients can connect."""
-    proxy = Proxy(config, overrides)
+    `on_listening` runs once clients can connect. With `workers` > 1 in [general] this
+    process supervises that many workers instead (workers.py); `worker` is one of them."""
+    if worker is None and sock is None and with_general(config, overrides or {}).general.workers > 1:
+        return _supervise(config, overrides or {})
+    proxy = Proxy(config, overrides, worker)
     g = proxy.config.general
     if not config.users:
         log.warning("no users in %s: every login will be refused until users are added and "
@@ -38,7 +42,7 @@ def serve(config: Config, *, overrides: dict[str, object] | None = None,
     try:
         # Bound before plugins load: a port that is taken is reported before any other work.
         if sock is None:
-            sock = listener.bind(g.host, g.port)
+            sock = listener.bind(g.host, g.port, reuse_port=worker is not None)
         # Everything imported so far (pglast's AST classes among it) lives as long as the
         # process: keep it out of the garbage collector's way so collections stay cheap.
         gc.freeze()
@@ -58,3 +62,15 @@ def serve(config: Config, *, overrides: dict[str, object] | None = None,
         if sock is not None:
             sock.close()
     return 0
+
+
+def _supervise(config: Config, overrides: dict[str, object]) -> int:
+    g = with_general(config, overrides).general
+    try:
+        check_port(g.host, g.port)  # reported once, before any worker starts
+    except listener.ListenError as exc:
+        print(f"trio_pgdog: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    gc.freeze()  # what is imported now is shared with the workers, copy-on-write
+    return Supervisor(config, lambda current, slot: serve(current, overrides=overrides,
+                                                          worker=slot)).run()

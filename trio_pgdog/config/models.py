@@ -52,6 +52,14 @@ def at_least(minimum: int) -> Validator:
     return check
 
 
+def _at_most(maximum: int) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value > maximum:
+            raise InvalidValue(attribute.name, f"must be at most {maximum}, got {value}")
+
+    return check
+
+
 def port_number(_inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 1 <= value <= 65535:
         raise InvalidValue(attribute.name, f"must be a port number from 1 to 65535, got {value}")
@@ -81,6 +89,9 @@ class General:
 
     host: str = "0.0.0.0"
     port: int = attrs.field(default=6432, validator=port_number)
+    # Processes serving the port (SO_REUSEPORT), each with its share of every pool.
+    workers: int = attrs.field(default=1, validator=attrs.validators.and_(at_least(1),
+                                                                         _at_most(64)))
     pooler_mode: str = attrs.field(default="transaction", validator=one_of(POOLER_MODES))
     default_pool_size: int = attrs.field(default=10, validator=at_least(1))
     min_pool_size: int = attrs.field(default=0, validator=_min_pool_size)

@@ -17,16 +17,19 @@ from .settings import PoolSettings
 log = logging.getLogger(__name__)
 
 
-def pool_settings(config: Config, user: User, db: Database) -> PoolSettings:
+def pool_settings(config: Config, user: User, db: Database,
+                  share: Callable[[int], int] | None = None) -> PoolSettings:
+    """`share`: this process's part of a pool size (one of several workers, workers.py)."""
     g = config.general
+    share = share or _whole
     return PoolSettings(
         host=db.host,
         port=db.port,
         database=db.database_name,
         user=user.server_user or user.name,
         password=user.server_password if user.server_password is not None else user.password,
-        pool_size=user.effective_pool_size(g),
-        min_pool_size=g.min_pool_size,
+        pool_size=share(user.effective_pool_size(g)),
+        min_pool_size=min(share(g.min_pool_size), share(user.effective_pool_size(g))),
         pooler_mode=user.effective_pooler_mode(g),
         connect_timeout=g.connect_timeout / 1000,
         checkout_timeout=g.checkout_timeout / 1000,
@@ -38,12 +41,17 @@ def pool_settings(config: Config, user: User, db: Database) -> PoolSettings:
     )
 
 
+def _whole(size: int) -> int:
+    return size
+
+
 class PoolManager:
     """Owns the pools (one per user, database and host) and groups them per (user, logical
     database); each pool's maintenance runs in the nursery given to `apply`."""
 
-    def __init__(self, on_connect: Callable[[Pool, ServerConnection], Awaitable[None]] | None = None
-                 ) -> None:
+    def __init__(self, on_connect: Callable[[Pool, ServerConnection], Awaitable[None]] | None = None,
+                 share: Callable[[int], int] | None = None) -> None:
+        self.share = share  # this worker's part of each pool size (workers.py)
         self.pools: dict[tuple[str, str, str, int], Pool] = {}
         self.groups: dict[tuple[str, str], HostGroup] = {}
         self.monitors: dict[str, LagMonitor] = {}  # per logical database with replicas
@@ -60,7 +68,7 @@ class PoolManager:
         for user in config.users:
             for db in config.databases_named(user.database):
                 key = (user.name, user.database, db.host, db.port)
-                wanted[key] = (pool_settings(config, user, db), db)
+                wanted[key] = (pool_settings(config, user, db, self.share), db)
         pools: dict[tuple[str, str, str, int], Pool] = {}
         fresh: list[Pool] = []
         for key, (settings, db) in wanted.items():
