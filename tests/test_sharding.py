@@ -451,6 +451,27 @@ def test_a_failing_shard_cancels_the_others(sharded, shard_clusters):
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["one shard", "every shard"])
+def test_a_client_cancel_reaches_the_shards_running_its_statement(sharded, keyed):
+    """psql's Ctrl-C (a CancelRequest with the client's key) cancels the statement on each
+    shard it runs on, and the connection goes on."""
+    import threading
+    import time
+
+    with sharded.connect() as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES "
+                     + ", ".join(f"({k}, 1)" for k in range(1, 13)))
+        timer = threading.Timer(0.5, conn.cancel)
+        timer.start()
+        started = time.monotonic()
+        where = " WHERE customer_id = 3" if keyed else ""
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(f"SELECT pg_sleep(20) FROM orders{where}")
+        assert time.monotonic() - started < 5
+        timer.join()
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (12,)
+
+
 def test_pgbench_initialises_and_runs_through_the_proxy(shard_clusters, proxy_factory):
     """pgbench -i (DDL, COPY of every account, VACUUM, primary keys) and its default script:
     pgbench_accounts sharded on aid, the other tables on every shard."""
