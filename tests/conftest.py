@@ -378,3 +378,32 @@ def replica_pgdog_toml(primary: Cluster, replicas: list[Cluster], port: int, **g
         lines += ["", "[[databases]]", f'name = "{APP_DB}"', 'host = "127.0.0.1"',
                   f"port = {cluster.port}", f'role = "{role}"']
     return "\n".join(lines) + "\n"
+
+
+# --- three primaries as the shards of one database (test_sharding.py and others) -----------
+
+SHARD_COUNT = 3
+SHARD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (id bigserial, customer_id bigint, amount int, note text);
+CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text);
+CREATE TABLE IF NOT EXISTS shard_check (k bigint) PARTITION BY HASH (k);
+CREATE TABLE IF NOT EXISTS copied (customer_id bigint, note text, ts timestamptz);
+ALTER TABLE orders OWNER TO app; ALTER TABLE countries OWNER TO app;
+ALTER TABLE copied OWNER TO app; ALTER TABLE shard_check OWNER TO app;
+"""
+
+
+@pytest.fixture(scope="session")
+def shard_clusters() -> Iterator[list[Cluster]]:
+    with contextlib.ExitStack() as stack:
+        clusters = []
+        for _ in range(SHARD_COUNT):
+            # Prepared transactions: two-phase commit (tests/test_two_phase.py).
+            cluster = stack.enter_context(Cluster.create(
+                settings={"max_prepared_transactions": "20"}))
+            cluster.start()
+            cluster.add_user("app", PG_USERS["app"][0], auth="scram-sha-256")
+            cluster.add_database(APP_DB, owner="app")
+            cluster.sql(SHARD_SCHEMA, dbname=APP_DB)
+            clusters.append(cluster)
+        yield clusters

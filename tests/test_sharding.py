@@ -11,10 +11,8 @@ rolls back on all of them.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import subprocess
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -25,32 +23,6 @@ from trio_pgdog.router.sharding.hashing import shard_of_int
 
 SHARDS = 3
 PASSWORD = PG_USERS["app"][0]
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS orders (id bigserial, customer_id bigint, amount int, note text);
-CREATE TABLE IF NOT EXISTS countries (code text PRIMARY KEY, name text);
-CREATE TABLE IF NOT EXISTS shard_check (k bigint) PARTITION BY HASH (k);
-CREATE TABLE IF NOT EXISTS copied (customer_id bigint, note text, ts timestamptz);
-ALTER TABLE orders OWNER TO app; ALTER TABLE countries OWNER TO app;
-ALTER TABLE copied OWNER TO app; ALTER TABLE shard_check OWNER TO app;
-"""
-
-
-@pytest.fixture(scope="session")
-def shard_clusters() -> Iterator[list[Cluster]]:
-    with contextlib.ExitStack() as stack:
-        clusters = []
-        for _ in range(SHARDS):
-            # Prepared transactions: two-phase commit (tests/test_two_phase.py).
-            cluster = stack.enter_context(Cluster.create(
-                settings={"max_prepared_transactions": "20"}))
-            cluster.start()
-            cluster.add_user("app", PASSWORD, auth="scram-sha-256")
-            cluster.add_database(APP_DB, owner="app")
-            cluster.sql(SCHEMA, dbname=APP_DB)
-            clusters.append(cluster)
-        yield clusters
-
-
 def sharded_toml(clusters: list[Cluster], port: int, **general: object) -> str:
     lines = ["[general]", 'host = "127.0.0.1"', f"port = {port}"]
     lines += [f"{k} = {_toml(v)}" for k, v in general.items()]

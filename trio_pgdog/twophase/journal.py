@@ -54,13 +54,20 @@ class Journal:
         sequence; unique across restarts as pgdog.unique_id() is)."""
         return f"{gid_prefix(node)}{IDS.next(node)}"
 
-    def load(self) -> None:
-        """The decisions a previous run left (once, at start-up)."""
-        self.loaded = True
+    def load(self) -> bool:
+        """The decisions a previous run left (read once); False if the directory cannot be
+        read: then nothing is known, and recovery must not roll anything back."""
+        if self.loaded:
+            return True
         try:
             names = sorted(os.listdir(self.directory))
         except FileNotFoundError:
-            return
+            names = []
+        except OSError as exc:
+            log.error("two-phase journal %s cannot be read: %s; prepared transactions are not "
+                      "recovered until it can", self.directory, exc)
+            return False
+        self.loaded = True
         for name in names:
             if not name.endswith(_SUFFIX):
                 continue
@@ -79,6 +86,7 @@ class Journal:
         if self.decisions:
             log.warning("two-phase journal %s: %d unfinished transaction(s) from a previous run",
                         self.directory, len(self.decisions))
+        return True
 
     async def record(self, decision: Decision) -> None:
         """Write `decision` durably (in a thread: fsync blocks). Raises OSError."""

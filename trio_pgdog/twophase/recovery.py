@@ -35,10 +35,9 @@ _TIMEOUT = 10.0
 async def run(app: Proxy) -> None:
     """Recover now, then now and again, for as long as the proxy runs."""
     journal = app.journal
-    journal.load()
     while True:
         general = app.config.general
-        if general.two_phase_commit or journal.decisions:
+        if journal.load() and (general.two_phase_commit or journal.decisions):
             await recover(app, journal, general.node_id)
         await trio.sleep(RECOVERY_INTERVAL)
 
