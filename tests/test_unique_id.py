@@ -3,7 +3,8 @@
 The generator on its own (a fake clock going back, 4,096 ids in one millisecond), the text
 replacement (never inside strings, names or comments), and through a proxy in front of three
 real shards: 16 clients x 10,000 ids all different, an INSERT routed by the id it got, ids
-increasing over time and across a restart, named prepared statements refused.
+increasing over time and across a restart, prepared statements with new ids at each
+execution.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import concurrent.futures
 import textwrap
 
-import psycopg
 import pytest
 from conftest import APP_DB, PROTOCOLS, users_toml
+from psycopg import pq
 from test_sharding import placed_right, sharded_toml
 from test_two_phase import rows
 
@@ -157,11 +158,44 @@ def test_an_insert_goes_to_the_shard_of_its_id(start, shard_clusters, protocol):
     assert rows(shard_clusters, "orders") == list(counts.values())
 
 
-def test_a_named_prepared_statement_with_an_id_is_refused(start):
+def test_a_prepared_statement_gets_new_ids_at_every_execution(start, shard_clusters):
+    """psycopg prepares a statement after its 5th execution by default (here, at once): the
+    ids become parameters of the proxy's own, new at every Bind, and route the row."""
     proxy = start()
     with proxy.connect(**PROTOCOLS["prepared"]) as conn:
-        with pytest.raises(psycopg.errors.FeatureNotSupported,
-                           match="would repeat the same id at every execution"):
-            conn.execute("SELECT pgdog.unique_id(), %s::int", (1,))
-        assert conn.execute("SELECT pgdog.unique_id()", prepare=False).fetchone()[0] > 0
-        assert conn.execute("SELECT %s::int", (2,)).fetchone() == (2,)
+        for n in range(30):
+            conn.execute("INSERT INTO orders (customer_id, amount) "
+                         "VALUES (pgdog.unique_id(), %s)", (n,))
+        made = [conn.execute("SELECT pgdog.unique_id(), %s::int, pgdog.unique_id()",
+                             (n,)).fetchone() for n in range(5)]
+        assert [row[1] for row in made] == list(range(5))
+        ids = [i for row in made for i in (row[0], row[2])]
+        assert len(set(ids)) == 10 and ids == sorted(ids)
+        prepared = conn.execute("SELECT customer_id FROM orders").fetchall()
+    assert len({row[0] for row in prepared}) == 30
+    counts = placed_right(shard_clusters)
+    assert sum(counts.values()) == 30 and all(counts.values()), counts
+
+
+def test_what_would_repeat_or_show_an_id_parameter_is_refused(start):
+    proxy = start()
+    with proxy.connect() as conn:
+        pgconn = conn.pgconn
+        assert pgconn.prepare(b"s1", b"SELECT pgdog.unique_id()").status == pq.ExecStatus.COMMAND_OK
+        described = pgconn.describe_prepared(b"s1")  # it would list the proxy's parameter
+        assert described.status == pq.ExecStatus.FATAL_ERROR
+        assert described.error_field(pq.DiagnosticField.SQLSTATE) == b"0A000"
+        assert b"its description would show" in described.error_message
+        first = pgconn.exec_prepared(b"s1", [])
+        assert first.status == pq.ExecStatus.TUPLES_OK and int(first.get_value(0, 0)) > 0
+        # An unnamed statement carries its ids as constants: one Bind per Parse (in a
+        # transaction: between transactions it does not outlive its server connection).
+        conn.execute("BEGIN")
+        assert pgconn.prepare(b"", b"SELECT pgdog.unique_id()").status == pq.ExecStatus.COMMAND_OK
+        r = pgconn.exec_prepared(b"", [])
+        assert r.status == pq.ExecStatus.TUPLES_OK, r.error_message
+        again = pgconn.exec_prepared(b"", [])
+        assert again.error_field(pq.DiagnosticField.SQLSTATE) == b"0A000"
+        assert b"bound once per Parse" in again.error_message
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT 1").fetchone() == (1,)

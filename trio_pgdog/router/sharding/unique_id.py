@@ -84,6 +84,7 @@ _TOKEN = re.compile(
     r"""|[Ee]'(?:[^'\\]|\\.|'')*'"""              # an escape string
     r"""|'(?:[^']|'')*'"""                        # a standard string
     r"""|(\$(?:[A-Za-z_]\w*)?\$).*?\2"""          # 2 a dollar-quoted string
+    r"""|\$(\d+)"""                               # 3 a parameter
     r"""|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*""",  # a word (`xpgdog` is not `pgdog`)
     re.S | re.I)
 _CHEAP = re.compile(rb"unique_id", re.I)
@@ -96,14 +97,36 @@ def mentions(data: bytes) -> bool:
 
 def replace_unique_ids(sql: str, node: int, ids: UniqueIds = IDS) -> str | None:
     """`sql` with each `pgdog.unique_id()` replaced by a fresh id; None if it has none."""
-    out: list[str] = []
-    last = 0
+    pieces, _highest = _split(sql)
+    if len(pieces) == 1:
+        return None
+    return "".join(piece if i % 2 == 0 else str(ids.next(node)) for i, piece in enumerate(pieces))
+
+
+def parameterize_unique_ids(sql: str, declared: int) -> tuple[str, int, int] | None:
+    """For a statement prepared once and run many times: `sql` with each
+    `pgdog.unique_id()` replaced by a new parameter `$n::int8` after the statement's own
+    (`declared`: the parameter types its Parse gave), whose value the proxy adds to each
+    Bind. (the text, the first such parameter's number, how many); None if it has none."""
+    pieces, highest = _split(sql)
+    count = len(pieces) // 2
+    if not count:
+        return None
+    first = max(highest, declared) + 1
+    text = "".join(piece if i % 2 == 0 else f"${first + i // 2}::int8"
+                   for i, piece in enumerate(pieces))
+    return text, first, count
+
+
+def _split(sql: str) -> tuple[list[str], int]:
+    """The text around each call (text, call, text, ... call, text) and the highest `$n`."""
+    pieces: list[str] = []
+    highest = last = 0
     for match in _TOKEN.finditer(sql):
         if match.group(1) is not None:
-            out.append(sql[last:match.start()])
-            out.append(str(ids.next(node)))
+            pieces += [sql[last:match.start()], match.group(1)]
             last = match.end()
-    if not out:
-        return None
-    out.append(sql[last:])
-    return "".join(out)
+        elif match.group(3) is not None:
+            highest = max(highest, int(match.group(3)))
+    pieces.append(sql[last:])
+    return pieces, highest
