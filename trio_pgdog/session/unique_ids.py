@@ -35,9 +35,12 @@ class UniqueIdRewriter:
 
     def rewrite(self, unit: list[Message], node: int) -> list[Message]:
         """`unit` with its ids in; raises ProxyError (0A000) for what cannot have them."""
-        if self._unnamed_binds is None and not self._named and not any(
-                kind in (QUERY, PARSE) and mentions(raw) for kind, _b, raw in unit):
-            return unit
+        if self._unnamed_binds is None and not self._named:
+            for kind, _b, raw in unit:
+                if kind in (QUERY, PARSE) and mentions(raw):
+                    break
+            else:
+                return unit  # (the common case: one look at each text)
         return [self._message(kind, body, raw, node) for kind, body, raw in unit]
 
     def _message(self, kind: int, body: bytes, raw: bytes, node: int) -> Message:

@@ -87,12 +87,13 @@ _TOKEN = re.compile(
     r"""|\$(\d+)"""                               # 3 a parameter
     r"""|[A-Za-z_\x80-\uffff][\w$\x80-\uffff]*""",  # a word (`xpgdog` is not `pgdog`)
     re.S | re.I)
-_CHEAP = re.compile(rb"unique_id", re.I)
 
 
 def mentions(data: bytes) -> bool:
-    """Might this message's text call pgdog.unique_id()? (A quick look before the scan.)"""
-    return _CHEAP.search(data) is not None
+    """Might this message's text call pgdog.unique_id()? A quick look before the scan, for
+    every statement of a sharded database: the name in lower or upper case, as the
+    `pgdog.*` settings are looked for (a mixed-case spelling is left to PostgreSQL)."""
+    return b"unique_id" in data or b"UNIQUE_ID" in data
 
 
 def replace_unique_ids(sql: str, node: int, ids: UniqueIds = IDS) -> str | None:
