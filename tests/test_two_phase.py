@@ -68,9 +68,10 @@ def rows(clusters, table: str = "tp_items") -> list[int]:
     return [int(c.sql(f"SELECT count(*) FROM {table}", dbname=APP_DB)) for c in clusters]
 
 
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
-def test_a_transaction_over_several_shards_commits_everywhere(start, clusters, protocol):
-    proxy = start()
+def test_a_transaction_over_several_shards_commits_everywhere(start, clusters, protocol, mode):
+    proxy = start(pooler_mode=mode)
     with proxy.connect(**PROTOCOLS[protocol]) as conn:
         with conn.transaction():
             for i, key in enumerate(KEYS):
@@ -162,3 +163,28 @@ def test_an_unwritable_journal_rolls_back_and_says_why(start, clusters, tmp_path
     assert rows(clusters) == [0, 0, 0]
     assert all(prepared(c) == [] for c in clusters)
     assert os.path.isfile(blocked)
+
+
+def test_recovery_finishes_what_the_journal_says_and_only_this_nodes(start, clusters):
+    """Prepared transactions left on the shards: a decided one of this node is committed, an
+    undecided one rolled back, another node's and the user's own left alone."""
+    start.journal.mkdir(parents=True)
+    decided, undecided, other = "pgdog_0_1001", "pgdog_0_1002", "pgdog_1_1003"
+    for gid, key in ((decided, KEYS[0]), (undecided, KEYS[1]), (other, KEYS[2]),
+                     ("mine", KEYS[2] + 3)):
+        for cluster in clusters:
+            cluster.sql(f"SET ROLE app; BEGIN; INSERT INTO orders (customer_id) VALUES ({key}); "
+                        f"PREPARE TRANSACTION '{gid}';", dbname=APP_DB)
+    (start.journal / f"{decided}.json").write_text(
+        f'{{"gid": "{decided}", "user": "app", "database": "{APP_DB}", "shards": [0, 1, 2], '
+        '"decision": "commit"}')
+    proxy = start()
+    wait_for(lambda: all(prepared(c) == ["mine", other] for c in clusters),
+             what="recovery of this node's transactions")
+    for cluster in clusters:
+        keys = cluster.sql("SELECT customer_id FROM orders", dbname=APP_DB).split()
+        assert keys == [str(KEYS[0])]
+        cluster.sql(f"ROLLBACK PREPARED '{other}'; ROLLBACK PREPARED 'mine'", dbname=APP_DB)
+    wait_for(lambda: not any(start.journal.glob("*.json")), what="the journal emptied")
+    assert f"COMMIT PREPARED '{decided}'" in proxy.log
+    assert f"ROLLBACK PREPARED '{undecided}'" in proxy.log
