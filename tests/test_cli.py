@@ -48,6 +48,37 @@ def test_help_and_version():
     assert out.stdout.strip() == f"trio_pgdog {trio_pgdog.__version__}"
 
 
+def test_the_console_script_is_the_same_program():
+    """README's quickstart runs `trio-pgdog`: pip installs it beside the interpreter."""
+    script = Path(sys.executable).with_name("trio-pgdog")
+    assert script.exists(), "pip install did not create the trio-pgdog console script"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == f"trio_pgdog {trio_pgdog.__version__}"
+
+
+def test_the_docs_name_only_commands_that_exist():
+    """Every `trio-pgdog <command>` / `python -m trio_pgdog <command>` the README and docs/
+    show is one `--help` lists (a renamed command leaves no stale instruction)."""
+    listed = set(re.findall(r"^    ([a-z-]+) ", run_cli("--help").stdout, re.M))
+    root = Path(__file__).parent.parent
+    shown: set[str] = set()
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for rest in re.findall(r"(?:trio-pgdog|python -m trio_pgdog)((?: [^ `\n]+)*)", page.read_text()):
+            command = _command(rest.split())
+            if command is not None:
+                shown.add(command)
+    assert {"demo", "check-config"} <= shown
+    assert shown <= listed, f"docs show commands --help does not list: {shown - listed}"
+
+
+def _command(words: list[str]) -> str | None:
+    """The subcommand in a command line's words after the program, if it names one."""
+    with_value = {"--config", "--users", "--host", "--port", "--log-level"}
+    while words and words[0].startswith("-"):
+        words = words[2:] if words[0] in with_value else words[1:]
+    return words[0] if words and re.fullmatch(r"[a-z][a-z-]+", words[0]) else None
+
+
 def test_first_log_line_names_the_version(proxy):
     first = proxy.log.splitlines()[0]
     assert LOG_LINE.match(first)

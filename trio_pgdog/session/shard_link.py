@@ -64,6 +64,15 @@ class ShardLink:
         self._taken = trio.Event()     # the merger took answers (room to read more)
         self._failure: ShardLost | None = None
 
+    def reusable(self) -> bool:
+        """Can this link (its Tracker) serve the shard's next connection? Only when nothing
+        of the last one is left in it; the server is replaced before it is used again."""
+        if self._prefetching or self._pos < len(self._buf) or not self.tracker.idle:
+            return False
+        self._buf, self._pos, self.params = b"", 0, []
+        self.last_copy_in, self._failure = None, None
+        return True
+
     def outgoing(self, data: bytes) -> bytes:
         """Client messages for this shard as the server is to get them; the Tracker's own
         answers to them (a Parse it answers itself) join the answers to read."""

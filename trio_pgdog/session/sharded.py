@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 from typing import TYPE_CHECKING
 
 import trio
@@ -60,6 +61,7 @@ QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH = b"QPBDECSH"
 FUNCTION_CALL, TERMINATE = ord("F"), ord("X")
 _COPY_KINDS = frozenset(b"dcf")
 _IDLE_READY = m.ready_for_query(b"I")
+_LEN = struct.Struct("!i").unpack_from
 _IN_FAILED = ("25P02", "current transaction is aborted, commands ignored until end of "
               "transaction block")
 
@@ -87,6 +89,7 @@ class ShardedRelay:
         self.schema = cache.schema
         self.shards = session.group.shards if session.group is not None else []
         self.links: dict[int, ShardLink] = {}
+        self._spare: dict[int, ShardLink] = {}  # links kept for the shard's next connection
         # The client's prepared statements: name -> (shared name, Parse body after the name),
         # shared by every shard's Tracker; and what routing needs of them: name -> (SQL, types).
         self.prepared: dict[bytes, tuple[bytes, bytes]] = {}
@@ -136,6 +139,10 @@ class ShardedRelay:
         """The client's next complete unit; None when it leaves (Terminate or EOF)."""
         session, client = self.session, self.session.client
         while True:
+            unit = _one_query(self._buf)
+            if unit is not None:  # the common case, without the general split
+                self._buf = b""
+                return unit
             messages, cut = split_units(self._buf)
             if messages:
                 end = _unit_end(messages)
@@ -702,9 +709,14 @@ class ShardedRelay:
             reads = not writes and self.status == b"I" and session.transaction_mode
             role = session.role_override or (REPLICA if reads else PRIMARY)
             server = await self._checkout(group, role)
-            tracker = Tracker(session.app.statements, rename=True)
-            tracker.statements = self.prepared
-            link = self.links[shard] = ShardLink(shard, server, tracker)
+            link = self._spare.pop(shard, None)
+            if link is None:
+                tracker = Tracker(session.app.statements, rename=True)
+                tracker.statements = self.prepared
+                link = ShardLink(shard, server, tracker)
+            else:
+                link.server = server
+            self.links[shard] = link
             sync = session.settings.sync_sql(server)
             if sync is not None:
                 await self._sync(link, sync)
@@ -765,6 +777,8 @@ class ShardedRelay:
                     if leaving and not self.session.transaction_mode and not server.broken:
                         await try_execute(server, "DISCARD ALL", CLEANUP_TIMEOUT)
             give_back(server)
+            if link.reusable():
+                self._spare[link.shard] = link
         if leaving:
             self._transaction_over()
 
@@ -1023,6 +1037,16 @@ async def _cancel(server: ServerConnection, timeout: float, done: trio.Event) ->
         await send_cancel(server, timeout)
     finally:
         done.set()
+
+
+def _one_query(buf: bytes) -> list[Message] | None:
+    """`buf` as a unit when it is exactly one Query message (what most clients send)."""
+    if buf[:1] != b"Q" or len(buf) < 6:
+        return None
+    length = _LEN(buf, 1)[0]
+    if length + 1 != len(buf) or length > m.MAX_MESSAGE_LENGTH:
+        return None
+    return [(QUERY, buf[5:], buf)]
 
 
 def _unit_end(messages: list[Message]) -> int:
