@@ -163,6 +163,7 @@ def test_an_unwritable_journal_rolls_back_and_says_why(start, clusters, tmp_path
     assert rows(clusters) == [0, 0, 0]
     assert all(prepared(c) == [] for c in clusters)
     assert os.path.isfile(blocked)
+    assert "not-a-directory/journal: [Errno 20] Not a directory" in proxy.log  # at start-up
 
 
 def test_recovery_finishes_what_the_journal_says_and_only_this_nodes(start, clusters):

@@ -88,6 +88,20 @@ class Journal:
                         self.directory, len(self.decisions))
         return True
 
+    def check_writable(self) -> bool:
+        """Can records be written? Said at start-up, not at the first commit over shards."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            writable = os.access(self.directory, os.W_OK | os.X_OK)
+        except OSError as exc:
+            writable, why = False, str(exc)
+        else:
+            why = "not writable"
+        if not writable:
+            log.error("two-phase journal %s: %s; transactions that write on several shards "
+                      "will be rolled back at COMMIT until it is fixed", self.directory, why)
+        return writable
+
     async def record(self, decision: Decision) -> None:
         """Write `decision` durably (in a thread: fsync blocks). Raises OSError."""
         await trio.to_thread.run_sync(self._write, decision)

@@ -35,6 +35,8 @@ _TIMEOUT = 10.0
 async def run(app: Proxy) -> None:
     """Recover now, then now and again, for as long as the proxy runs."""
     journal = app.journal
+    if app.config.general.two_phase_commit:
+        journal.check_writable()
     while True:
         general = app.config.general
         if journal.load() and (general.two_phase_commit or journal.decisions):
