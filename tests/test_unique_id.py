@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import textwrap
 
+import psycopg
 import pytest
 from conftest import APP_DB, PROTOCOLS, users_toml
 from psycopg import pq
@@ -199,3 +200,16 @@ def test_what_would_repeat_or_show_an_id_parameter_is_refused(start):
         assert b"bound once per Parse" in again.error_message
         conn.execute("ROLLBACK")
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_an_unsharded_database_gets_ids_in_simple_queries(proxy):
+    """Simple-protocol Queries only: a Parse reaches PostgreSQL as it was sent."""
+    with proxy.connect(**PROTOCOLS["simple"]) as conn:
+        made = [conn.execute("SELECT pgdog.unique_id(), pgdog.unique_id()").fetchone()
+                for _ in range(20)]
+        ids = [i for row in made for i in row]
+        assert len(set(ids)) == 40 and ids == sorted(ids) and ids[0] > 0
+        assert conn.execute("SELECT 'pgdog.unique_id()'").fetchone() == ("pgdog.unique_id()",)
+    with proxy.connect(**PROTOCOLS["extended"]) as conn, \
+            pytest.raises(psycopg.errors.InvalidSchemaName, match='schema "pgdog"'):
+        conn.execute("SELECT pgdog.unique_id()")

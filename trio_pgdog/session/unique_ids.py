@@ -104,6 +104,23 @@ class UniqueIdRewriter:
         return BIND, raw[5:], raw
 
 
+def ids_in_queries(data: bytes, node: int) -> bytes:
+    """Whole client messages of an unsharded database with the ids in their Query texts
+    (only those: the other messages are passed on as they are, see docs/sharding.md)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos + 5 <= len(data):
+        end = pos + 1 + _I32.unpack_from(data, pos + 1)[0]
+        raw = data[pos:end]
+        if raw[:1] == b"Q" and mentions(raw):
+            sql = replace_unique_ids(raw[5:].rstrip(b"\x00").decode("utf-8", "replace"), node)
+            if sql is not None:
+                raw = m.query(sql)
+        out.append(raw)
+        pos = end
+    return b"".join(out) + data[pos:]
+
+
 def with_ids(rest: bytes, ids: list[int]) -> bytes:
     """A Bind body after its names, with `ids` appended as text parameters."""
     (nformats,) = _I16.unpack_from(rest, 0)
