@@ -189,3 +189,25 @@ def test_recovery_finishes_what_the_journal_says_and_only_this_nodes(start, clus
     wait_for(lambda: not any(start.journal.glob("*.json")), what="the journal emptied")
     assert f"COMMIT PREPARED '{decided}'" in proxy.log
     assert f"ROLLBACK PREPARED '{undecided}'" in proxy.log
+
+
+def test_a_server_without_prepared_transactions_is_named_at_start_and_commit(
+        pg, clusters, proxy_factory, tmp_path):
+    """Shard 0 on a server with max_prepared_transactions = 0 (PostgreSQL's default), shard 1
+    on one with prepared transactions: shard 1's prepared write is rolled back."""
+    shards = [pg, clusters[0]]
+    for cluster in shards:
+        cluster.sql("CREATE TABLE IF NOT EXISTS tp_disabled (n int); "
+                    "ALTER TABLE tp_disabled OWNER TO app; TRUNCATE tp_disabled", dbname=APP_DB)
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(
+        shards, port, two_phase_commit=True, two_phase_journal_dir=str(tmp_path / "j")),
+        users=users_toml())
+    wait_for(lambda: "max_prepared_transactions = 0" in proxy.log, what="the start-up check")
+    assert f":{pg.port}) has max_prepared_transactions = 0" in proxy.log
+    with proxy.connect() as conn:  # an omnisharded write: on both shards, in two phases
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                           match=r"^shard 0: prepared transactions are disabled"):
+            conn.execute("INSERT INTO tp_disabled VALUES (1)")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert [c.sql("SELECT count(*) FROM tp_disabled", dbname=APP_DB) for c in shards] == ["0", "0"]
+    assert prepared(clusters[0]) == []

@@ -68,6 +68,18 @@ async def recover(app: Proxy, journal: Journal, node: int) -> None:
             journal.done(gid)
 
 
+_disabled_said: set[str] = set()  # pools whose server allows no prepared transactions
+
+
+def _check_enabled(pool: Pool, setting: str | None) -> None:
+    """Say once per pool that its server cannot take part in two-phase commits."""
+    if setting == "0" and pool.name not in _disabled_said:
+        _disabled_said.add(pool.name)
+        log.error("two-phase commit: %s has max_prepared_transactions = 0: transactions that "
+                  "write on several shards will fail at COMMIT until it is raised (restart "
+                  "that server)", pool.name)
+
+
 async def _recover_shard(pool: Pool, journal: Journal, node: int) -> set[str] | None:
     """Finish this node's prepared transactions on one shard: the gids it could not finish;
     None if the shard could not be checked."""
@@ -82,10 +94,11 @@ async def _recover_shard(pool: Pool, journal: Journal, node: int) -> set[str] | 
     try:
         with trio.fail_after(_TIMEOUT):
             row = await server.query_row(
-                "SELECT string_agg(gid, ' ') FROM pg_prepared_xacts WHERE database = "
-                f"current_database() AND owner = current_user AND gid LIKE "
-                f"'{gid_prefix(node).replace('_', chr(92) + '_')}%'")
-            for gid in (row[0] or "").split() if row else ():
+                "SELECT string_agg(gid, ' '), current_setting('max_prepared_transactions') "
+                "FROM pg_prepared_xacts WHERE database = current_database() AND owner = "
+                f"current_user AND gid LIKE '{gid_prefix(node).replace('_', chr(92) + '_')}%'")
+            _check_enabled(pool, row[1])
+            for gid in (row[0] or "").split():
                 if gid in journal.in_flight or gid in journal.unreadable:
                     left.add(gid)
                     continue
