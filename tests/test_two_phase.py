@@ -211,3 +211,19 @@ def test_a_server_without_prepared_transactions_is_named_at_start_and_commit(
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert [c.sql("SELECT count(*) FROM tp_disabled", dbname=APP_DB) for c in shards] == ["0", "0"]
     assert prepared(clusters[0]) == []
+
+
+def test_a_copy_over_several_shards_commits_in_two_phases(start, clusters):
+    proxy = start()
+    with proxy.connect() as conn:
+        sql = "COPY tp_items (customer_id, code) FROM STDIN"
+        with pytest.raises(psycopg.errors.UniqueViolation, match=r"^shard 0: duplicate key"), \
+                conn.cursor().copy(sql) as copy:
+            for key in [*KEYS, KEYS[0]]:  # shard 0's second row breaks the deferred UNIQUE
+                copy.write_row((key, 5))
+        assert rows(clusters) == [0, 0, 0]
+        with conn.cursor().copy(sql) as copy:
+            for key in KEYS:
+                copy.write_row((key, 5))
+    assert rows(clusters) == [1, 1, 1]
+    assert all(prepared(c) == [] for c in clusters)
