@@ -28,7 +28,9 @@ def started_shards() -> Iterator[list[Cluster]]:
     with contextlib.ExitStack() as stack:
         clusters = []
         for _ in range(SHARDS):
-            cluster = stack.enter_context(Cluster.create())
+            # Prepared transactions: two-phase commit (tests/test_two_phase.py).
+            cluster = stack.enter_context(Cluster.create(
+                settings={"max_prepared_transactions": "20"}))
             cluster.start()
             cluster.add_user("app", PASSWORD, auth="scram-sha-256")
             cluster.add_database(APP_DB, owner="app")

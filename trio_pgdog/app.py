@@ -32,6 +32,8 @@ from .session.prepared import StatementRegistry
 from .session.session import ClientSession
 from .session.spellings import Spellings
 from .session.startup import Cancel
+from .twophase import recovery
+from .twophase.journal import Journal
 from .workers import WorkerSlot
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class Proxy:
         self.parse_cache = ParseCache()  # statement facts per distinct SQL text, for routing
         # Sharding facts per distinct SQL text, one cache per sharding schema in use.
         self._shard_facts: dict[ShardingSchema, FactsCache] = {}
+        # Two-phase commits decided and not yet finished (its directory is read at start-up).
+        self.journal = Journal(self.config.general.two_phase_journal_dir)
         self.shutting_down = False
         self.listening: list[tuple[str, int]] = []
         self._no_sessions = trio.Event()
@@ -159,6 +163,7 @@ class Proxy:
             self.pools.apply(self.config, root)
             if self.worker is not None:
                 await root.start(workers.serve_peer_cancels, self.worker, self._cancel)
+            root.start_soon(recovery.run, self)
             async with trio.open_nursery() as clients:
                 root.start_soon(self._signals, root.cancel_scope, clients)
                 root.start_soon(departures.watch, self.sessions)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -84,10 +85,15 @@ def demo_configs(proxy_port: int, pg_port: int, replica_ports: Iterable[int] = (
 
 
 def sharded_demo_configs(proxy_port: int, shard_ports: Iterable[int],
-                         proxy_host: str = "127.0.0.1") -> tuple[str, str]:
+                         proxy_host: str = "127.0.0.1",
+                         journal_dir: str | None = None) -> tuple[str, str]:
     """pgdog.toml and users.toml for a proxy in front of one primary per shard: the servers
-    on 127.0.0.1:`shard_ports`, in shard order, with `orders` sharded on `customer_id`."""
+    on 127.0.0.1:`shard_ports`, in shard order, with `orders` sharded on `customer_id`;
+    two-phase commit on, journaled in `journal_dir`, if one is given."""
     pgdog = _general(proxy_host, proxy_port)
+    if journal_dir is not None:
+        pgdog += ("# Transactions that write on several shards commit in two phases.\n"
+                  f"two_phase_commit = true\ntwo_phase_journal_dir = {json.dumps(journal_dir)}\n")
     for shard, shard_port in enumerate(shard_ports):
         pgdog += _database_entry(shard_port, "primary", shard)
     pgdog += f"""
@@ -213,9 +219,10 @@ def _write_configs(directory: str, pgdog_text: str, users_text: str) -> list[str
     return paths
 
 
-def _start_primary(clusters: contextlib.ExitStack, what: str) -> Cluster:
+def _start_primary(clusters: contextlib.ExitStack, what: str,
+                   settings: dict[str, str] | None = None) -> Cluster:
     # Entered one by one, so whatever was created is destroyed on any way out.
-    cluster = clusters.enter_context(Cluster.create())
+    cluster = clusters.enter_context(Cluster.create(settings=settings))
     log.info("starting a throw-away PostgreSQL%s in %s", what, cluster.base_dir)
     cluster.start()
     cluster.add_user(DEMO_USER, DEMO_PASSWORD)
@@ -240,11 +247,13 @@ def _sharded(clusters: contextlib.ExitStack, host: str, port: int,
     """`demo --shards N`: one primary per shard, each with the demo's tables."""
     primaries = []
     for shard in range(shards):
-        cluster = _start_primary(clusters, f" for shard {shard}")
+        cluster = _start_primary(clusters, f" for shard {shard}",
+                                 {"max_prepared_transactions": "20"})  # two-phase commit
         cluster.sql(SHARD_SCHEMA, dbname=DEMO_DATABASE)
         primaries.append(cluster)
     paths = _write_configs(primaries[0].base_dir,
-                           *sharded_demo_configs(port, [c.port for c in primaries], host))
+                           *sharded_demo_configs(port, [c.port for c in primaries], host,
+                                                 os.path.join(primaries[0].base_dir, "two_phase")))
     return paths, _sharded_banner(host, port, primaries, paths)
 
 

@@ -52,10 +52,10 @@ def at_least(minimum: int) -> Validator:
     return check
 
 
-def _at_most(maximum: int) -> Validator:
+def between(low: int, high: int) -> Validator:
     def check(_inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is not None and value > maximum:
-            raise InvalidValue(attribute.name, f"must be at most {maximum}, got {value}")
+        if value is not None and not low <= value <= high:
+            raise InvalidValue(attribute.name, f"must be from {low} to {high}, got {value}")
 
     return check
 
@@ -90,8 +90,7 @@ class General:
     host: str = "0.0.0.0"
     port: int = attrs.field(default=6432, validator=port_number)
     # Processes serving the port (SO_REUSEPORT), each with its share of every pool.
-    workers: int = attrs.field(default=1, validator=attrs.validators.and_(at_least(1),
-                                                                         _at_most(64)))
+    workers: int = attrs.field(default=1, validator=between(1, 64))
     pooler_mode: str = attrs.field(default="transaction", validator=one_of(POOLER_MODES))
     default_pool_size: int = attrs.field(default=10, validator=at_least(1))
     min_pool_size: int = attrs.field(default=0, validator=_min_pool_size)
@@ -112,6 +111,13 @@ class General:
     read_your_writes: bool = True
     # Sharding: refuse statements that would run on several shards (each must name one).
     cross_shard_disabled: bool = False
+    # Sharding: a transaction that wrote on several shards commits with two-phase commit; the
+    # decisions still to carry out are kept in files under the journal directory.
+    two_phase_commit: bool = False
+    two_phase_journal_dir: str = attrs.field(default=".trio_pgdog/two_phase", validator=non_empty)
+    # This proxy among those sharing the shards: part of pgdog.unique_id() and of the names of
+    # its prepared transactions, so each proxy process needs its own.
+    node_id: int = attrs.field(default=0, validator=between(0, 1023))
     # Bytes a replica may be behind the primary before it gets no reads; 0: no limit.
     replica_lag_limit: int = attrs.field(default=0, validator=at_least(0))
     # How often the primary's WAL position and the replicas' replay positions are sampled.

@@ -32,6 +32,7 @@ from .scan import ClientScan, ServerScan
 from .sharded import ShardedRelay
 from .sqltext import unmark_errors
 from .tracker import Tracker
+from .unique_ids import ids_in_queries
 
 if TYPE_CHECKING:
     from .host import Host
@@ -242,6 +243,9 @@ class ClientSession(Login, Attach, Routing, Failures):
         if self.discarding:
             await self._discard_client_data()
         else:
+            if (b"unique_id" in data or b"UNIQUE_ID" in data) and at_boundary \
+                    and not cscan.mid_message:  # whole messages: pgdog.unique_id() in Queries
+                data = ids_in_queries(data, self.app.config.general.node_id)
             if cscan.sets and at_sync and not cscan.in_batch and await self._role_override(
                     data, self.server.status if self.server is not None else b"I"):
                 return

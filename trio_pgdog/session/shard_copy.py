@@ -23,7 +23,7 @@ from ..protocol import messages as m
 from ..router.sharding.copy import CopySplitter
 from ..router.sharding.copy_statement import CopySplitError, CopyStatement, parse_copy
 from ..router.sharding.keys import ShardingFacts
-from . import merge
+from . import merge, two_phase
 from .failures import ClientGone
 from .select_merge import check_copy_query
 from .shard_link import ShardLink
@@ -233,7 +233,7 @@ async def _end(relay: ShardedRelay, links: list[ShardLink], wrapped: bool, error
                 statuses.append(message[5:6])
                 break
     if wrapped:
-        await relay._run_each(links, b"ROLLBACK" if error is not None else b"COMMIT")
+        error = await two_phase.end_wrapped(relay, links, error is not None) or error
         statuses = [b"I"]
     relay.status = merge.combined_status(statuses)
     if relay.status != b"I":

@@ -43,7 +43,7 @@ from ..router.sharding.cursors import CursorStatement, cursor_statement
 from ..router.sharding.keys import ShardingError, ShardingFacts, insert_rows_by_shard, shards_for
 from ..router.sharding.split import split_insert
 from ..router.sharding.template import template
-from . import merge
+from . import merge, two_phase
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
 from .guards import drops_statements
@@ -51,6 +51,7 @@ from .select_merge import SelectRun, check_portals, extended_unit, simple_query
 from .shard_copy import copy_in
 from .shard_link import ShardLink, ShardLost, has_error
 from .tracker import Tracker
+from .unique_ids import UniqueIdRewriter
 from .units import split_units
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class ShardedRelay:
         self.status = b"I"                 # the client's transaction status
         self.begin: bytes | None = None    # the client's BEGIN, sent to each shard it touches
         self.joined: set[int] = set()      # shards that received it
+        self.wrote: set[int] = set()       # shards it wrote on (two_phase.py)
         self.savepoints: list[bytes] = []  # SAVEPOINT statements a joining shard runs too
         self.hint_shard: int | None = None  # SET pgdog.shard / pgdog.sharding_key
         self.hint_key: str | None = None
@@ -109,6 +111,7 @@ class ShardedRelay:
         self.local_key: str | None = None
         self._buf = b""
         self._turn = itertools.count()
+        self.unique_ids = UniqueIdRewriter()  # pgdog.unique_id() -> a fresh id
         # Literals can be taken out of texts only as standard strings read them.
         self.standard_strings = session.settings.wanted.get(
             "standard_conforming_strings", "on") == "on"
@@ -171,6 +174,11 @@ class ShardedRelay:
         kind = unit[-1][0]
         if kind in _COPY_KINDS and len(unit) == 1:
             return  # COPY data outside a COPY: PostgreSQL ignores it too
+        try:
+            unit = self.unique_ids.rewrite(unit, self.session.app.config.general.node_id)
+        except ProxyError as exc:
+            await self._refuse(exc, extended=kind != QUERY, syncs=_syncs(unit))
+            return
         if kind == QUERY and len(unit) == 1:
             await self._query(unit[0])
             return
@@ -272,6 +280,7 @@ class ShardedRelay:
         self.status = b"T"
         self.begin = raw if raw[:1] == b"Q" else m.query(sql)
         self.joined.clear()
+        self.wrote.clear()
         return merge.command_complete(b"BEGIN")
 
     async def _finish(self, raw: bytes, first: str) -> bytes:
@@ -283,6 +292,10 @@ class ShardedRelay:
             self._transaction_over()
             return (m.error_response("25P01", "there is no transaction in progress", kind=b"N",
                                      severity="WARNING") + merge.command_complete(tag))
+        if tag == b"COMMIT" and two_phase.needed(self):
+            error = await two_phase.commit(self, [self.links[s] for s in sorted(self.joined)])
+            self._transaction_over()
+            return error or merge.command_complete(tag)
         statement = m.query("COMMIT" if commit and self.status == b"T" else "ROLLBACK")
         outcome = await self._everywhere(sorted(self.joined), statement)
         self._transaction_over()
@@ -297,6 +310,7 @@ class ShardedRelay:
         self.status = b"I"
         self.begin = None
         self.joined.clear()
+        self.wrote.clear()
         self.savepoints.clear()
         self.local_shard = self.local_key = None
 
@@ -635,7 +649,9 @@ class ShardedRelay:
             nursery.cancel_scope.cancel()
         await merger.cancelled()
         if wrapped:
-            await self._run_each(links, b"ROLLBACK" if merger.error is not None else b"COMMIT")
+            failed = await two_phase.end_wrapped(self, links, merger.error is not None)
+            if failed is not None:  # the commit failed: the client hears only that
+                merger.out, merger.error = [x for x in merger.out if x[:1] == b"N"], failed
             merger.statuses = dict.fromkeys(merger.statuses, b"I")
         if ends:
             statuses = list(merger.statuses.values())
@@ -715,6 +731,8 @@ class ShardedRelay:
     async def _link(self, shard: int, writes: bool) -> ShardLink:
         """This client's connection to `shard`, taken from its pool when first needed; a
         transaction's BEGIN (and savepoints) go to it first."""
+        if writes:
+            self.wrote.add(shard)
         link = self.links.get(shard)
         if link is None:
             session = self.session
