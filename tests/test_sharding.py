@@ -100,6 +100,25 @@ def test_a_multi_row_insert_is_split_by_shard(sharded, shard_clusters):
     assert sum(placed_right(shard_clusters).values()) == 5
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_multi_row_insert_with_parameters_is_split_by_shard(sharded, shard_clusters, protocol):
+    """The rows' keys come from Bind values (text and binary): each row lands once, on its
+    shard, however many times the statement runs."""
+    rows = 10
+    sql = ("INSERT INTO orders (customer_id, amount, note) VALUES "
+           + ", ".join("(%s, %s, %s)" for _ in range(rows)) + " RETURNING customer_id, note")
+    with sharded.connect(**PROTOCOLS[protocol]) as conn:
+        for run in range(3):
+            params = [v for k in range(rows) for v in (run * 100 + k, k, f"row {k}")]
+            cur = conn.execute(sql, params, binary=run == 1 and protocol != "simple")
+            assert sorted(cur.fetchall()) == [(run * 100 + k, f"row {k}") for k in range(rows)]
+            assert cur.statusmessage == f"INSERT 0 {rows}"
+        counts = placed_right(shard_clusters)
+        assert sum(counts.values()) == 3 * rows and len([c for c in counts.values() if c]) > 1
+        assert conn.execute("SELECT note FROM orders WHERE customer_id = 207").fetchall() == \
+            [("row 7",)]
+
+
 def test_refused_statements_say_why_and_the_connection_goes_on(sharded):
     with sharded.connect() as conn:
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="customer_id"):

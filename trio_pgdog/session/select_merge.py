@@ -372,15 +372,15 @@ def _bind(relay: ShardedRelay, plan: MergePlan, message: Message) -> tuple[Selec
     kind, body, _raw = message
     portal, name, rest = ext.bind_statement(body)
     params, formats = r.bind_parameters(rest)
-    result_formats = _result_formats(rest)
+    results = result_formats(rest)
     run = SelectRun(plan, params, formats, _float_digits(relay))
     shard_params, shard_formats = shard_parameters(plan, params, formats)
-    shard_results = shard_result_formats(plan, result_formats)
-    if not plan.rewritten and shard_params is params and shard_results is result_formats:
+    shard_results = shard_result_formats(plan, results)
+    if not plan.rewritten and shard_params is params and shard_results is results:
         return run, message
     if plan.rewritten:
         name = _derived(relay, name, plan)
-    rest = _bind_rest(shard_params, shard_formats, shard_results)
+    rest = bind_rest(shard_params, shard_formats, shard_results)
     bind = ext.build_bind(portal, name, rest)
     return run, (kind, bind[5:], bind)
 
@@ -398,7 +398,7 @@ def _derived(relay: ShardedRelay, name: bytes, plan: MergePlan) -> bytes:
     return derived
 
 
-def _result_formats(rest: bytes) -> tuple[int, ...]:
+def result_formats(rest: bytes) -> tuple[int, ...]:
     """The result format codes at the end of a Bind body's rest (already checked whole)."""
     (nformats,) = _H.unpack_from(rest, 0)
     pos = 2 + 2 * nformats
@@ -411,12 +411,12 @@ def _result_formats(rest: bytes) -> tuple[int, ...]:
     return struct.unpack_from(f"!{nresults}h", rest, pos + 2)
 
 
-def _bind_rest(params: Sequence[bytes | None], formats: Sequence[int],
-               result_formats: Sequence[int]) -> bytes:
+def bind_rest(params: Sequence[bytes | None], formats: Sequence[int],
+              results: Sequence[int]) -> bytes:
     parts = [_H.pack(len(formats)), *(_H.pack(f) for f in formats), _H.pack(len(params))]
     for value in params:
         parts.append(b"\xff\xff\xff\xff" if value is None else _I32.pack(len(value)) + value)
-    parts += [_H.pack(len(result_formats)), *(_H.pack(f) for f in result_formats)]
+    parts += [_H.pack(len(results)), *(_H.pack(f) for f in results)]
     return b"".join(parts)
 
 

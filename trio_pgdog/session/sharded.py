@@ -50,6 +50,7 @@ from .guards import drops_statements
 from .select_merge import SelectRun, check_portals, extended_unit, simple_query
 from .shard_copy import copy_in
 from .shard_link import ShardLink, ShardLost, has_error
+from .split_binds import split_binds
 from .tracker import Tracker
 from .unique_ids import UniqueIdRewriter
 from .units import split_units
@@ -703,14 +704,19 @@ class ShardedRelay:
                     extended=True, syncs=_syncs(unit))
                 return
             owners.append(where)
-        try:  # SELECTs whose rows must be merged: what the shards run instead
+        try:  # INSERT rows bound for several shards: each shard's Bind has its own rows
+            binds = split_binds(self, unit, executions)
+            # SELECTs whose rows must be merged: what the shards run instead
             unit, origins, kinds, selects = extended_unit(self, unit, executions)
         except ProxyError as exc:
             await self._refuse(exc, extended=True, syncs=_syncs(unit))
             return
         owners = [owners[i] for i in origins]
-        outgoing = {shard: b"".join(raw for (_k, _b, raw), where in zip(unit, owners, strict=True)
-                                    if shard in where) for shard in touched}
+        outgoing = {shard: b"".join(binds[origin][shard] if origin in binds and kind == BIND
+                                    else raw
+                                    for (kind, _b, raw), where, origin
+                                    in zip(unit, owners, origins, strict=True) if shard in where)
+                    for shard in touched}
         answers: list[Answer] = [(kind, body, None if len(where) == len(touched) else where)
                                  for (_k, body, _raw), where, kind in zip(unit, owners, kinds,
                                                                           strict=True)]
