@@ -536,3 +536,26 @@ def test_session_mode_keeps_primaries_for_writes_after_reads(shard_clusters, pro
             conn.execute("INSERT INTO orders (customer_id, amount) VALUES (3, 1)")
             assert conn.execute("SELECT count(*) FROM orders WHERE customer_id = 3"
                                 ).fetchone() == (1,)
+
+
+def test_two_shards_in_one_server_are_two_pools(pg, proxy_factory):
+    """Shards that are two databases of one PostgreSQL server (same host and port) keep
+    their rows apart."""
+    for name in ("shard_a", "shard_b"):
+        if pg.sql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
+            pg.add_database(name, owner="app")
+        pg.sql("DROP TABLE IF EXISTS orders; CREATE TABLE orders (customer_id bigint, "
+               "amount int); ALTER TABLE orders OWNER TO app", dbname=name)
+    text = lambda port: (  # noqa: E731
+        f'[general]\nhost = "127.0.0.1"\nport = {port}\n'
+        + "".join(f'\n[[databases]]\nname = "{APP_DB}"\nhost = "127.0.0.1"\nport = {pg.port}\n'
+                  f'database_name = "{name}"\nshard = {shard}\n'
+                  for shard, name in enumerate(("shard_a", "shard_b")))
+        + f'\n[[sharded_tables]]\ndatabase = "{APP_DB}"\nname = "orders"\ncolumn = "customer_id"\n')
+    proxy = proxy_factory(pgdog_text=text)
+    with proxy.connect() as conn:
+        conn.execute("INSERT INTO orders (customer_id, amount) VALUES "
+                     + ", ".join(f"({k}, 1)" for k in range(20)))
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (20,)
+    on = [int(pg.sql("SELECT count(*) FROM orders", dbname=name)) for name in ("shard_a", "shard_b")]
+    assert on == [sum(1 for k in range(20) if shard_of_int(k, 2) == s) for s in (0, 1)]

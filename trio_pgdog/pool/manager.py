@@ -41,6 +41,17 @@ def pool_settings(config: Config, user: User, db: Database,
     )
 
 
+# (user, logical database, host, port, database name on the server)
+PoolKey = tuple[str, str, str, int, str]
+
+
+def _pool_name(key: PoolKey, db: Database) -> str:
+    """user@database(host:port), with the server's database name when it is another."""
+    user, database, host, port, name = key
+    where = f"{host}:{port}" if name == db.name else f"{host}:{port}/{name}"
+    return f"{user}@{database}({where})"
+
+
 def _whole(size: int) -> int:
     return size
 
@@ -52,7 +63,7 @@ class PoolManager:
     def __init__(self, on_connect: Callable[[Pool, ServerConnection], Awaitable[None]] | None = None,
                  share: Callable[[int], int] | None = None) -> None:
         self.share = share  # this worker's part of each pool size (workers.py)
-        self.pools: dict[tuple[str, str, str, int], Pool] = {}
+        self.pools: dict[PoolKey, Pool] = {}
         self.groups: dict[tuple[str, str], HostGroup] = {}
         self.monitors: dict[str, LagMonitor] = {}  # per logical database with replicas
         self.on_connect = on_connect  # after_connect hooks, for every new server connection
@@ -64,19 +75,20 @@ class PoolManager:
         """Install `config`'s pools and groups in one step, without a checkpoint: a client
         sees the old set or the new one, never a gap. Pools whose settings did not change
         keep their connections; the others are retired after the swap (see Pool.retire)."""
-        wanted: dict[tuple[str, str, str, int], tuple[PoolSettings, Database]] = {}
+        wanted: dict[PoolKey, tuple[PoolSettings, Database]] = {}
         for user in config.users:
             for db in config.databases_named(user.database):
-                key = (user.name, user.database, db.host, db.port)
+                # The server's database too: two shards may live on one server.
+                key = (user.name, user.database, db.host, db.port, db.database_name)
                 wanted[key] = (pool_settings(config, user, db, self.share), db)
-        pools: dict[tuple[str, str, str, int], Pool] = {}
+        pools: dict[PoolKey, Pool] = {}
         fresh: list[Pool] = []
         for key, (settings, db) in wanted.items():
             old = self.pools.get(key)
             if old is not None and old.settings == settings:
                 pools[key] = old
                 continue
-            pool = pools[key] = Pool(f"{key[0]}@{key[1]}({key[2]}:{key[3]})", settings)
+            pool = pools[key] = Pool(_pool_name(key, db), settings)
             pool.logical_database, pool.role, pool.shard = db.name, db.role, db.shard
             pool.on_connect = self.on_connect
             if old is not None and _same_server(old.settings, settings):
@@ -99,7 +111,8 @@ class PoolManager:
         `groups` maps (user, database) to shard 0's group; `group.shards` lists them all."""
         g = config.general
         sharded: dict[tuple[str, str], dict[int, HostGroup]] = {}
-        for (user, database, host, port), (_settings, db) in wanted.items():
+        for key, (_settings, db) in wanted.items():
+            user, database = key[0], key[1]
             by_shard = sharded.setdefault((user, database), {})
             group = by_shard.get(db.shard)
             if group is None:
@@ -112,7 +125,7 @@ class PoolManager:
                     ban_timeout=g.ban_timeout / 1000, read_write_split=g.read_write_split,
                     read_your_writes=entry.effective_read_your_writes(g))
                 group.shard = db.shard
-            pool = self.pools[(user, database, host, port)]
+            pool = self.pools[key]
             if db.role == "primary" and group.primary is None:
                 group.primary = pool
             else:
