@@ -88,9 +88,12 @@ def test_both_workers_serve_within_one_pool_size(pg, two_workers):
     assert "[worker 0]" in proxy.log and "[worker 1]" in proxy.log
 
 
-def test_cancel_requests_reach_the_worker_of_their_client(two_workers):
-    """A cancel lands on any worker; each of 8 sleeping clients is cancelled at once."""
-    proxy = two_workers
+def test_cancel_requests_reach_the_worker_of_their_client(proxy_factory):
+    """A cancel lands on any worker; each of 4 sleeping clients is cancelled at once (each
+    worker has a server for every client: a cancel for a client still waiting for one would
+    find no statement to cancel)."""
+    proxy = proxy_factory(workers=2, default_pool_size=8)
+    _workers_listening(proxy)
     outcomes: list[object] = []
 
     def client() -> None:
