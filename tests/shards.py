@@ -5,6 +5,8 @@ conftest.py so that every test file shares the same three clusters)."""
 from __future__ import annotations
 
 import contextlib
+import pathlib
+import threading
 from collections.abc import Iterator
 
 from conftest import APP_DB, PG_USERS, _toml
@@ -55,3 +57,33 @@ def sharded_toml(clusters: list[Cluster], port: int, **general: object) -> str:
 def sharded_table(name: str, column: str) -> str:
     """One more [[sharded_tables]] entry, to append to sharded_toml's text."""
     return f'\n[[sharded_tables]]\ndatabase = "{APP_DB}"\nname = "{name}"\ncolumn = "{column}"\n'
+
+
+def rss_kb(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def rss_growth(pid: int) -> Iterator[list[int]]:
+    """How much process `pid`'s RSS grows (KB) above its size at entry while the block runs,
+    sampled every 50 ms: the yielded list's one item, set on exit."""
+    before = rss_kb(pid)
+    peak = [before]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_kb(pid))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    growth = [0]
+    try:
+        yield growth
+    finally:
+        done.set()
+        watcher.join()
+        growth[0] = peak[0] - before

@@ -13,10 +13,8 @@ statements; in text and binary result formats. Each wrong answer pgDog's users r
 from __future__ import annotations
 
 import datetime as dt
-import pathlib
 import random
 import struct
-import threading
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -28,7 +26,7 @@ import trio
 from conftest import APP_DB, PROTOCOLS, users_toml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shards import PASSWORD, SHARDS, sharded_table, sharded_toml
+from shards import PASSWORD, SHARDS, rss_growth, sharded_table, sharded_toml
 
 from trio_pgdog.router.sharding.hashing import shard_of_int
 
@@ -444,41 +442,19 @@ def test_generated_rows_merge_as_the_oracle_answers(proxy, oracle, tables, rows,
 # --- a million rows ------------------------------------------------------------------------
 
 
-def _rss_kb(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_a_million_sorted_rows_merge_in_flat_memory(proxy, shard_clusters, tables):
     """ORDER BY over 1,000,000 rows on three shards: the k-way merge holds one row per shard,
     so the proxy's memory does not grow with the rows."""
     for shard, cluster in enumerate(shard_clusters):
         cluster.sql(f"TRUNCATE big; INSERT INTO big (id, k) SELECT x, x FROM "
                     f"generate_series({shard}, 999999, {SHARDS}) x", dbname=APP_DB)
-    pid = proxy.proc.pid
     with proxy.connect() as conn:
         assert conn.execute("SELECT id FROM big ORDER BY id DESC LIMIT 3").fetchall() == \
             [(999999,), (999998,), (999997,)]
-        before = _rss_kb(pid)
-        peak = [before]
-        done = threading.Event()
-
-        def watch() -> None:
-            while not done.wait(0.05):
-                peak[0] = max(peak[0], _rss_kb(pid))
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            with conn.cursor() as cur:
-                expected = 0
-                for (value,) in cur.stream("SELECT id FROM big ORDER BY id"):
-                    assert value == expected
-                    expected += 1
-                assert expected == 1_000_000
-        finally:
-            done.set()
-            watcher.join()
-    assert peak[0] - before < 40_000, f"proxy RSS grew by {peak[0] - before} KB during the merge"
+        with rss_growth(proxy.proc.pid) as growth, conn.cursor() as cur:
+            expected = 0
+            for (value,) in cur.stream("SELECT id FROM big ORDER BY id"):
+                assert value == expected
+                expected += 1
+            assert expected == 1_000_000
+    assert growth[0] < 40_000, f"proxy RSS grew by {growth[0]} KB during the merge"

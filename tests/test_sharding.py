@@ -11,13 +11,12 @@ rolls back on all of them.
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 
 import psycopg
 import pytest
 from conftest import APP_DB, PROTOCOLS, psql, users_toml
-from shards import PASSWORD, SHARDS, sharded_toml
+from shards import PASSWORD, SHARDS, rss_growth, sharded_toml
 
 from trio_pgdog.embedded import Cluster
 from trio_pgdog.router.sharding.hashing import shard_of_int
@@ -320,43 +319,19 @@ def test_a_python_hook_routes_to_every_shard_or_one(shard_clusters, proxy_factor
         ["0", "1", "0"]
 
 
-def _rss_kb(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_a_million_row_copy_streams_in_flat_memory(sharded, shard_clusters):
     """1,000,000 rows through the COPY splitter: each row reaches its shard as it arrives, and
     the proxy holds no more than a chunk of them at a time."""
-    import threading
-
-    pid = sharded.proc.pid
     with sharded.connect() as conn:
         conn.execute("SELECT 1")
-        before = _rss_kb(pid)
-        peak = [before]
-        done = threading.Event()
-
-        def watch() -> None:
-            while not done.wait(0.05):
-                peak[0] = max(peak[0], _rss_kb(pid))
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
-            with conn.cursor() as cur:
-                with cur.copy("COPY copied (customer_id, note) FROM STDIN") as copy:
-                    for start in range(0, 1_000_000, 10_000):
-                        copy.write("".join(f"{k}\tx\n" for k in range(start, start + 10_000)))
-                assert cur.statusmessage == "COPY 1000000"
-        finally:
-            done.set()
-            watcher.join()
+        with rss_growth(sharded.proc.pid) as growth, conn.cursor() as cur:
+            with cur.copy("COPY copied (customer_id, note) FROM STDIN") as copy:
+                for start in range(0, 1_000_000, 10_000):
+                    copy.write("".join(f"{k}\tx\n" for k in range(start, start + 10_000)))
+            assert cur.statusmessage == "COPY 1000000"
     counts = placed_right(shard_clusters, "copied")
     assert sum(counts.values()) == 1_000_000
-    assert peak[0] - before < 40_000, f"proxy RSS grew by {peak[0] - before} KB during the COPY"
+    assert growth[0] < 40_000, f"proxy RSS grew by {growth[0]} KB during the COPY"
 
 
 @pytest.mark.parametrize("sql", [

@@ -101,6 +101,17 @@ class ShardLink:
                     return buf[pos:nxt]
             await self.fill()
 
+    async def error_until_ready(self) -> bytes | None:
+        """Read the answers up to the ReadyForQuery: the first ErrorResponse, or None (for
+        the proxy's own statements, whose answers the client does not see)."""
+        error = None
+        while True:
+            message = await self.message()
+            if message[:1] == b"E":
+                error = error or message
+            elif message[:1] == b"Z":
+                return error
+
     def take(self) -> bytes:
         """Every answer already read (whole messages only: the Tracker keeps a partial one)."""
         data = self._buf[self._pos:]

@@ -351,15 +351,7 @@ class ShardedRelay:
             link = self.links[shard]
             await link.send(link.outgoing(statement))
         for shard in shards:
-            link = self.links[shard]
-            error = None
-            while True:
-                message = await link.message()
-                if message[:1] == b"E":
-                    error = error or message
-                elif message[:1] == b"Z":
-                    break
-            results.append((shard, error))
+            results.append((shard, await self.links[shard].error_until_ready()))
         return results
 
     # --- extended protocol ----------------------------------------------------------------

@@ -116,14 +116,8 @@ async def _each(links: list[ShardLink], sql: str) -> dict[int, bytes | None]:
         except ShardLost as lost:
             outcome[link.shard] = _lost(link, lost)
     for link in sent:
-        error = None
         try:
-            while True:
-                message = await link.message()
-                if message[:1] == b"E":
-                    error = error or message
-                elif message[:1] == b"Z":
-                    break
+            error = await link.error_until_ready()
         except ShardLost as lost:
             error = _lost(link, lost)
         outcome[link.shard] = error

@@ -78,6 +78,7 @@ from .merge_sql import (
     summarizes,
     walk,
 )
+from .routes import parameter_format
 
 __all__ = ["Aggregate", "MergePlan", "Param", "SortKey", "bind_bound", "plan_select",
            "shard_parameters", "shard_result_formats"]
@@ -896,7 +897,7 @@ def bind_bound(bound: Bound, params: Sequence[bytes | None], formats: Sequence[i
         return None
     value = params[index]
     assert value is not None
-    if _format(formats, index):
+    if parameter_format(formats, index):
         if len(value) not in _INT_LENGTHS:
             return None
         return int.from_bytes(value, "big", signed=True)
@@ -904,14 +905,6 @@ def bind_bound(bound: Bound, params: Sequence[bytes | None], formats: Sequence[i
         return int(value)
     except ValueError:
         return None
-
-
-def _format(formats: Sequence[int], index: int) -> int:
-    if not formats:
-        return 0
-    if len(formats) == 1:
-        return formats[0]
-    return formats[index] if index < len(formats) else 0
 
 
 def shard_parameters(plan: MergePlan, params: Sequence[bytes | None],
@@ -932,7 +925,7 @@ def shard_parameters(plan: MergePlan, params: Sequence[bytes | None],
             return params, formats  # unreadable: the shards report it
     out = list(params)
     for index, action in plan.shard_params:
-        binary = _format(formats, index) == 1
+        binary = parameter_format(formats, index) == 1
         width = len(params[index] or b"") if binary else 8
         if action == "null":
             value = None

@@ -132,7 +132,7 @@ class _Unknown(Exception):
     """A parameter whose value cannot be read as a key: the condition restricts nothing."""
 
 
-def _format(formats: Sequence[int], index: int) -> int:
+def parameter_format(formats: Sequence[int], index: int) -> int:
     # Bind's rule: no codes means text, one code applies to all, else one per parameter.
     if not formats:
         return 0
@@ -149,7 +149,7 @@ def _param_hash(node: tuple, params: Sequence[bytes | None], formats: Sequence[i
     value = params[index]
     if value is None:
         return None
-    if _format(formats, index) == 1:
+    if parameter_format(formats, index) == 1:
         return binary_hash(value, data_type, types[index] if index < len(types) else 0)
     if data_type == "bigint":
         try:
@@ -183,7 +183,7 @@ def evaluate(route: Route, shards: int, params: Sequence[bytes | None], formats:
         if value is None:
             return _EMPTY if index < len(params) else TRUE
         try:
-            hashes = array_hashes(value, _format(formats, index) == 1, route[2])
+            hashes = array_hashes(value, parameter_format(formats, index) == 1, route[2])
         except BadKey:
             return TRUE
         return frozenset(h % shards for h in hashes)
