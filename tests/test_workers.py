@@ -223,3 +223,27 @@ def test_a_worker_that_cannot_start_stops_them_all(pg, proxy_factory):
     assert proxy.proc.wait(30) == 2
     assert "could not start" in proxy.log
     assert "libmissing" in proxy.log
+
+
+def test_each_worker_is_a_node_of_its_own(proxy_factory):
+    """pgdog.unique_id() (and two-phase commit's transaction names) carry the node: with two
+    workers, node_id and node_id + 1, so ids made by both at once never collide."""
+    proxy = proxy_factory(workers=2, node_id=5)
+    _workers_listening(proxy)
+    ids: list[int] = []
+
+    def client() -> None:
+        with proxy.connect(cursor_factory=psycopg.ClientCursor) as conn:
+            for _ in range(200):
+                ids.append(int(conn.execute("SELECT pgdog.unique_id()").fetchone()[0]))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(ids) == 1600 and len(set(ids)) == 1600
+    assert {(i >> 12) & 0x3FF for i in ids} == {5, 6}
+    with pytest.raises(ConfigError, match="node ids 1023 to 1024"):
+        load_config_text('[general]\nworkers = 2\nnode_id = 1023\n\n[[databases]]\nname = "a"\n'
+                         'host = "127.0.0.1"\n', "")

@@ -117,6 +117,13 @@ class Proxy:
         if await send_cancel(server, self.config.general.connect_timeout / 1000):
             log.info("client %s: cancel forwarded to %r", session.addr, server)
 
+    @property
+    def node_id(self) -> int:
+        """This process's node in unique ids and two-phase commit names: [general] node_id,
+        plus the worker's index when several workers serve (node_id .. node_id + workers - 1)."""
+        index = self.worker.index if self.worker is not None else 0
+        return self.config.general.node_id + index
+
     def shard_facts(self, database: str) -> FactsCache | None:
         """The sharding facts cache of a sharded logical database; None if it is not one."""
         schema = self.config.sharding_schema(database)

@@ -80,6 +80,14 @@ def _min_pool_size(inst: General, attribute: attrs.Attribute[Any], value: int) -
         )
 
 
+def _node_id(inst: General, attribute: attrs.Attribute[Any], value: int) -> None:
+    # Each worker process is a node of its own: node_id .. node_id + workers - 1.
+    between(0, 1023)(inst, attribute, value)
+    if value + inst.workers - 1 > 1023:
+        raise InvalidValue(attribute.name, f"with workers = {inst.workers} the workers use node ids "
+                           f"{value} to {value + inst.workers - 1}: at most 1023, got {value}")
+
+
 # --- pgdog.toml -------------------------------------------------------------
 
 
@@ -117,7 +125,7 @@ class General:
     two_phase_journal_dir: str = attrs.field(default=".trio_pgdog/two_phase", validator=non_empty)
     # This proxy among those sharing the shards: part of pgdog.unique_id() and of the names of
     # its prepared transactions, so each proxy process needs its own.
-    node_id: int = attrs.field(default=0, validator=between(0, 1023))
+    node_id: int = attrs.field(default=0, validator=_node_id)
     # Bytes a replica may be behind the primary before it gets no reads; 0: no limit.
     replica_lag_limit: int = attrs.field(default=0, validator=at_least(0))
     # How often the primary's WAL position and the replicas' replay positions are sampled.

@@ -245,7 +245,7 @@ class ClientSession(Login, Attach, Routing, Failures):
         else:
             if (b"unique_id" in data or b"UNIQUE_ID" in data) and at_boundary \
                     and not cscan.mid_message:  # whole messages: pgdog.unique_id() in Queries
-                data = ids_in_queries(data, self.app.config.general.node_id)
+                data = ids_in_queries(data, self.app.node_id)
             if cscan.sets and at_sync and not cscan.in_batch and await self._role_override(
                     data, self.server.status if self.server is not None else b"I"):
                 return

@@ -176,7 +176,7 @@ class ShardedRelay:
         if kind in _COPY_KINDS and len(unit) == 1:
             return  # COPY data outside a COPY: PostgreSQL ignores it too
         try:
-            unit = self.unique_ids.rewrite(unit, self.session.app.config.general.node_id)
+            unit = self.unique_ids.rewrite(unit, self.session.app.node_id)
         except ProxyError as exc:
             await self._refuse(exc, extended=kind != QUERY, syncs=_syncs(unit))
             return

@@ -59,7 +59,7 @@ async def commit(relay: ShardedRelay, links: list[ShardLink]) -> bytes | None:
     shard) when it was rolled back instead."""
     app, session = relay.session.app, relay.session
     journal = app.journal
-    gid = journal.new_gid(app.config.general.node_id)
+    gid = journal.new_gid(app.node_id)
     journal.in_flight.add(gid)
     try:
         outcome = await _each(links, f"PREPARE TRANSACTION '{gid}'")

@@ -3,7 +3,8 @@
 At start-up and then every RECOVERY_INTERVAL seconds (while two_phase_commit is on, or the
 journal still holds decisions), for every sharded database and user, on each shard's primary:
 
-- the prepared transactions of this node (`pgdog_<node_id>_...`) that are the user's, in that
+- the prepared transactions of this node (`pgdog_<node>_...`; each worker process is a node
+  of its own, see Proxy.node_id) that are the user's, in that
   database, are listed (`pg_prepared_xacts`);
 - each is committed (`COMMIT PREPARED`) if the journal says commit, and rolled back (`ROLLBACK
   PREPARED`) otherwise: without a decision on disk, no shard was told to commit it. Those a
@@ -40,7 +41,7 @@ async def run(app: Proxy) -> None:
     while True:
         general = app.config.general
         if journal.load() and (general.two_phase_commit or journal.decisions):
-            await recover(app, journal, general.node_id)
+            await recover(app, journal, app.node_id)
         await trio.sleep(RECOVERY_INTERVAL)
 
 
@@ -62,8 +63,9 @@ async def recover(app: Proxy, journal: Journal, node: int) -> None:
                 unfinished |= left
         if complete:
             checked.add((user, database))
+    mine = gid_prefix(node)  # (other workers of this proxy share the journal's directory)
     for gid, decision in list(journal.decisions.items()):
-        if gid not in unfinished and gid not in journal.in_flight \
+        if gid.startswith(mine) and gid not in unfinished and gid not in journal.in_flight \
                 and (decision.user, decision.database) in checked:
             journal.done(gid)
 
