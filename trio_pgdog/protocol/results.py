@@ -114,6 +114,37 @@ def bind_parameters_py(rest: bytes) -> tuple[tuple[bytes | None, ...], tuple[int
 bind_parameters = speedups.c.bind_parameters if speedups.c is not None else bind_parameters_py
 
 
+def bind_values_end(rest: bytes) -> tuple[tuple[int, ...], int, int]:
+    """A Bind body after its names (already checked whole): (its parameter format codes,
+    how many values, where the values end and the result format codes begin)."""
+    (nformats,) = _I16.unpack_from(rest, 0)
+    formats = struct.unpack_from(f"!{nformats}h", rest, 2)
+    pos = 2 + 2 * nformats
+    (count,) = _I16.unpack_from(rest, pos)
+    pos += 2
+    for _ in range(count):
+        (size,) = _I32.unpack_from(rest, pos)
+        pos += 4 + max(size, 0)
+    return formats, count, pos
+
+
+def bind_result_formats(rest: bytes) -> tuple[int, ...]:
+    """The result format codes at the end of a Bind body after its names."""
+    pos = bind_values_end(rest)[2]
+    (nresults,) = _I16.unpack_from(rest, pos)
+    return struct.unpack_from(f"!{nresults}h", rest, pos + 2)
+
+
+def build_bind_rest(values: Sequence[bytes | None], formats: Sequence[int],
+                    results: Sequence[int]) -> bytes:
+    """A Bind body after its names: parameter formats, values (None: NULL), result formats."""
+    parts = [_I16.pack(len(formats)), *(_I16.pack(f) for f in formats), _I16.pack(len(values))]
+    for value in values:
+        parts.append(b"\xff\xff\xff\xff" if value is None else _I32.pack(len(value)) + value)
+    parts += [_I16.pack(len(results)), *(_I16.pack(f) for f in results)]
+    return b"".join(parts)
+
+
 def parse_parameter_types(rest: bytes) -> tuple[int, ...]:
     """The parameter type oids a Parse declares (its body after the name: query, types)."""
     end = rest.find(b"\x00") + 1

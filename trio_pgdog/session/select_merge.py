@@ -23,7 +23,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import struct
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -49,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_H = struct.Struct("!h")
-_I32 = struct.Struct("!i")
 # A client's statement as the shards run it for a merge is prepared under this derived name
 # (never sent: the Tracker gives it a shared name); the client's own keeps its text, for
 # executions that run on one shard.
@@ -208,13 +205,8 @@ class SelectRun:
         await self.describe(merger, links, emit=True)
         await self.rows(merger, links)
         for link in links:
-            while link.shard not in self._ready:
-                message = await merger._next(link)
-                if message[:1] == b"Z":
-                    merger.statuses[link.shard] = message[5:6]
-                    break
-                if message[:1] == b"E":
-                    merger._failed(link, message)
+            if link.shard not in self._ready:
+                await merger.ready(link)
 
     async def _sorted(self, merger: _Merger, links: list[ShardLink], engine: RowMerge) -> None:
         arrival = itertools.count()
@@ -372,7 +364,7 @@ def _bind(relay: ShardedRelay, plan: MergePlan, message: Message) -> tuple[Selec
     kind, body, _raw = message
     portal, name, rest = ext.bind_statement(body)
     params, formats = r.bind_parameters(rest)
-    results = result_formats(rest)
+    results = r.bind_result_formats(rest)
     run = SelectRun(plan, params, formats, _float_digits(relay))
     shard_params, shard_formats = shard_parameters(plan, params, formats)
     shard_results = shard_result_formats(plan, results)
@@ -380,44 +372,14 @@ def _bind(relay: ShardedRelay, plan: MergePlan, message: Message) -> tuple[Selec
         return run, message
     if plan.rewritten:
         name = _derived(relay, name, plan)
-    rest = bind_rest(shard_params, shard_formats, shard_results)
+    rest = r.build_bind_rest(shard_params, shard_formats, shard_results)
     bind = ext.build_bind(portal, name, rest)
     return run, (kind, bind[5:], bind)
 
 
 def _derived(relay: ShardedRelay, name: bytes, plan: MergePlan) -> bytes:
-    """The name the shards' version of a client statement is bound by (prepared by each
-    shard's Tracker where it is missing)."""
-    _sql, types = relay.statements[name]
-    rest = (plan.shard_sql.encode() + b"\x00" + _H.pack(len(types))
-            + b"".join(struct.pack("!I", oid) for oid in types))
-    derived = _DERIVED + name
-    known = relay.prepared.get(derived)
-    if known is None or known[1] != rest:
-        relay.prepared[derived] = (relay.session.app.statements.name_for(rest), rest)
-    return derived
-
-
-def result_formats(rest: bytes) -> tuple[int, ...]:
-    """The result format codes at the end of a Bind body's rest (already checked whole)."""
-    (nformats,) = _H.unpack_from(rest, 0)
-    pos = 2 + 2 * nformats
-    (count,) = _H.unpack_from(rest, pos)
-    pos += 2
-    for _ in range(count):
-        (size,) = _I32.unpack_from(rest, pos)
-        pos += 4 + max(size, 0)
-    (nresults,) = _H.unpack_from(rest, pos)
-    return struct.unpack_from(f"!{nresults}h", rest, pos + 2)
-
-
-def bind_rest(params: Sequence[bytes | None], formats: Sequence[int],
-              results: Sequence[int]) -> bytes:
-    parts = [_H.pack(len(formats)), *(_H.pack(f) for f in formats), _H.pack(len(params))]
-    for value in params:
-        parts.append(b"\xff\xff\xff\xff" if value is None else _I32.pack(len(value)) + value)
-    parts += [_H.pack(len(results)), *(_H.pack(f) for f in results)]
-    return b"".join(parts)
+    """The name the shards' version of a client statement is bound by."""
+    return relay.own_statement(_DERIVED + name, plan.shard_sql, relay.statements[name][1])
 
 
 def _float_digits(relay: ShardedRelay) -> int:

@@ -64,7 +64,7 @@ class ShardLink:
         self._taken = trio.Event()     # the merger took answers (room to read more)
         self._failure: ShardLost | None = None
 
-    def reusable(self) -> bool:
+    def reset_for_reuse(self) -> bool:
         """Can this link (its Tracker) serve the shard's next connection? Only when nothing
         of the last one is left in it; the server is replaced before it is used again."""
         if self._prefetching or self._pos < len(self._buf) or not self.tracker.idle:

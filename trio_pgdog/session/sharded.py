@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -607,6 +608,16 @@ class ShardedRelay:
         if link is not None and self.status == b"I" and session.recheck != frozenset():
             await session._refresh_settings(link.server)
 
+    def own_statement(self, name: bytes, sql: str, types: Sequence[int]) -> bytes:
+        """Register a statement of the proxy's own under client-side `name` (a merged
+        SELECT's rewrite, an INSERT's rows for one shard): each shard's Tracker prepares it
+        where it is missing when a Bind names it. Returns `name`."""
+        rest = sql.encode() + b"\x00" + struct.pack(f"!H{len(types)}I", len(types), *types)
+        known = self.prepared.get(name)
+        if known is None or known[1] != rest:
+            self.prepared[name] = (self.session.app.statements.name_for(rest), rest)
+        return name
+
     def busy_servers(self) -> list[ServerConnection]:
         """The shard connections still owing answers (the departure watch cancels them)."""
         departed = self.session.departure is not None
@@ -807,7 +818,7 @@ class ShardedRelay:
                     if leaving and not self.session.transaction_mode and not server.broken:
                         await try_execute(server, "DISCARD ALL", CLEANUP_TIMEOUT)
             give_back(server)
-            if link.reusable():
+            if link.reset_for_reuse():
                 self._spare[link.shard] = link
         if leaving:
             self._transaction_over()
@@ -984,14 +995,19 @@ class _Merger:
     async def _ready(self, links: list[ShardLink]) -> None:
         """Each shard's ReadyForQuery for the Sync (its status kept, none sent yet)."""
         for link in links:
-            while True:
-                message = await self._next(link)
-                if message[:1] == b"Z":
-                    self.statuses[link.shard] = message[5:6]
-                    break
-                if message[:1] == b"E":
-                    self._failed(link, message)
+            await self.ready(link)
         self.failed.clear()
+
+    async def ready(self, link: ShardLink) -> None:
+        """Read one shard's answers up to its ReadyForQuery (its status kept; an error
+        noted as the shard's)."""
+        while True:
+            message = await self._next(link)
+            if message[:1] == b"Z":
+                self.statuses[link.shard] = message[5:6]
+                return
+            if message[:1] == b"E":
+                self._failed(link, message)
 
     async def _next(self, link: ShardLink) -> bytes:
         """The shard's next answer; notices go to the client on the way, ParameterStatus to

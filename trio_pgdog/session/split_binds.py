@@ -12,7 +12,6 @@ one CommandComplete with the total.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from ..protocol import ProxyError
@@ -20,12 +19,10 @@ from ..protocol import extended as ext
 from ..protocol import results as r
 from ..router.sharding.keys import ShardingError, insert_rows_by_shard
 from ..router.sharding.split import split_insert
-from .select_merge import bind_rest, result_formats
 
 if TYPE_CHECKING:
     from .sharded import Execution, Message, ShardedRelay
 
-_H = struct.Struct("!H")
 _SPLIT = b"pgdog_rows_"  # prefix of the derived statements' client-side names
 
 
@@ -50,25 +47,12 @@ def _per_shard(relay: ShardedRelay, bind: Message, execution: Execution) -> dict
                                     param_types=types)
     except ShardingError as exc:
         raise ProxyError(exc.sqlstate, exc.message) from None
-    results = result_formats(rest)
+    results = r.bind_result_formats(rest)
     binds = {}
     for shard, (piece, indexes) in split_insert(sql, execution.facts, rows).items():
-        derived = _derived(relay, name, shard, piece, [types[i] if i < len(types) else 0
-                                                        for i in indexes])
+        derived = relay.own_statement(_SPLIT + str(shard).encode() + b"_" + name, piece,
+                                      [types[i] if i < len(types) else 0 for i in indexes])
         values = [params[i] for i in indexes]
         codes_ = formats if len(formats) < 2 else [formats[i] for i in indexes]
-        binds[shard] = ext.build_bind(portal, derived, bind_rest(values, codes_, results))
+        binds[shard] = ext.build_bind(portal, derived, r.build_bind_rest(values, codes_, results))
     return binds
-
-
-def _derived(relay: ShardedRelay, name: bytes, shard: int, piece: str,
-             types: list[int]) -> bytes:
-    """The client-side name of the statement `shard` binds instead of `name` (registered
-    for the shard's Tracker to prepare)."""
-    rest = (piece.encode() + b"\x00" + _H.pack(len(types))
-            + b"".join(struct.pack("!I", oid) for oid in types))
-    derived = _SPLIT + str(shard).encode() + b"_" + name
-    known = relay.prepared.get(derived)
-    if known is None or known[1] != rest:
-        relay.prepared[derived] = (relay.session.app.statements.name_for(rest), rest)
-    return derived

@@ -21,6 +21,7 @@ from ..protocol import ProxyError
 from ..protocol import errors as codes
 from ..protocol import extended as ext
 from ..protocol import messages as m
+from ..protocol import results as r
 from ..router.sharding.unique_id import IDS, mentions, parameterize_unique_ids, replace_unique_ids
 
 QUERY, PARSE, BIND, DESCRIBE = b"QPBD"
@@ -123,14 +124,8 @@ def ids_in_queries(data: bytes, node: int) -> bytes:
 
 def with_ids(rest: bytes, ids: list[int]) -> bytes:
     """A Bind body after its names, with `ids` appended as text parameters."""
-    (nformats,) = _I16.unpack_from(rest, 0)
-    formats = list(struct.unpack_from(f"!{nformats}h", rest, 2))
-    pos = 2 + 2 * nformats
-    (count,) = _I16.unpack_from(rest, pos)
-    pos += 2
-    for _ in range(count):
-        (n,) = _I32.unpack_from(rest, pos)
-        pos += 4 + max(n, 0)
+    codes, count, pos = r.bind_values_end(rest)
+    nformats, formats = len(codes), list(codes)
     if formats and formats != [0]:  # else every parameter is text, the ids too
         if nformats == 1:  # one code for all of them: now one code each
             formats = formats * count

@@ -340,10 +340,7 @@ class _Analyzer:
         if value is None or value[0] == "array":
             return None
         if value[0] == "param":
-            index, category, is_array = value[1]
-            if is_array or category not in (None, KEY_CATEGORY[data_type]):
-                return None
-            return ("=", index, data_type)
+            return _param_route("=", value[1], data_type)
         found = key_hash(value, data_type)
         if found is None:
             return None
@@ -575,10 +572,7 @@ class _Analyzer:
         if value is None or value[0] == "array":
             return None
         if value[0] == "param":
-            index, category, is_array = value[1]
-            if is_array or category not in (None, KEY_CATEGORY[data_type]):
-                return None
-            return ("k", index, data_type)
+            return _param_route("k", value[1], data_type)
         found = key_hash(value, data_type, assign=True)
         if found is None or found is NO_MATCH:
             return None
@@ -696,6 +690,15 @@ class _Analyzer:
             if part not in unique:
                 unique.append(part)
         return some(unique), None
+
+
+def _param_route(op: str, param: tuple[int, str | None, bool], data_type: str) -> Route | None:
+    """A key that is a Bind parameter: the route reads its value per execution ("=": a
+    condition, "k": an inserted row's key); None if the parameter cannot be a key."""
+    index, category, is_array = param
+    if is_array or category not in (None, KEY_CATEGORY[data_type]):
+        return None
+    return (op, index, data_type)
 
 
 def _values_rows(source: dict[str, Any] | None) -> list[list[Any]] | None:
