@@ -881,6 +881,7 @@ class _Merger:
         self.statuses: dict[int, bytes] = {}
         self._cancels: list[trio.Event] = []  # CancelRequests sent after the first error
         self._notices: set[bytes] = set()  # each shard's same notice is shown once
+        self._our_cancel: bytes | None = None  # a shard's 57014 from a cancel the proxy sent
         self.selects: list[SelectRun] = []  # merged SELECTs, in the order they run
 
     async def answer(self, kind: str, body: bytes, where: frozenset[int] | None) -> None:
@@ -1035,7 +1036,14 @@ class _Merger:
     def _failed(self, link: ShardLink, message: bytes) -> None:
         self.failed.add(link.shard)
         if self.error is None:
-            self.error = merge.naming_shard(message, link.shard) if self.several else message
+            named = merge.naming_shard(message, link.shard) if self.several else message
+            if self._cancels and m.parse_error_fields(message[5:]).get("C") == \
+                    codes.QUERY_CANCELED:
+                # The proxy cancelled it because another shard failed: that shard's error,
+                # read later, is the client's (this one only if it never comes).
+                self._our_cancel = self._our_cancel or named
+                return
+            self.error = named
             self.early_error(link)
 
     def early_error(self, failed: ShardLink | None) -> None:
@@ -1062,6 +1070,8 @@ class _Merger:
         with trio.move_on_after(CLEANUP_TIMEOUT):
             for done in self._cancels:
                 await done.wait()
+        if self.error is None:
+            self.error = self._our_cancel
 
     def _emit(self, message: bytes) -> None:
         if self.error is None or message[:1] == b"N":
