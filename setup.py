@@ -12,7 +12,8 @@ setup(
     ext_modules=[
         Extension(
             "trio_pgdog._speedups",
-            sources=["trio_pgdog/_speedups.c", "trio_pgdog/_hashing.c"],
+            sources=["trio_pgdog/_speedups.c", "trio_pgdog/_hashing.c",
+                     "trio_pgdog/_template.c"],
             include_dirs=["hooks/include"],
             optional=True,
         )

@@ -366,6 +366,66 @@ def test_a_client_leaving_mid_query_frees_every_shard(shard_clusters, proxy_fact
     assert "cancelling the query" in proxy.log
 
 
+def test_a_shard_connection_lost_mid_query_gives_08006_naming_the_shard(shard_clusters,
+                                                                       proxy_factory):
+    """A keyed simple-protocol Query (the relay's cheapest path) whose server dies under it:
+    the client gets 08006 naming the shard and goes on; the pool's only slot is not lost."""
+    import pgwire
+    import trio
+    from conftest import proxy_backends, wait_for
+
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE orders", dbname=APP_DB)
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(
+        shard_clusters, port, default_pool_size=1, checkout_timeout=3000), users=users_toml())
+    key = next(k for k in range(100) if shard_of_int(k, SHARDS) == 2)
+    shard = shard_clusters[2]
+
+    def running() -> int | None:
+        for pid, query in proxy_backends(shard, proxy, "pid, query"):
+            if query.startswith("SELECT pg_sleep(5)"):
+                return int(pid)
+        return None
+
+    async def lose() -> None:
+        async with await pgwire.Wire.connect(proxy.port) as wire:
+            await wire.login("app", APP_DB, PASSWORD)
+            await wire.query(f"INSERT INTO orders (customer_id, amount) VALUES ({key}, 5)")
+            await wire.send(pgwire.query(
+                f"SELECT pg_sleep(5), amount FROM orders WHERE customer_id = {key}"))
+            pid = await trio.to_thread.run_sync(lambda: wait_for(running, what="the query"))
+            shard.sql(f"SELECT pg_terminate_backend({pid})")
+            result = await wire.read_result(timeout=4)
+            assert result.error is not None and result.error.sqlstate == "08006", result
+            assert "shard 2: server connection lost" in result.error.fields["M"]
+            # The same client, the same shard, a new connection: the slot came back.
+            assert await wire.scalar(
+                f"SELECT amount FROM orders WHERE customer_id = {key}") == "5"
+
+    trio.run(lose)
+    assert "Traceback" not in proxy.log
+
+
+def test_a_keyed_query_runs_with_the_clients_settings(sharded):
+    """The cheap path declines a server that lacks the client's settings: they are put on it
+    first (in each pool mode), and every keyed query sees them."""
+    import pgwire
+    import trio
+
+    async def with_settings() -> None:
+        async with await pgwire.Wire.connect(sharded.port) as wire:
+            await wire.login("app", APP_DB, PASSWORD)
+            await wire.query("INSERT INTO orders (customer_id, amount) VALUES "
+                             + ", ".join(f"({k}, {k})" for k in range(1, 7)))
+            await wire.query("SET application_name = 'keyed-reader'")
+            for key in range(1, 7):
+                assert await wire.scalar(
+                    "SELECT current_setting('application_name') || amount FROM orders "
+                    f"WHERE customer_id = {key}") == f"keyed-reader{key}"
+
+    trio.run(with_settings)
+
+
 def test_reads_inside_a_shard_go_to_its_replica(shard_clusters, proxy_factory):
     """Replicas belong to a shard: read/write splitting works inside it."""
     from conftest import wait_replicated

@@ -5,12 +5,15 @@ for every statement the key-analysis tests use and for the literals that are eas
 
 from __future__ import annotations
 
+import hypothesis
 import pytest
 import test_sharding_keys
+from hypothesis import strategies as st
 from test_sharding_keys import ALL, SCHEMA
 
 from trio_pgdog.router.sharding.keys import ShardingError, analyze, shards_for
-from trio_pgdog.router.sharding.template import template
+from trio_pgdog.router.sharding import template as template_module
+from trio_pgdog.router.sharding.template import scan_py, template
 
 TRICKY = [
     "SELECT * FROM orders WHERE customer_id = -3",
@@ -92,3 +95,27 @@ def test_what_is_taken_out():
     for kept in ("SELECT 1 FROM t WHERE a = E'x'", "SELECT $1, 2", "VACUUM t",
                  "SELECT a FROM t"):
         assert template(kept) is None, kept
+
+
+# --- the C twin (_template.c) gives the Python scan's answers --------------------------------
+
+_C_SCAN = template_module._scan_c
+# Characters each alternative of the scan starts with, or looks at around a literal.
+_TRICKY_ASCII = "0123456789'\"-/*.eE+&_=<>(,[ \t\n\x1cabxyz$\x00"
+
+
+@pytest.mark.skipif(_C_SCAN is None, reason="the C speedups are not built")
+@hypothesis.settings(max_examples=3000, deadline=None)
+@hypothesis.given(st.text(alphabet=_TRICKY_ASCII, max_size=40))
+def test_c_scan_answers_as_the_python_scan(text):
+    assert _C_SCAN(text) == scan_py(text)
+
+
+@pytest.mark.skipif(_C_SCAN is None, reason="the C speedups are not built")
+@pytest.mark.parametrize("sql", TRICKY + _collected())
+def test_c_scan_on_every_statement_of_the_tests(sql):
+    found = _C_SCAN(sql)
+    if not sql.isascii():
+        assert found is NotImplemented  # left to the Python scan
+    else:
+        assert found == scan_py(sql)

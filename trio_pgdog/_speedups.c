@@ -551,6 +551,7 @@ static PyMethodDef methods[] = {
 };
 
 extern PyMethodDef hashing_methods[];  /* _hashing.c */
+extern PyMethodDef template_methods[]; /* _template.c */
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_speedups", "The hook path's per-statement work in C.", -1, methods,
@@ -562,6 +563,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (m == NULL)
         return NULL;
     if (PyModule_AddFunctions(m, hashing_methods) < 0 ||
+        PyModule_AddFunctions(m, template_methods) < 0 ||
         PyModule_AddIntConstant(m, "ABI_VERSION", PGDOG_PLUGIN_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "OUTPUT_SIZE", (long)sizeof(PgdogOutput)) < 0) {
         Py_DECREF(m);

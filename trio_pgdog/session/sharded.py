@@ -48,9 +48,11 @@ from . import merge, two_phase
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
 from .guards import drops_statements
+from .scan import ServerScan
 from .select_merge import SelectRun, check_portals, extended_unit, simple_query
 from .shard_copy import copy_in
 from .shard_link import ShardLink, ShardLost, has_error
+from .shard_plain import PLAIN_KINDS, relay_plain
 from .split_binds import split_binds
 from .tracker import Tracker
 from .unique_ids import UniqueIdRewriter
@@ -113,6 +115,8 @@ class ShardedRelay:
         self.local_key: str | None = None
         self._buf = b""
         self._turn = itertools.count()
+        self.plain: ServerConnection | None = None  # the server of a Query on the plain path
+        self.plain_scan = ServerScan()
         self.unique_ids = UniqueIdRewriter()  # pgdog.unique_id() -> a fresh id
         # Literals can be taken out of texts only as standard strings read them.
         self.standard_strings = session.settings.wanted.get(
@@ -222,6 +226,10 @@ class ShardedRelay:
             return
         if len(shards) == 1:
             (shard,) = shards
+            if (self.status == b"I" and not self.links and self.session.transaction_mode
+                    and facts.kind in PLAIN_KINDS and facts.statements == 1
+                    and await relay_plain(self, shard, message[2], writes=facts.writes)):
+                return
             await self._single(shard, message[2], writes=facts.writes)
             if facts.kind == "set":
                 await self._settings_changed(shard, sql)
@@ -621,7 +629,10 @@ class ShardedRelay:
     def busy_servers(self) -> list[ServerConnection]:
         """The shard connections still owing answers (the departure watch cancels them)."""
         departed = self.session.departure is not None
-        return [link.server for link in self.links.values() if departed or link.owes]
+        busy = [link.server for link in self.links.values() if departed or link.owes]
+        if self.plain is not None:
+            busy.append(self.plain)
+        return busy
 
     # --- several shards --------------------------------------------------------------------
 
@@ -752,9 +763,7 @@ class ShardedRelay:
             server = await self._checkout(group, role)
             link = self._spare.pop(shard, None)
             if link is None:
-                tracker = Tracker(session.app.statements, rename=True)
-                tracker.statements = self.prepared
-                link = ShardLink(shard, server, tracker)
+                link = ShardLink(shard, server, self.shard_tracker())
             else:
                 link.server = server
             self.links[shard] = link
@@ -767,6 +776,12 @@ class ShardedRelay:
             for savepoint in self.savepoints:
                 await self._everywhere_checked([shard], savepoint)
         return link
+
+    def shard_tracker(self) -> Tracker:
+        """A Tracker for a shard's connection: the client's statement names are shared by all."""
+        tracker = Tracker(self.session.app.statements, rename=True)
+        tracker.statements = self.prepared
+        return tracker
 
     async def _everywhere_checked(self, shards: list[int], statement: bytes) -> None:
         for shard, error in await self._everywhere(shards, statement):

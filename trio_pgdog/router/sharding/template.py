@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["template"]
+from ... import speedups
+
+__all__ = ["scan_py", "template"]
 
 # Alternatives in the order they must be tried at a position: what to keep, then what to take.
 # Words are not matched (the scan would cost a Python step per word): the lookbehinds keep the
@@ -44,6 +46,15 @@ def template(sql: str) -> tuple[str, tuple[bytes, ...]] | None:
     a dollar sign, an escape string)."""
     if "$" in sql or not _DML.match(sql):
         return None
+    if _scan_c is not None:
+        found = _scan_c(sql)
+        if found is not NotImplemented:  # (an ASCII text: the C twin's)
+            return found
+    return scan_py(sql)
+
+
+def scan_py(sql: str) -> tuple[str, tuple[bytes, ...]] | None:
+    """The literal scan of `template` in Python (_template.c is its twin for ASCII texts)."""
     values: list[bytes] = []
     out: list[str] = []
     last = 0
@@ -75,3 +86,6 @@ def _signed(sql: str, start: int, last: int, digits: str) -> tuple[int, str]:
     if before.endswith("-") and before[:-1].rstrip()[-1:] in _SIGNED_AFTER:
         return last + len(before) - 1, "-" + digits
     return start, digits
+
+
+_scan_c = speedups.c.template_scan if speedups.c is not None else None
