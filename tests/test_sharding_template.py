@@ -11,8 +11,8 @@ import test_sharding_keys
 from hypothesis import strategies as st
 from test_sharding_keys import ALL, SCHEMA
 
-from trio_pgdog.router.sharding.keys import ShardingError, analyze, shards_for
 from trio_pgdog.router.sharding import template as template_module
+from trio_pgdog.router.sharding.keys import ShardingError, analyze, shards_for
 from trio_pgdog.router.sharding.template import scan_py, template
 
 TRICKY = [

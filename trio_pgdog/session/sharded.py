@@ -44,6 +44,7 @@ from ..router.sharding.cursors import CursorStatement, cursor_statement
 from ..router.sharding.keys import ShardingError, ShardingFacts, insert_rows_by_shard, shards_for
 from ..router.sharding.split import split_insert
 from ..router.sharding.template import template
+from ..router.sharding.unique_id import mentions
 from . import merge, two_phase
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
@@ -56,7 +57,8 @@ from .shard_plain import PLAIN_KINDS, relay_plain
 from .split_binds import split_binds
 from .tracker import Tracker
 from .unique_ids import UniqueIdRewriter
-from .units import split_units
+from .units import Execution as OneExecution
+from .units import one_execution, split_units
 
 if TYPE_CHECKING:
     from ..router.sharding.keys import FactsCache
@@ -137,7 +139,10 @@ class ShardedRelay:
                 if unit is None:
                     return
                 try:
-                    await self._unit(unit)
+                    if type(unit) is tuple:  # one execution, read in C
+                        await self._one_execution(*unit)
+                    else:
+                        await self._unit(unit)
                 except ShardLost as lost:
                     await self._shard_lost(lost)
                 if self.status == b"I" and self.session.transaction_mode:
@@ -145,14 +150,20 @@ class ShardedRelay:
         finally:
             await self._release_all(leaving=True)
 
-    async def _next_unit(self) -> list[Message] | None:
-        """The client's next complete unit; None when it leaves (Terminate or EOF)."""
+    async def _next_unit(self) -> list[Message] | tuple[OneExecution, bytes] | None:
+        """The client's next complete unit; None when it leaves (Terminate or EOF). One
+        execution ([Parse] Bind [Describe] Execute Sync) comes as (its fields, its bytes)."""
         session, client = self.session, self.session.client
         while True:
             unit = _one_query(self._buf)
             if unit is not None:  # the common case, without the general split
                 self._buf = b""
                 return unit
+            if self._buf[:1] in b"PB" and self._buf:
+                execution = one_execution(self._buf)
+                if execution is not None:
+                    raw, self._buf = self._buf, b""
+                    return execution, raw
             messages, cut = split_units(self._buf)
             if messages:
                 end = _unit_end(messages)
@@ -364,6 +375,32 @@ class ShardedRelay:
         return results
 
     # --- extended protocol ----------------------------------------------------------------
+
+    async def _one_execution(self, execution: OneExecution, raw: bytes) -> None:
+        """One execution for one shard, outside a failed transaction, a plain statement: to
+        its shard without splitting the unit into messages. Anything else: the general way."""
+        parse_name, sql, parse_rest, portal, name, bind_rest = execution
+        if not (self.status == b"E" or self.merged_portals or self.session.hooks.pre_query
+                or self.unique_ids.busy or mentions(raw)):
+            if parse_name is not None:
+                self.statements[parse_name] = (sql, r.parse_parameter_types(parse_rest))
+            known = self.statements.get(name)
+            if known is not None:
+                facts = self.cache.get(known[0])
+                if facts.kind in PLAIN_KINDS:
+                    try:
+                        params, formats = r.bind_parameters(bind_rest)
+                        shards = self._route(known[0], facts, params, formats, known[1],
+                                             extended=True)
+                    except ProxyError as exc:
+                        await self._refuse(exc, extended=True)
+                        return
+                    if len(shards) == 1:
+                        self.portals[portal] = shards
+                        (shard,) = shards
+                        await self._single(shard, raw, writes=facts.writes)
+                        return
+        await self._unit(split_units(raw)[0])
 
     async def _extended(self, unit: list[Message]) -> None:
         try:

@@ -34,9 +34,14 @@ class UniqueIdRewriter:
         self._unnamed_binds: int | None = None  # Binds of the unnamed statement, if it has ids
         self._named: dict[bytes, int] = {}      # statement -> how many ids each Bind adds
 
+    @property
+    def busy(self) -> bool:
+        """Are statements with ids prepared (their Binds and Describes need rewriting)?"""
+        return self._unnamed_binds is not None or bool(self._named)
+
     def rewrite(self, unit: list[Message], node: int) -> list[Message]:
         """`unit` with its ids in; raises ProxyError (0A000) for what cannot have them."""
-        if self._unnamed_binds is None and not self._named:
+        if not self.busy:
             for kind, _b, raw in unit:
                 if kind in (QUERY, PARSE) and mentions(raw):
                     break
