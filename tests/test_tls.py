@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -390,6 +391,32 @@ def test_both_sides_over_tls(start, certs, pg_tls):
     out = psql(proxy.port, "SELECT 1")  # psql's default sslmode (prefer) takes TLS
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
     no_traceback(proxy)
+
+
+def test_cancel_pipeline_and_session_mode_over_tls_both_ways(start, certs, pg_tls):
+    """The paths beside plain request/response: a cancel (libpq sends it over TLS too), a
+    pipeline of extended-protocol batches, and session mode's idle server (a notification
+    arrives while the client is quiet)."""
+    common = {"tls_verify": "verify_full", "tls_server_ca_certificate": certs.path("pg_ca.pem")}
+    for mode in ("transaction", "session"):
+        proxy = start(pg_tls, pooler_mode=mode, **common)
+        with connect(proxy, sslmode="require") as conn:
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                threading.Timer(0.5, conn.cancel_safe).start()
+                conn.execute("SELECT pg_sleep(20)")
+            assert time.monotonic() - started < 10
+            with conn.pipeline():
+                curs = [conn.execute("SELECT %s::int * 2", [i]) for i in range(200)]
+            assert [c.fetchone()[0] for c in curs] == [i * 2 for i in range(200)]
+        if mode == "session":
+            with connect(proxy, sslmode="require") as listener, \
+                    connect(proxy, sslmode="require") as talker:
+                listener.execute("LISTEN tls_chan")
+                talker.execute("NOTIFY tls_chan, 'hello'")
+                note = next(listener.notifies(timeout=10))
+                assert note.payload == "hello"
+        no_traceback(proxy)
 
 
 # --- configuration --------------------------------------------------------------------------

@@ -147,6 +147,16 @@ class TlsConn(Conn):
             if data:
                 return data
 
+    def close(self) -> None:
+        """Say close_notify (without waiting for the peer's), then close: libpq reads a bare
+        EOF as an error (a cancel request over TLS would report one)."""
+        if not self.closed and self.established:
+            with contextlib.suppress(ssl.SSLError, ConnectionClosed):
+                self._engine.unwrap()
+            with contextlib.suppress(ssl.SSLError, ConnectionClosed, OSError):
+                self._flush_nowait()
+        super().close()
+
     # --- sending ----------------------------------------------------------------------------
 
     def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
