@@ -273,6 +273,9 @@ async def _silent_postgres(stream: trio.SocketStream, seen: list[str]) -> None:
 
     try:
         body = await exactly(struct.unpack("!i", await exactly(4))[0] - 4)
+        if struct.unpack_from("!i", body)[0] == pgwire.SSL_REQUEST_CODE:
+            await stream.send_all(b"N")  # no TLS here, as PostgreSQL with ssl = off
+            body = await exactly(struct.unpack("!i", await exactly(4))[0] - 4)
         if struct.unpack_from("!i", body)[0] == pgwire.CANCEL_REQUEST_CODE:
             seen.append("cancel")
             return

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import attrs
 import trio
 
-from . import __version__, listener, logs, workers
+from . import __version__, listener, logs, tls, workers
 from .config import Config, ConfigError, load_config
 from .hooks.api import ServerInfo
 from .hooks.errors import HookLoadError
@@ -66,6 +66,9 @@ class Proxy:
         # Two-phase commits decided and not yet finished (its directory is read at start-up).
         self.journal = Journal(self.config.general.two_phase_journal_dir)
         self.shutting_down = False
+        # TLS towards clients: the context new clients' handshakes use (None: TLS off).
+        # The configuration's checks loaded the same files, so this succeeds but for a race.
+        self.client_tls = tls.client_context(self.config)
         self.listening: list[tuple[str, int]] = []
         self._no_sessions = trio.Event()
         self._no_sessions.set()
@@ -175,6 +178,7 @@ class Proxy:
                 root.start_soon(self._signals, root.cancel_scope, clients)
                 root.start_soon(departures.watch, self.sessions)
                 log.info("listening on %s:%d (%s pooling)", *self.listening[0], g.pooler_mode)
+                log.info("%s; %s", tls.describe_clients(self.config), tls.describe_servers(g))
                 task_status.started(self.listening[0])
                 if on_listening is not None:
                     on_listening()
@@ -251,6 +255,11 @@ class Proxy:
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             return
+        try:  # the files again, even if their names did not change: renewed certificates
+            client_tls = tls.client_context(new)
+        except tls.TlsFileError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
         # From here to the pools' swap nothing awaits: a client sees the old configuration
         # or the new one, never half of each.
         try:
@@ -263,6 +272,8 @@ class Proxy:
             log.warning("reload: host/port changes need a restart; still listening on %s:%d",
                         g_old.host, g_old.port)
         self.config = new
+        self.client_tls = client_tls
+        tls.forget_server_contexts()
         logs.use_format(g_new.log_format)
         self.pools.apply(new, self._root)
         log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))

@@ -47,6 +47,7 @@ class Conn:
     """One non-blocking socket plus a small receive buffer for the message-at-a-time phases."""
 
     __slots__ = ("_buf", "closed", "fd", "peer", "sock")
+    tls = False  # a TlsConn (tlsio.py) is the same socket with TLS on it
 
     def __init__(self, sock: socket.socket, peer: str = ""):
         sock.setblocking(False)

@@ -16,6 +16,7 @@ from . import listener
 from .app import Proxy, with_general
 from .config import Config
 from .hooks.errors import HookLoadError
+from .tls import TlsFileError
 from .workers import Supervisor, WorkerSlot, check_port
 
 log = logging.getLogger("trio_pgdog")
@@ -34,7 +35,11 @@ def serve(config: Config, *, overrides: dict[str, object] | None = None,
     process supervises that many workers instead (workers.py); `worker` is one of them."""
     if worker is None and sock is None and with_general(config, overrides or {}).general.workers > 1:
         return _supervise(config, overrides or {})
-    proxy = Proxy(config, overrides, worker)
+    try:
+        proxy = Proxy(config, overrides, worker)
+    except TlsFileError as exc:  # changed since the configuration's checks read it
+        print(f"trio_pgdog: {config.pgdog_path or 'pgdog.toml'}: [general] {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     g = proxy.config.general
     if not config.users:
         log.warning("no users in %s: every login will be refused until users are added and "

@@ -11,10 +11,11 @@ from .models import Config
 
 @attrs.frozen
 class Issue:
-    """A problem with entry ``index`` of the ``Config`` field ``field``, at ``key``."""
+    """A problem with entry ``index`` of the ``Config`` field ``field``, at ``key``
+    (``index`` None: the field is one table, e.g. ``[general]``)."""
 
     field: str
-    index: int
+    index: int | None
     key: str
     message: str
 
@@ -28,6 +29,26 @@ def check_config(config: Config, label: Labeller, pgdog_file: str) -> Iterator[I
     yield from _shards(config)
     yield from _sharded_tables(config, label)
     yield from _users(config, label, pgdog_file)
+    yield from _tls(config)
+
+
+def _tls(config: Config) -> Iterator[Issue]:
+    """TLS keys that need each other, and certificate files that can be used."""
+    from .. import tls
+
+    g = config.general
+    needs = [("tls_private_key", "tls_certificate"), ("tls_certificate", "tls_private_key"),
+             ("tls_client_required", "tls_certificate"),
+             ("tls_client_ca_certificate", "tls_certificate")]
+    missing = [(key, other) for key, other in needs if getattr(g, key) and not getattr(g, other)]
+    for key, other in missing:
+        yield Issue("general", None, key, f"needs {other} too (TLS towards clients)")
+    try:
+        if not missing:
+            tls.client_context(config)
+        tls.check_server_ca(config)
+    except tls.TlsFileError as exc:
+        yield Issue("general", None, exc.key, exc.message)
 
 
 def _shards(config: Config) -> Iterator[Issue]:

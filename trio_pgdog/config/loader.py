@@ -221,7 +221,8 @@ def _build(
     errors = []
     for issue in check_config(config, label, pgdog_label):
         source = sources[issue.field]
-        path = (*source.entry_path(issue.field, issue.index), issue.key)
+        entry = (issue.field,) if issue.index is None else source.entry_path(issue.field, issue.index)
+        path = (*entry, issue.key)
         errors.append(source.error(Problem(path, "value", issue.message)))
     # pgdog.toml problems first: users.toml refers to it, not the other way round.
     first = _first(e for e in errors if e.file == pgdog_label) or _first(errors)

@@ -24,6 +24,7 @@ ROLES = ("primary", "replica")
 AUTH_TYPES = ("scram", "md5", "trust")
 LOAD_BALANCING_STRATEGIES = ("round_robin", "random", "least_active_connections")
 LOG_FORMATS = ("text", "json")
+TLS_VERIFY_MODES = ("disabled", "prefer", "verify_ca", "verify_full")
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
@@ -135,6 +136,16 @@ class General:
     healthcheck_timeout: int = attrs.field(default=5_000, validator=at_least(0))
     # The proxy's own log lines on standard error: "text", or "json" (one object per line).
     log_format: str = attrs.field(default="text", validator=one_of(LOG_FORMATS))
+    # TLS towards clients (tls.py): the proxy's certificate and key (PEM files, relative to
+    # pgdog.toml), whether plain clients are refused, and a CA that client certificates
+    # must chain to (mTLS).
+    tls_certificate: str | None = None
+    tls_private_key: str | None = None
+    tls_client_required: bool = False
+    tls_client_ca_certificate: str | None = None
+    # TLS towards PostgreSQL: disabled, prefer (TLS where offered), verify_ca, verify_full.
+    tls_verify: str = attrs.field(default="prefer", validator=one_of(TLS_VERIFY_MODES))
+    tls_server_ca_certificate: str | None = None
 
 
 def _same_as_name(db: Database) -> str:

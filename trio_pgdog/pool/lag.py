@@ -272,7 +272,7 @@ class LagMonitor:
         params = {"user": s.user, "database": s.database,
                   "application_name": "trio_pgdog lag monitor"}
         with trio.fail_after(s.connect_timeout or float("inf")):
-            return await ServerConnection.connect(s.host, s.port, params, s.password)
+            return await ServerConnection.connect(s.host, s.port, params, s.password, tls=s.tls)
 
 
 def _login(s: PoolSettings) -> tuple[object, ...]:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..config import Config, Database, User
+from ..tls import server_tls
 from .hosts import HostGroup
 from .lag import LagMonitor
 from .pool import Pool
@@ -38,6 +39,7 @@ def pool_settings(config: Config, user: User, db: Database,
         statements_limit=g.prepared_statements_limit,
         healthcheck_interval=g.healthcheck_interval / 1000,
         healthcheck_timeout=g.healthcheck_timeout / 1000,
+        tls=server_tls(config),
     )
 
 

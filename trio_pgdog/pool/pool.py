@@ -140,7 +140,7 @@ class Pool:
         try:
             with trio.fail_after(s.connect_timeout):
                 server = await ServerConnection.connect(s.host, s.port, s.startup_params(),
-                                                        s.password, s.statements_limit)
+                                                        s.password, s.statements_limit, s.tls)
         except trio.TooSlowError:
             self._slot_freed()
             raise ProxyError(codes.CONNECTION_FAILURE,

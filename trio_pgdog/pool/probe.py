@@ -81,7 +81,7 @@ async def probe(target: Target) -> Outcome:
     try:
         with trio.fail_after(timeout):
             server = await ServerConnection.connect(s.host, s.port, s.startup_params(), s.password,
-                                                    s.statements_limit)
+                                                    s.statements_limit, s.tls)
     except trio.TooSlowError:
         return Outcome(target, f"no answer within {timeout * 1000:.0f} ms (connect_timeout)")
     except CONNECT_ERRORS as exc:

@@ -14,6 +14,7 @@ from ..netio import Conn, ConnectionClosed, connect_tcp
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import messages as m
+from ..tls import ServerTls, negotiate
 from .settings import PoolSettings
 from .statements import DEFAULT_SERVER_LIMIT, ServerStatements
 
@@ -39,9 +40,11 @@ class ServerConnection:
     `status` is the transaction status of the last ReadyForQuery ('I', 'T' or 'E').
     """
 
-    def __init__(self, conn: Conn, host: str, port: int, statements_limit: int = DEFAULT_SERVER_LIMIT):
+    def __init__(self, conn: Conn, host: str, port: int, statements_limit: int = DEFAULT_SERVER_LIMIT,
+                 tls: ServerTls | None = None):
         self.id = next(_ids)
         self.conn = conn
+        self.tls = tls  # how it was opened (cancel requests go the same way)
         self.host = host
         self.port = port
         self.params: dict[str, str] = {}
@@ -64,16 +67,21 @@ class ServerConnection:
 
     @classmethod
     async def connect(cls, host: str, port: int, params: dict[str, str],
-                      password: str | None, statements_limit: int = DEFAULT_SERVER_LIMIT
-                      ) -> ServerConnection:
-        """Connect, authenticate and read the startup burst up to ReadyForQuery.
+                      password: str | None, statements_limit: int = DEFAULT_SERVER_LIMIT,
+                      tls: ServerTls | None = None) -> ServerConnection:
+        """Connect (over TLS as `tls` says; None: plain), authenticate and read the startup
+        burst up to ReadyForQuery.
 
-        Raises OSError (cannot reach), ServerError (PostgreSQL refused) or ProxyError.
-        The caller bounds the time with a cancel scope.
+        Raises OSError (cannot reach), ServerError (PostgreSQL refused), TlsError (TLS refused
+        or not trusted) or ProxyError. The caller bounds the time with a cancel scope.
         """
         sock = await connect_tcp(host, port)
-        server = cls(Conn(sock, f"{host}:{port}"), host, port, statements_limit)
+        server = cls(Conn(sock, f"{host}:{port}"), host, port, statements_limit, tls)
         try:
+            if tls is not None and tls.mode != "disabled":
+                server.conn = await negotiate(server.conn, host, port, tls)
+                if server.conn.tls:
+                    log.debug("%r: %s", server, server.conn.describe())
             await server.conn.send(m.startup_message(params))
             await server_auth.authenticate(server.conn, params["user"], password)
             await server._read_startup_burst()
@@ -131,8 +139,8 @@ class ServerConnection:
         """Say goodbye without waiting (the socket is non-blocking) and close."""
         if self.conn.closed:
             return
-        with contextlib.suppress(OSError):
-            self.conn.sock.send(m.terminate())
+        with contextlib.suppress(OSError, ConnectionClosed):
+            self.conn.send_nowait(m.terminate())
         self.conn.close()
 
 
@@ -172,12 +180,15 @@ async def send_cancel(server: ServerConnection, timeout: float) -> bool:
             return False
         conn = Conn(sock)
         try:
+            if server.conn.tls and server.tls is not None:  # the key goes as the queries went
+                conn = await negotiate(conn, server.host, server.port, server.tls)
             await conn.send(m.cancel_request(server.pid, server.secret))
             with contextlib.suppress(ConnectionClosed):
                 while True:  # PostgreSQL answers nothing and closes
                     await conn.recv()
             return True
-        except ConnectionClosed:
+        except (ConnectionClosed, ProtocolError) as exc:
+            log.info("%r: cancel request not delivered: %s", server, exc)
             return False
         finally:
             conn.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import attrs
 
+from ..tls import ServerTls
+
 
 @attrs.frozen
 class PoolSettings:
@@ -23,6 +25,7 @@ class PoolSettings:
     statements_limit: int = 500
     healthcheck_interval: float = 30.0
     healthcheck_timeout: float = 5.0
+    tls: ServerTls = attrs.field(factory=ServerTls)  # tls_verify towards this server
 
     def startup_params(self) -> dict[str, str]:
         return {"user": self.user, "database": self.database, "application_name": "trio_pgdog"}

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import ssl
+
     from ..config import Config
     from ..hooks.registry import HookRegistry
     from ..pool.manager import PoolManager
@@ -25,6 +27,7 @@ class Host(Protocol):
     spellings: Spellings
     parse_cache: ParseCache
     shutting_down: bool
+    client_tls: ssl.SSLContext | None  # TLS towards clients; None: off (replaced on reload)
 
     def register(self, session: object) -> tuple[int, int]:
         """A logged-in session's BackendKeyData (pid, secret)."""

@@ -4,6 +4,7 @@ ParameterStatus burst it gets (as PostgreSQL would send it)."""
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 
 import trio
@@ -16,9 +17,11 @@ from ..pool.pool import PoolRetired
 from ..protocol import ProtocolError, ProxyError
 from ..protocol import errors as codes
 from ..protocol import messages as m
+from ..tlsio import TlsConn, TlsError
 from .attach import give_back
+from .failures import ClientGone
 from .params import ClientParams
-from .startup import Cancel, Startup, read_startup
+from .startup import START_TLS, Cancel, Startup, read_startup
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ class Login:
     async def _login(self) -> bool:
         timeout = self.app.config.general.client_login_timeout / 1000
         with trio.move_on_after(timeout):
-            packet = await read_startup(self.client)
+            packet = await self._read_startup()
             if isinstance(packet, Cancel):
                 await self.app.cancel(packet)
                 return False
@@ -40,6 +43,34 @@ class Login:
         raise ProxyError(codes.PROTOCOL_VIOLATION,
                          f"login not completed within client_login_timeout ({timeout * 1000:.0f} ms)",
                          fatal=True)
+
+    async def _read_startup(self) -> Startup | Cancel:
+        """The startup packet, over TLS if the client asked and the proxy has a certificate;
+        a plain one refused (28000) when tls_client_required, before any password."""
+        context = self.app.client_tls  # read once: a reload may replace it meanwhile
+        while True:
+            packet = await read_startup(self.client, offer_tls=context is not None)
+            if packet is not START_TLS:
+                break
+            await self._start_tls(context)  # type: ignore[arg-type]
+        if isinstance(packet, Startup) and not self.client.tls \
+                and self.app.config.general.tls_client_required:
+            raise ProxyError(codes.INVALID_AUTHORIZATION,
+                             "trio_pgdog accepts only TLS connections: connect with "
+                             "sslmode=require (or verify-ca, verify-full)", fatal=True)
+        return packet  # type: ignore[return-value]
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        """Answer the SSLRequest with S and run the handshake; a failed handshake costs
+        this client its connection, with one log line."""
+        await self.client.send(b"S")
+        self.client = conn = TlsConn(self.client.sock, self.addr, context, server_side=True)
+        try:
+            await conn.handshake()
+        except TlsError as exc:
+            log.info("client %s: %s", self.addr, exc)
+            raise ClientGone from None
+        log.debug("client %s: TLS on (%s)", self.addr, conn.describe())
 
     async def _admit(self, startup: Startup) -> None:
         app = self.app

@@ -33,12 +33,21 @@ class Cancel:
     secret: int
 
 
+class StartTls:
+    """An SSLRequest the proxy will answer with S: the TLS handshake comes next."""
+
+
+START_TLS = StartTls()
+
+
 def _violation(text: str) -> ProxyError:
     return ProxyError(codes.PROTOCOL_VIOLATION, text, fatal=True)
 
 
-async def read_startup(conn: Conn) -> Startup | Cancel:
-    """Read packets until a StartupMessage or CancelRequest, refusing encryption requests."""
+async def read_startup(conn: Conn, offer_tls: bool = False) -> Startup | Cancel | StartTls:
+    """Read packets until a StartupMessage or CancelRequest; an SSLRequest on a plain
+    connection is START_TLS when `offer_tls` (the caller answers it), GSSAPI and any other
+    encryption request are declined."""
     while True:
         body = await _read_packet(conn)
         length = len(body) + 4
@@ -46,6 +55,8 @@ async def read_startup(conn: Conn) -> Startup | Cancel:
         if code in (m.SSL_REQUEST, m.GSSENC_REQUEST):
             if conn.buffered:  # bytes after the request could be a TLS injection attempt
                 raise _violation("received unencrypted data after SSL or GSSAPI request")
+            if code == m.SSL_REQUEST and offer_tls and not conn.tls:
+                return START_TLS
             await conn.send(b"N")
             continue
         if code == m.CANCEL_REQUEST:
