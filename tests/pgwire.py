@@ -62,6 +62,26 @@ def query(sql: str) -> bytes:
     return message(b"Q", sql.encode() + b"\x00")
 
 
+def parse(sql: str, name: str = "") -> bytes:
+    """A Parse without parameter types."""
+    return message(b"P", name.encode() + b"\x00" + sql.encode() + b"\x00" + struct.pack("!h", 0))
+
+
+def bind(statement: str = "", params: tuple[bytes, ...] = (), portal: str = "") -> bytes:
+    """A Bind of text parameters, results in text."""
+    body = portal.encode() + b"\x00" + statement.encode() + b"\x00" + struct.pack("!h", 0)
+    body += struct.pack("!h", len(params))
+    body += b"".join(struct.pack("!i", len(p)) + p for p in params)
+    return message(b"B", body + struct.pack("!h", 0))
+
+
+def execute(portal: str = "") -> bytes:
+    return message(b"E", portal.encode() + b"\x00" + struct.pack("!i", 0))
+
+
+SYNC = message(b"S")
+
+
 def terminate() -> bytes:
     return message(b"X")
 

@@ -20,7 +20,7 @@ import trio
 from conftest import APP_DB, PG_USERS, proxy_backends, wait_for
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pgwire import Wire, message
+from pgwire import SYNC, Wire, bind, execute, message, parse
 
 PASSWORD = PG_USERS["app"][0]
 QUIET = 0.3  # seconds without a message: the peer has said all it will say for now
@@ -29,26 +29,10 @@ QUIET = 0.3  # seconds without a message: the peer has said all it will say for 
 # --- frames -------------------------------------------------------------------------------
 
 
-def parse(sql: str, name: str = "") -> bytes:
-    return message(b"P", name.encode() + b"\x00" + sql.encode() + b"\x00" + struct.pack("!h", 0))
-
-
-def bind(statement: str = "", params: tuple[bytes, ...] = (), portal: str = "") -> bytes:
-    body = portal.encode() + b"\x00" + statement.encode() + b"\x00" + struct.pack("!h", 0)
-    body += struct.pack("!h", len(params))
-    body += b"".join(struct.pack("!i", len(p)) + p for p in params)
-    return message(b"B", body + struct.pack("!h", 0))
-
-
 def describe_portal(portal: str = "") -> bytes:
     return message(b"D", b"P" + portal.encode() + b"\x00")
 
 
-def execute(portal: str = "") -> bytes:
-    return message(b"E", portal.encode() + b"\x00" + struct.pack("!i", 0))
-
-
-SYNC = message(b"S")
 FLUSH = message(b"H")
 COPY_DONE = message(b"c")
 

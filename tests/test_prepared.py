@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
-from conftest import APP_DB, PG_USERS
+from conftest import APP_DB, PG_USERS, pgdog_toml
+from pgwire import SYNC, Wire, bind, execute, parse, query
 
 
 def test_psycopg_prepared_statements_across_server_connections(proxy_factory):
@@ -113,3 +114,95 @@ def test_listen_is_refused_in_transaction_mode_but_works_in_session_mode(proxy_f
         sender.execute("NOTIFY channel, 'hello'")
         note = next(listener.notifies(timeout=5, stop_after=1))
         assert note.payload == "hello"
+
+
+# --- each server's record of the statements prepared there stays true ---------------------
+# The proxy prepares a client's statement on a server connection only where its record says
+# the server lacks it. A record that lacks a statement the server has makes that Parse fail
+# (42P05 "already exists"); one that names a statement the server dropped makes the Bind fail
+# (26000 "does not exist"). Here another client, on the pool's one server connection, sends
+# what looks as if it dropped the statements, whether PostgreSQL really drops them or not.
+
+TABLE_ACCESS = '\n[hooks.table_access]\nenabled = true\ntables = ["secrets"]\n'
+MINE = "select $1::int * 2"
+DROPS = {
+    # They do not drop anything: refused, skipped after an error, never executed, or
+    # a DISCARD that keeps prepared statements.
+    "discard-all-in-a-transaction": query("begin") + query("discard all"),
+    "deallocate-in-a-failed-transaction": query("begin; select 1/0") + query("deallocate all"),
+    "deallocate-of-an-unknown-name": query("deallocate nosuch"),
+    "discard-all-parsed-never-executed": parse("discard all") + SYNC,
+    "query-skipped-after-an-error": bind("nosuch") + query("deallocate all") + SYNC,
+    "discard-plans": query("discard plans"),
+    # They drop everything, though no Query starts with them.
+    "deallocate-all-executed": parse("deallocate all") + bind() + execute() + SYNC,
+    "deallocate-all-prepared-by-name": parse("deallocate all", "d") + bind("d") + execute() + SYNC,
+    "deallocate-all-after-a-select": query("select 1; deallocate all"),
+}
+
+
+def _one_server_proxy(pg, proxy_factory, hooks: str = "", **general: object):
+    return proxy_factory(pgdog_text=lambda port: pgdog_toml(
+        pg, port, auth_type="trust", default_pool_size=1, **general) + hooks)
+
+
+async def _runs_mine(wire: Wire, value: int, *, parse_first: bool = False) -> None:
+    """Run statement `mine` (prepared by this client) with `value`; it must work."""
+    data = parse(MINE, "mine") if parse_first else b""
+    await wire.send(data + bind("mine", (str(value).encode(),)) + execute() + SYNC)
+    result = await wire.read_result()
+    assert result.error is None, result.error.fields
+    assert result.rows == [[str(value * 2).encode()]], result
+
+
+async def _other_client_sends(port: int, data: bytes) -> None:
+    """Another client sends `data`, then ends its batch and any transaction."""
+    async with await Wire.connect(port) as other:
+        await other.login("app", APP_DB)
+        await other.send(data + SYNC + query("rollback; select 'done'"))
+        while True:
+            result = await other.read_result()
+            if result.rows == [[b"done"]]:
+                break
+
+
+@pytest.mark.parametrize("hooks", ["", TABLE_ACCESS], ids=["plain", "hooked"])
+@pytest.mark.parametrize("drop", DROPS)
+async def test_what_seems_to_drop_statements_leaves_the_record_true(pg, proxy_factory, drop, hooks):
+    proxy = _one_server_proxy(pg, proxy_factory, hooks)
+    async with await Wire.connect(proxy.port) as wire:
+        await wire.login("app", APP_DB)
+        await _runs_mine(wire, 1, parse_first=True)
+        await _other_client_sends(proxy.port, DROPS[drop])
+        await _runs_mine(wire, 2)  # prepared again only if it is gone: 42P05 or 26000 before
+        await _runs_mine(wire, 3)
+    async with await Wire.connect(proxy.port) as wire:  # a client new to it, too
+        await wire.login("app", APP_DB)
+        await _runs_mine(wire, 4, parse_first=True)
+
+
+async def test_a_statement_used_behind_a_deallocate_in_one_batch(pg, proxy_factory):
+    # Sent together, before the DEALLOCATE's answer: the Bind must not rely on the statement.
+    proxy = _one_server_proxy(pg, proxy_factory)
+    async with await Wire.connect(proxy.port) as wire:
+        await wire.login("app", APP_DB)
+        await _runs_mine(wire, 1, parse_first=True)
+        await wire.send(query("deallocate all") + bind("mine", (b"5",)) + execute() + SYNC)
+        assert (await wire.read_result()).error is None
+        result = await wire.read_result()
+        assert result.error is None and result.rows == [[b"10"]], result
+        await _runs_mine(wire, 6)
+
+
+async def test_an_evicted_statement_whose_close_was_skipped_is_not_prepared_twice(
+        pg, proxy_factory):
+    # With room for one statement per server, preparing a second one closes the first; an
+    # error earlier in the batch makes PostgreSQL skip that Close: the first is still there.
+    proxy = _one_server_proxy(pg, proxy_factory, prepared_statements_limit=1)
+    async with await Wire.connect(proxy.port) as wire:
+        await wire.login("app", APP_DB)
+        await _runs_mine(wire, 1, parse_first=True)
+        await wire.send(bind("nosuch") + parse("select 2", "two") + SYNC)
+        result = await wire.read_result()
+        assert result.error is not None and result.error.sqlstate == "26000", result
+        await _runs_mine(wire, 2)

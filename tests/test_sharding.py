@@ -553,6 +553,19 @@ def test_pgbench_initialises_and_runs_through_the_proxy(shard_clusters, proxy_fa
     assert done.returncode == 0, done.stderr + done.stdout
 
 
+def test_session_mode_prepared_statements_after_the_reset(shard_clusters, proxy_factory):
+    # A departing session-mode client's connections are reset with DISCARD ALL, which drops
+    # the statements prepared there: the next client on them must get them prepared again.
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE orders", dbname=APP_DB)
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(
+        shard_clusters, port, pooler_mode="session", default_pool_size=1), users=users_toml())
+    for client in range(3):
+        with proxy.connect(prepare_threshold=0) as conn:
+            assert conn.execute("SELECT count(*) + %s FROM orders WHERE customer_id = 3",
+                                (client,)).fetchone() == (client,)
+
+
 def test_session_mode_keeps_primaries_for_writes_after_reads(shard_clusters, proxy_factory):
     from conftest import wait_replicated
 

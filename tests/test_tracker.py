@@ -79,13 +79,21 @@ def test_close_is_answered_locally_and_errors_skip_to_sync():
     assert len(server) == 0  # the failed Parse is not remembered as prepared
 
 
-def test_lru_limit_closes_the_oldest_statement():
+OTHER = m.message(b"P", b"b\x00select 2\x00\x00\x00")  # a second statement
+
+
+def _full_server() -> tuple[Tracker, ServerStatements]:
+    """A server with room for one statement, which `a` has."""
     server = ServerStatements(limit=1)
     t = Tracker(StatementRegistry())
     t.from_client(parse(b"a") + SYNC, server)
     t.from_server(PARSE_COMPLETE + READY, server)
-    other = m.message(b"P", b"b\x00select 2\x00\x00\x00")
-    to_server, _ = t.from_client(other + SYNC, server)
+    return t, server
+
+
+def test_lru_limit_closes_the_oldest_statement():
+    t, server = _full_server()
+    to_server, _ = t.from_client(OTHER + SYNC, server)
     assert to_server.startswith(b"C")  # Close of the evicted statement first
     out, _, _ = t.from_server(CLOSE_COMPLETE + PARSE_COMPLETE + READY, server)
     assert out == PARSE_COMPLETE + READY
@@ -141,3 +149,36 @@ def test_well_formed_unnamed_messages_pass_unread():
     data = (m.message(b"P", b"\x00select 1\x00") + m.message(b"D", b"Pp1\x00")
             + m.message(b"C", b"P\x00") + m.message(b"D", b"S\x00") + SYNC)
     assert Tracker(StatementRegistry()).from_client(data, ServerStatements()) == (data, b"")
+
+
+def test_a_deallocate_all_keeps_only_statements_parsed_after_it():
+    # Ahead of its answer the record expects the drop (a Bind behind it prepares again, a
+    # Close first in case the drop fails); its CommandComplete says it happened: what the
+    # server has then is the statement whose Parse was sent after it.
+    registry = StatementRegistry()
+    server = ServerStatements()
+    t = Tracker(registry)
+    t.from_client(parse(b"s1") + SYNC, server)
+    t.from_server(PARSE_COMPLETE + READY, server)
+    first = registry.name_for(SQL)
+    assert first in server and not server.unsure
+    server.expect_drop()  # what the session does on seeing the client's DEALLOCATE ALL
+    deallocate = m.query("deallocate all")
+    to_server, _ = t.from_client(deallocate + bind(b"s1") + execute() + SYNC, server)
+    assert to_server.startswith(deallocate + m.message(b"C", b"S" + first + b"\x00") + b"P")
+    reply = (m.message(b"C", b"DEALLOCATE ALL\x00") + READY + CLOSE_COMPLETE + PARSE_COMPLETE
+             + BIND_COMPLETE + ROW + DONE + READY)
+    out, ready, _ = t.from_server(reply, server)
+    assert out == m.message(b"C", b"DEALLOCATE ALL\x00") + READY + BIND_COMPLETE + ROW + DONE + READY
+    assert ready == [b"I", b"I"] and t.idle
+    assert first in server and len(server) == 1 and not server.unsure
+
+
+def test_a_skipped_close_of_an_evicted_statement_leaves_the_record_unsure():
+    t, server = _full_server()
+    t.from_client(bind(b"nosuch") + OTHER + SYNC, server)  # Bind fails: Close and Parse skipped
+    error = m.error_response("26000", 'prepared statement "nosuch" does not exist')
+    t.from_server(error + READY, server)
+    assert len(server) == 0 and server.unsure  # the evicted statement is still on the server
+    to_server, _ = t.from_client(bind(b"a") + execute() + SYNC, server)
+    assert to_server.startswith(b"C")  # closed before it is prepared again

@@ -16,7 +16,7 @@ from ..protocol import errors as codes
 from ..protocol import messages as m
 from ..tls import ServerTls, negotiate
 from .settings import PoolSettings
-from .statements import DEFAULT_SERVER_LIMIT, ServerStatements
+from .statements import DEFAULT_SERVER_LIMIT, ServerStatements, drop_tag
 
 
 class Home(Protocol):
@@ -126,6 +126,8 @@ class ServerConnection:
                 self.params[name] = value
                 self.reported.add(name)
                 self.synced_key = None
+            elif kind == b"C" and (dropped := drop_tag(body)):
+                self.statements.dropped(dropped)  # the proxy's own DISCARD ALL
             elif kind == b"E":
                 error = m.parse_error_fields(body)
             elif kind == b"Z":

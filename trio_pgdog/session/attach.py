@@ -195,7 +195,7 @@ class Attach:
             targets = set_targets(sql, self.settings.reported_names)
             if targets is None and self.server is not None and \
                     leading_keywords(sql, 1) == ["DISCARD"]:
-                self.server.statements.clear()  # DISCARD ALL dropped them, as a Query's does
+                self.server.statements.expect_drop()  # DISCARD ALL, as a Query's
             if targets is None or self.recheck is None:
                 self.recheck = None
             else:

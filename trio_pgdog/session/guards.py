@@ -22,9 +22,10 @@ def guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, boo
     """SQL-level PREPARE and LISTEN cannot work in transaction mode (the next EXECUTE may run
     on another server or find another client's statement; notifications would reach another
     client): the server raises a clear error instead, so client and server agree on the
-    transaction state. DISCARD/DEALLOCATE drop the server's
-    shared statements, which the proxy then forgets. Also returns the SET/RESET statements
-    found (behind a comment, where the ClientScan does not look)."""
+    transaction state. DEALLOCATE and DISCARD ALL may drop the server's shared statements:
+    what the client sends behind them must not rely on those (pool/statements.py). Also
+    returns the SET/RESET statements found (behind a comment, where the ClientScan does not
+    look)."""
     out: list[bytes] = []
     sets: list[bytes] = []
     pos = start = 0
@@ -41,7 +42,7 @@ def guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, boo
                 out += [data[start:pos], m.query(raise_sql("0A000", *refusal))]
                 start = nxt
             elif drops_statements(words):
-                server.statements.clear()
+                server.statements.expect_drop()
                 discarded_all = discarded_all or words[:2] == ["DISCARD", "ALL"]
             elif words[:1] in (["SET"], ["RESET"]):
                 sets.append(data[pos + 5 : nxt])
@@ -52,8 +53,8 @@ def guard_session_sql(data: bytes, server: ServerConnection) -> tuple[bytes, boo
 
 def drops_statements(words: list[str]) -> bool:
     """Do a Query's leading words drop the server's prepared statements (DEALLOCATE,
-    DISCARD ALL / PLANS)?"""
-    return words[:1] == ["DEALLOCATE"] or words[:2] in (["DISCARD", "ALL"], ["DISCARD", "PLANS"])
+    DISCARD ALL; DISCARD PLANS keeps them)?"""
+    return words[:1] == ["DEALLOCATE"] or words[:2] == ["DISCARD", "ALL"]
 
 
 def only_notices(data: bytes) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+from ..pool.statements import DROPS_NONE, drop_tag
 from ..protocol import ProtocolError
 from ..protocol.messages import MAX_MESSAGE_LENGTH
 from .sqltext import MARK_FIELD
@@ -31,7 +32,8 @@ _SMALL = frozenset(b"CDEHSXcf")
 _SPECIAL_FIRST = frozenset(bytes([c]) for c in b"pPdDlL-/ \t\r\n")
 # Server message types whose body the session reads.
 READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER = ord("Z"), ord("G"), ord("W"), ord("E"), ord("S")
-_SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER))
+COMPLETE = ord("C")
+_SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER, COMPLETE))
 _FATAL = (b"SFATAL\x00", b"SPANIC\x00")
 
 
@@ -165,10 +167,12 @@ class ServerScan:
     server is about to close); the returned bytes stop before it and `fatal_body` is its body.
     `copy_in`: the server is in COPY FROM STDIN, reading client data (from its
     CopyInResponse to its next ReadyForQuery). `marked`: (start, end) in the returned bytes
-    of errors the proxy had the server raise (session/sqltext.py).
+    of errors the proxy had the server raise (session/sqltext.py). `dropped`: the last
+    DEALLOCATE or DISCARD ALL completed in the chunk (pool/statements.py's drop_tag), or 0.
     """
 
-    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "marked", "params", "ready")
+    __slots__ = ("_carry", "_skip", "copy_in", "dropped", "fatal", "fatal_body", "marked", "params",
+                 "ready")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -180,6 +184,7 @@ class ServerScan:
         self.fatal_body = b""
         self.params: list[bytes] | tuple[()] = ()  # ParameterStatus bodies in this chunk
         self.marked: list[tuple[int, int]] | tuple[()] = ()
+        self.dropped = DROPS_NONE
 
     def feed(self, data: bytes) -> bytes:
         self.ready = ready = []
@@ -187,6 +192,8 @@ class ServerScan:
             self.params = ()
         if self.marked:
             self.marked = ()
+        if self.dropped:
+            self.dropped = DROPS_NONE
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -204,6 +211,9 @@ class ServerScan:
                 if kind == READY:
                     ready.append(data[pos + 5 : nxt])
                     self.copy_in = False
+                elif kind == COMPLETE:
+                    if data[pos + 5 : pos + 6] == b"D":  # DEALLOCATE, DISCARD (or DELETE...)
+                        self.dropped = drop_tag(data[pos + 5 : nxt]) or self.dropped
                 elif kind == ERROR:
                     if data.startswith(_FATAL, pos + 5):
                         self.fatal = True

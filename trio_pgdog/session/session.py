@@ -401,6 +401,8 @@ class ClientSession(Login, Attach, Routing, Failures):
                 return
             if sscan.marked:
                 data = unmark_errors(data, sscan.marked)
+            if sscan.dropped:  # DEALLOCATE or DISCARD ALL ran (nothing of the proxy's was sent)
+                server.statements.dropped(sscan.dropped)
             ready = sscan.ready
             self.copy_in = sscan.copy_in
         else:

@@ -91,6 +91,8 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, quer
             raise ShardLost(shard, server, f"FATAL {fields.get('C', '?')}: {fields.get('M', '')}")
         if scan.marked:
             data = unmark_errors(data, scan.marked)
+        if scan.dropped:  # (a plain kind drops no statement, but a server's word is law)
+            server.statements.dropped(scan.dropped)
         if data and session.departure is None:
             await relay._send(data)
         if scan.params:

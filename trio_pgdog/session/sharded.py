@@ -48,7 +48,6 @@ from ..router.sharding.unique_id import mentions
 from . import merge, two_phase
 from .attach import CLEANUP_TIMEOUT, give_back
 from .failures import ClientGone, shutdown_error
-from .guards import drops_statements
 from .scan import ServerScan
 from .select_merge import SelectRun, check_portals, extended_unit, simple_query
 from .shard_copy import copy_in
@@ -244,7 +243,6 @@ class ShardedRelay:
             await self._single(shard, message[2], writes=facts.writes)
             if facts.kind == "set":
                 await self._settings_changed(shard, sql)
-            self._dropped_statements(facts, sql)
             return
         rows, selects = None, None
         if facts.insert_keys is not None:
@@ -262,7 +260,6 @@ class ShardedRelay:
         await self._fan_out(outgoing, [("Q", b"", None)], writes=facts.writes,
                             same_answer=facts.omnisharded_write,
                             atomic=not _outside_transactions(message[2]), selects=selects)
-        self._dropped_statements(facts, sql)
 
     def _facts(self, sql: str) -> tuple[ShardingFacts, tuple[bytes, ...]]:
         """The sharding facts of a Query's text, and the values of its literals when the facts
@@ -427,8 +424,6 @@ class ShardedRelay:
                                writes=any(e.facts.writes for e in executions))
         else:
             await self._extended_fan_out(unit, executions)
-        for execution in executions:
-            self._dropped_statements(execution.facts, execution.sql)
 
     def _executions(self, unit: list[Message]) -> list[Execution]:
         """Each statement the unit runs and its shards; statements it prepares are noted."""
@@ -636,13 +631,6 @@ class ShardedRelay:
             self.joined.add(shard)
         else:
             self.status = b"I"
-
-    def _dropped_statements(self, facts: ShardingFacts, sql: str) -> None:
-        """DEALLOCATE or DISCARD ran (psycopg's DEALLOCATE ALL after a ROLLBACK): the
-        servers it ran on lost the statements the proxy prepared there."""
-        if facts.kind == "other" and drops_statements(leading_keywords(sql.encode(), 2)):
-            for link in self.links.values():
-                link.server.statements.clear()
 
     async def _settings_changed(self, shard: int, sql: str) -> None:
         """A SET or RESET ran on one shard: the session's settings follow the client to the

@@ -16,6 +16,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ..pool.statements import drop_tag
 from ..protocol import ProtocolError
 from ..protocol import extended as ext
 from ..protocol.messages import MAX_MESSAGE_LENGTH
@@ -43,6 +44,9 @@ _ENDS_READY = ENDS_READY
 _ENDS_NOTHING: frozenset[int] = frozenset()  # the proxy's own answers: nothing from the server
 
 _READY, _ERROR, _COPY_IN, _PARAMETER = ord("Z"), ord("E"), ord("G"), ord("S")
+_COMPLETE = ord("C")
+# Server messages read past the response queue (a DataRow tests them all at once).
+_ALSO_READ = frozenset((_COPY_IN, _PARAMETER, _COMPLETE))
 _FATAL = (b"SFATAL\x00", b"SPANIC\x00")
 
 
@@ -271,10 +275,15 @@ class Tracker:
             return  # the server would ignore it; the Bind/Describe after it fails the same way
         evicted = server.add(shared)
         if evicted is not None:
-            out.append(ext.build_target(b"C", b"S", evicted))
-            self.queue.append(Expect(_ENDS_CLOSE, hidden=True))
+            self._close(evicted, out)
+        if server.unsure:  # the server may have it after all: no duplicate Parse
+            self._close(shared, out)
         out.append(ext.build_parse(shared, rest))
         self.queue.append(Expect(_ENDS_PARSE, hidden=hidden, statement=shared))
+
+    def _close(self, shared: bytes, out: list[bytes]) -> None:
+        out.append(ext.build_target(b"C", b"S", shared))
+        self.queue.append(Expect(_ENDS_CLOSE, hidden=True))
 
     def _drain_synthetic(self) -> bytes:
         out = b""
@@ -338,12 +347,17 @@ class Tracker:
                 drop_copy_ends(queue)
                 if head.statement is not None:
                     self.registry.known_good.add(head.statement)
-            elif kind == _COPY_IN:
-                self.copy_in = True
-                removed, self.copy.open = enter_copy(queue)
-                self.owed -= sum(1 for e in removed if e.ends is _ENDS_READY)
-            elif kind == _PARAMETER:
-                self.params.append(buf[pos + 5 : nxt])
+                elif kind == _COMPLETE and buf[pos + 5 : pos + 6] == b"D":  # an Execute's
+                    self._completed(buf[pos + 5 : nxt], server)
+            elif kind in _ALSO_READ:
+                if kind == _COPY_IN:
+                    self.copy_in = True
+                    removed, self.copy.open = enter_copy(queue)
+                    self.owed -= sum(1 for e in removed if e.ends is _ENDS_READY)
+                elif kind == _PARAMETER:
+                    self.params.append(buf[pos + 5 : nxt])
+                elif buf[pos + 5 : pos + 6] == b"D":  # a Query's CommandComplete
+                    self._completed(buf[pos + 5 : nxt], server)
             pos = nxt
             if queue and queue[0].synthetic is not None:
                 out.append(buf[start:pos])
@@ -353,13 +367,22 @@ class Tracker:
         self._sbuf = buf[pos:]
         return b"".join(out), ready, False
 
+    def _completed(self, tag: bytes, server: ServerStatements) -> None:
+        """A CommandComplete: if it reports a DEALLOCATE or DISCARD ALL, the server kept
+        only the statements whose Parse was sent after it (still in the queue)."""
+        how = drop_tag(tag)
+        if how:
+            server.dropped(how, [e.statement for e in self.queue if e.statement is not None])
+
     def _skip_to_sync(self, server: ServerStatements) -> None:
         """An extended-protocol error: PostgreSQL skips to Sync, so do the owed answers."""
         for failed in skip_to_sync(self.queue):
             if failed is COPY_END:
                 continue
             if failed.statement is not None:
-                server.discard(failed.statement)
+                server.discard(failed.statement)  # the Parse did not create it
+            elif failed.hidden and failed.ends is _ENDS_CLOSE:
+                server.unsure = True  # an evicted statement's Close skipped: it is still there
             self.owed -= failed.ends is _ENDS_READY  # a Query or FunctionCall never run
         # With no Sync sent yet, the client's next messages up to its Sync are skipped too.
         self.skipping = not self.queue
