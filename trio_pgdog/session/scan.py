@@ -168,7 +168,8 @@ class ServerScan:
     of errors the proxy had the server raise (session/sqltext.py).
     """
 
-    __slots__ = ("_carry", "_skip", "copy_in", "fatal", "fatal_body", "marked", "params", "ready")
+    __slots__ = ("_carry", "_skip", "copy_in", "errors", "fatal", "fatal_body", "marked", "params",
+                 "ready")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -178,6 +179,7 @@ class ServerScan:
         self.copy_in = False
         self.fatal = False
         self.fatal_body = b""
+        self.errors = 0  # ErrorResponses seen, until the session adds them to its pool's count
         self.params: list[bytes] | tuple[()] = ()  # ParameterStatus bodies in this chunk
         self.marked: list[tuple[int, int]] | tuple[()] = ()
 
@@ -210,6 +212,7 @@ class ServerScan:
                         self.fatal_body = data[pos + 5 : nxt]
                         self._skip = 0
                         return data[:pos]
+                    self.errors += 1
                     if MARK_FIELD in data[pos + 5 : nxt]:
                         self.marked = [*self.marked, (pos, nxt)]
                 elif kind == PARAMETER:
