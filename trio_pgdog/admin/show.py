@@ -17,7 +17,7 @@ import trio
 from .. import __version__
 from ..config.models import General
 from ..pool.pool import Pool
-from ..pool.stats import now_us
+from ..pool.stats import clock_ns
 from ..protocol.results import TEXT_OID
 from .settings import CHANGEABLE
 
@@ -157,15 +157,15 @@ def show_clients(app: Proxy) -> Table:
     cols = _columns("type user database state addr port connect_time request_time wait "
                     "wait_us id link remote_pid tls application_name",
                     "port wait wait_us id link remote_pid")
-    now = now_us()
+    now = clock_ns() // 1000
     rows: list[list[Cell]] = []
     for pid, session in app.sessions.items():
         host, port = _addr(session.addr)
         server = session.server
-        asked = session._asked_at
+        asked = session.asked_at
         rows.append(["C", session.user, session.database, _client_state(session), host, port,
                      _wall((time.time() - session.connected_at) * 1e6),
-                     _wall(now - asked) if asked else None, 0, 0, pid,
+                     _wall(now - asked // 1000) if asked else None, 0, 0, pid,
                      server.id if server is not None else None,
                      server.pid if server is not None else None, "",
                      session.settings.wanted.get("application_name", "")])

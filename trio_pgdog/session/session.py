@@ -21,7 +21,7 @@ from ..hooks.registry import EMPTY, HookRegistry, HookSet
 from ..netio import Conn, ConnectionClosed, Poller
 from ..pool.hosts import PRIMARY, REPLICA, HostGroup
 from ..pool.server import ServerConnection
-from ..pool.stats import now_us
+from ..pool.stats import clock_ns
 from ..protocol import ProtocolError
 from ..protocol import errors as codes
 from ..protocol import messages as m
@@ -130,7 +130,7 @@ class ClientSession(Login, Attach, Routing, Failures):
         # its query ran: the query is cancelled and its answer goes nowhere.
         self.departure: Departure | None = None
         self.relay: ShardedRelay | None = None  # a sharded database's clients only
-        # When the request under way and the transaction under way started (now_us()), for
+        # When the request under way and the transaction under way started (clock_ns()), for
         # the pool's query and transaction time (pool/stats.py).
         self._asked_at = 0
         self._xact_at = 0
@@ -205,6 +205,11 @@ class ClientSession(Login, Attach, Routing, Failures):
         if server is not None and (self.pending or self.departure is not None):
             return [server]
         return []
+
+    @property
+    def asked_at(self) -> int:
+        """clock_ns() when the client's latest request went to a server (0: none yet)."""
+        return self._asked_at
 
     def kill(self, why: str) -> None:
         """The admin console's KILL: tell the client (if its socket takes it now), hang up
@@ -321,7 +326,7 @@ class ClientSession(Login, Attach, Routing, Failures):
         server = self.server
         assert server is not None
         if not self.pending:  # a request starts: the clock of the pool's query time
-            self._asked_at = now = now_us()
+            self._asked_at = now = clock_ns()
             if server.status == b"I":
                 self._xact_at = now
         sync = self.settings.sync_sql(server)
@@ -476,11 +481,11 @@ class ClientSession(Login, Attach, Routing, Failures):
                 raise ProtocolError("server sent an unexpected ReadyForQuery")
         stats.query_count += len(ready)
         if not self.pending:
-            now = now_us()
-            stats.query_time_us += now - self._asked_at
+            now = clock_ns()
+            stats.query_time_us += (now - self._asked_at) // 1000
             if server.status == b"I":
                 stats.xact_count += 1
-                stats.xact_time_us += now - self._xact_at
+                stats.xact_time_us += (now - self._xact_at) // 1000
         if self.departure is not None:
             if not self.pending:
                 raise ClientGone  # the departed client's query is over: release it
