@@ -642,7 +642,8 @@ def test_table_after_its_subtable_is_not_a_redefinition() -> None:
 
 def test_examples_in_the_docs_load() -> None:
     docs = Path(__file__).parent.parent / "docs" / "configuration.md"
-    pgdog, quickstart, users = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.S)
+    admin, pgdog, quickstart, users = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.S)
+    assert load_config_text(admin, None).admin.effective_password() == "change-me"
     config = load_config_text(pgdog, users)
     assert len(config.databases_named("shop")) == 3
     assert config.sharding_schema("shop") == ShardingSchema(2, (ShardedColumn("orders", "customer_id"),))

@@ -321,6 +321,7 @@ class Pool:
 
     def close(self) -> None:
         self.closed = True
+        self._resumed.set()  # checkouts held by PAUSE find the pool closed (or retired)
         if self._scope is not None:
             self._scope.cancel()
         self._close_idle()

@@ -457,8 +457,8 @@ class ClientSession(Login, Attach, Routing, Failures):
                 hooked.server_ready(ready, self.copy_in)
         client = self.client
         stats = server.stats
-        stats.bytes_sent += len(data)
         if data and self.departure is None:
+            stats.bytes_sent += len(data)
             if data[0] != 0x4E or not only_notices(data):
                 self._replay = None  # the client has seen an answer: no silent retry now
             try:
@@ -480,11 +480,11 @@ class ClientSession(Login, Attach, Routing, Failures):
             if self.pending < 0:
                 raise ProtocolError("server sent an unexpected ReadyForQuery")
         stats.query_count += len(ready)
+        stats.xact_count += ready.count(b"I")  # each idle ReadyForQuery ends a transaction
         if not self.pending:
             now = clock_ns()
             stats.query_time_us += (now - self._asked_at) // 1000
             if server.status == b"I":
-                stats.xact_count += 1
                 stats.xact_time_us += (now - self._xact_at) // 1000
         if self.departure is not None:
             if not self.pending:
