@@ -332,3 +332,26 @@ def test_ban_takes_a_replica_out_of_rotation(proxy_factory, pg_replicas):
     # The reads were routed through the parse cache, which the console shows.
     assert any(q["query"] == read and (q["kind"], q["writes"]) == ("select", "false")
                for q in show(proxy, "QUERY_CACHE"))
+
+
+# --- a sharded database: each shard's pool counts what its server answered ------------------
+
+
+def test_sharded_pools_count_per_shard(proxy_factory, shard_clusters):
+    from shards import sharded_toml
+
+    proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(shard_clusters, port) + ADMIN_TOML)
+    with proxy.connect() as conn:
+        for _ in range(3):
+            conn.execute("SELECT count(*) FROM orders WHERE customer_id = 1")
+        conn.execute("SELECT count(*) FROM orders")
+    stats = {row["shard"]: row for row in show(proxy, "STATS")}
+    assert sorted(stats) == [0, 1, 2]
+    queries = {shard: row["total_query_count"] for shard, row in stats.items()}
+    # Customer 1's shard answered the three single-shard SELECTs; every shard the count(*).
+    assert sorted(queries.values()) == [1, 1, 4]
+    assert all(row["total_xact_count"] == row["total_query_count"] for row in stats.values())
+    assert all(row["total_received"] > 0 and row["total_sent"] > 0 for row in stats.values())
+    pools = show(proxy, "POOLS")
+    assert sorted(p["shard"] for p in pools) == [0, 1, 2]
+    assert all(p["database"] == APP_DB for p in pools)
