@@ -90,6 +90,20 @@ def test_show_pools_and_stats_match_traffic(admin_proxy, pg):
     assert stats["total_query_time"] > 0 and stats["total_xact_time"] >= stats["total_query_time"] / 2
 
 
+def test_show_stats_averages_per_period(admin_proxy):
+    proxy = admin_proxy(stats_period=1000)
+    with proxy.connect(prepare_threshold=None) as conn:  # no Parse + Sync of psycopg's own
+        for _ in range(10):
+            conn.execute("SELECT 1")
+    # The averages are those of the last whole period: they show the burst once a period
+    # that holds (part of) it has ended.
+    row = wait_for(lambda: next((r for r in show(proxy, "STATS") if r["avg_query_count"] > 0), None),
+                   what="avg_query_count in SHOW STATS")
+    assert 0 < row["avg_query_count"] <= 10 and row["avg_xact_count"] == row["avg_query_count"]
+    assert row["avg_query_time"] > 0 and row["avg_recv"] > 0 and row["avg_sent"] > 0
+    assert row["total_query_count"] == 10
+
+
 def test_show_pools_counts_waiting_clients(admin_proxy):
     proxy = admin_proxy(default_pool_size=1)
     holder = proxy.connect()
