@@ -481,13 +481,35 @@ def test_two_primaries_for_one_shard() -> None:
     ("text", "expected"),
     [
         ("[[omnisharded_tables]]\nname = 'x'\n", "line 1: unknown table [[omnisharded_tables]]"),
-        ("[admin]\npassword = 'x'\n", "line 1: unknown table [admin]"),
+        ("[[mirroring]]\nsource_db = 'x'\n", "line 1: unknown table [[mirroring]]"),
         ("port = 6432\n", "line 1: unknown key 'port'"),
     ],
 )
 def test_unknown_top_level_sections(text: str, expected: str) -> None:
     message = error_of(text)
     assert message.startswith(f"pgdog.toml: {expected} (expected [general], [[databases]]")
+
+
+# --- [admin] and the metrics keys ---------------------------------------------------
+
+
+def test_admin_section_and_metrics_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGDOG_ADMIN_PASSWORD", raising=False)
+    config = load_config_text("[general]\nopenmetrics_port = 9930\n\n[admin]\nname = 'pgdog'\n"
+                              "user = 'ops'\npassword = 's3cret'\n", None)
+    assert (config.admin.name, config.admin.user) == ("pgdog", "ops")
+    assert config.admin.effective_password() == "s3cret"
+    assert (config.general.openmetrics_port, config.general.openmetrics_host) == (9930, "0.0.0.0")
+    off = load_config_text("[[databases]]\nname = 'admin'\nhost = 'h'\n", None)
+    assert off.admin.effective_password() is None  # off: "admin" is an ordinary name
+    monkeypatch.setenv("PGDOG_ADMIN_PASSWORD", "from-env")
+    assert load_config_text("", None).admin.effective_password() == "from-env"
+    # On: the console's name belongs to it.
+    assert error_of("[[databases]]\nname = 'admin'\nhost = 'h'\n") == (
+        "pgdog.toml: line 2: [[databases]] #1 'name': 'admin' is the admin console's database "
+        "([admin] name); rename this database or set another [admin] name")
+    assert "openmetrics_port" in error_of("[general]\nopenmetrics_port = 70000\n")
+    assert "unknown key 'pasword'" in error_of("[admin]\npasword = 'x'\n")
 
 
 # --- sharding: [[sharded_tables]] and shard numbering --------------------------------
@@ -620,7 +642,8 @@ def test_table_after_its_subtable_is_not_a_redefinition() -> None:
 
 def test_examples_in_the_docs_load() -> None:
     docs = Path(__file__).parent.parent / "docs" / "configuration.md"
-    pgdog, quickstart, users = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.S)
+    admin, pgdog, quickstart, users = re.findall(r"```toml\n(.*?)```", docs.read_text(), re.S)
+    assert load_config_text(admin, None).admin.effective_password() == "change-me"
     config = load_config_text(pgdog, users)
     assert len(config.databases_named("shop")) == 3
     assert config.sharding_schema("shop") == ShardingSchema(2, (ShardedColumn("orders", "customer_id"),))

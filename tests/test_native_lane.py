@@ -180,6 +180,31 @@ def test_lane_answers_match_the_python_path(load):
             python.queue.clear()
 
 
+def test_lane_counts_calls_and_decisions_as_the_python_path(load, taken):
+    """SHOW HOOKS and /metrics figures: each plugin the lane asked counts one call and its
+    answer, as on the Python path; the time is the plugin's own only when it is alone."""
+    noop, by_param = load("noop"), load("by_param")
+    lane_hooks, python_hooks = hook_set(noop, by_param), hook_set(noop, by_param)
+    lane, python = stream(lane_hooks, lane=True), stream(python_hooks, lane=False)
+    sql = "SELECT 'original', $1::text"
+    for values in ([b"plain"], [b"rewrite"], [b"intercept"], [b"block"]):
+        for data in (execution(sql, values), execution(None, values)):
+            for s in (lane, python):
+                s.from_client(data)
+                s.queue.clear()
+    assert any(taken)   # (the lane stream's calls: the Python one never asks it)
+    for lane_entry, python_entry in zip(lane_hooks.entries, python_hooks.entries, strict=True):
+        assert lane_entry.stats.calls == python_entry.stats.calls > 0
+        assert lane_entry.stats.decisions == python_entry.stats.decisions
+    assert python_hooks.entries[1].stats.timed == python_hooks.entries[1].stats.calls
+    assert sum(python_hooks.entries[1].stats.decisions[1:]) > 0   # by_param decided some
+    alone = hook_set(by_param)
+    s = stream(alone, lane=True)
+    s.from_client(execution(sql, [b"plain"]))
+    s.from_client(execution(sql, [b"plain"]))   # the second goes through the lane
+    assert alone.entries[0].stats.timed == alone.entries[0].stats.calls == 2
+
+
 def test_a_closed_plugin_is_skipped(load):
     first, second = load("by_param"), load("noop")
     hooks = hook_set(first, second)

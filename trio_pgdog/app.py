@@ -17,6 +17,7 @@ from .config import Config, ConfigError, load_config
 from .hooks.api import ServerInfo
 from .hooks.errors import HookLoadError
 from .hooks.registry import HookRegistry, build_registry
+from .metrics import server as metrics_server
 from .netio import Conn, set_nodelay
 from .pool import probe
 from .pool.manager import PoolManager
@@ -116,6 +117,10 @@ class Proxy:
             for server in servers:
                 nursery.start_soon(self._cancel_one, session, server)
 
+    async def cancel_server(self, session: ClientSession, server: ServerConnection) -> None:
+        """Cancel what `server` runs for `session` (the admin console's KILL)."""
+        await self._cancel_one(session, server)
+
     async def _cancel_one(self, session: ClientSession, server: ServerConnection) -> None:
         if await send_cancel(server, self.config.general.connect_timeout / 1000):
             log.info("client %s: cancel forwarded to %r", session.addr, server)
@@ -157,16 +162,24 @@ class Proxy:
         # Plugins load (and pgdog_init runs) before the port opens: a client never meets a
         # proxy whose hooks are still loading, nor one without a hook it was configured with.
         self.hooks = build_registry(self.config)
+        metrics_sock = None
         try:
+            if g.openmetrics_port is not None:
+                # One port per worker (each has its own counters): openmetrics_port + index.
+                index = self.worker.index if self.worker is not None else 0
+                metrics_sock = listener.bind(g.openmetrics_host, g.openmetrics_port + index)
             listener.listen(sock)
             self.listening = [sock.getsockname()[:2]]
-            await self._serve(sock, task_status, on_listening)
+            await self._serve(sock, task_status, on_listening, metrics_sock)
         finally:
+            if metrics_sock is not None:
+                metrics_sock.close()
             self.hooks.close()  # native plugins' pgdog_fini, log files
         log.info("trio_pgdog stopped")
 
     async def _serve(self, sock: socket.socket, task_status: trio.TaskStatus,
-                     on_listening: Callable[[], object] | None) -> None:
+                     on_listening: Callable[[], object] | None,
+                     metrics_sock: socket.socket | None = None) -> None:
         g = self.config.general
         async with trio.open_nursery() as root:
             self._root = root
@@ -183,6 +196,9 @@ class Proxy:
                 if on_listening is not None:
                     on_listening()
                 root.start_soon(check_servers, self.config)
+                root.start_soon(self._roll_stats)
+                if metrics_sock is not None:
+                    await root.start(metrics_server.serve, self, metrics_sock)
                 with trio.CancelScope() as accept_scope:
                     self._accept_scope = accept_scope
                     await self._accept(sock, clients)
@@ -191,6 +207,14 @@ class Proxy:
                 clients.cancel_scope.cancel()
             self.pools.close()
             root.cancel_scope.cancel()
+
+    async def _roll_stats(self) -> None:
+        """Every stats_period, each pool's averages for SHOW STATS."""
+        while True:
+            period = self.config.general.stats_period / 1000
+            await trio.sleep(period)
+            for pool in self.pools.pools.values():
+                pool.stats.roll(period)
 
     async def _after_connect(self, pool: Pool, server: ServerConnection) -> None:
         """after_connect hooks: their statements run on a new server connection before it
@@ -243,40 +267,47 @@ class Proxy:
                          signal.Signals(signum).name, self.config.general.shutdown_timeout)
                 self.shutdown()
 
-    def reload(self) -> None:
-        """SIGHUP: reread both files; an invalid one, or a hook that cannot load, keeps the
-        running configuration."""
+    def reload(self) -> bool:
+        """SIGHUP (and the admin console's RELOAD): reread both files; an invalid one, or a
+        hook that cannot load, keeps the running configuration (False)."""
         old = self.config
         if old.pgdog_path is None:
             log.warning("SIGHUP: configuration did not come from files; nothing to reload")
-            return
+            return False
         try:
             new = with_general(load_config(old.pgdog_path, old.users_path), self.overrides)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-            return
+            return False
         try:  # the files again, even if their names did not change: renewed certificates
             client_tls = tls.client_context(new)
         except tls.TlsFileError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-            return
+            return False
         # From here to the pools' swap nothing awaits: a client sees the old configuration
         # or the new one, never half of each.
         try:
             self.hooks = self._reload_hooks(old, new)
         except HookLoadError as exc:
             log.error("reload failed, keeping the running configuration (hooks included): %s", exc)
-            return
+            return False
         g_old, g_new = old.general, new.general
-        if (g_old.host, g_old.port) != (g_new.host, g_new.port):
-            log.warning("reload: host/port changes need a restart; still listening on %s:%d",
-                        g_old.host, g_old.port)
-        self.config = new
+        for key in ("host", "port", "openmetrics_host", "openmetrics_port"):
+            if getattr(g_old, key) != getattr(g_new, key):
+                log.warning("reload: %s changes need a restart; keeping %s", key,
+                            getattr(g_old, key))
         self.client_tls = client_tls
         tls.forget_server_contexts()
-        logs.use_format(g_new.log_format)
-        self.pools.apply(new, self._root)
+        self.install(new)
         log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))
+        return True
+
+    def install(self, new: Config) -> None:
+        """Run with `new` from now on (its hooks already loaded): pools whose settings
+        changed are replaced, the others keep their connections."""
+        self.config = new
+        logs.use_format(new.general.log_format)
+        self.pools.apply(new, self._root)
 
     def _reload_hooks(self, old: Config, new: Config) -> HookRegistry:
         """The hooks of `new`; HookLoadError if one cannot load, with the running hooks back."""

@@ -30,6 +30,7 @@ def check_config(config: Config, label: Labeller, pgdog_file: str) -> Iterator[I
     yield from _sharded_tables(config, label)
     yield from _users(config, label, pgdog_file)
     yield from _tls(config)
+    yield from _admin(config)
 
 
 def _tls(config: Config) -> Iterator[Issue]:
@@ -49,6 +50,19 @@ def _tls(config: Config) -> Iterator[Issue]:
         tls.check_server_ca(config)
     except tls.TlsFileError as exc:
         yield Issue("general", None, exc.key, exc.message)
+
+
+def _admin(config: Config) -> Iterator[Issue]:
+    """The admin console's database name belongs to the console: no server may have it
+    (only checked when the console is on: a database may be called "admin" otherwise)."""
+    if config.admin.effective_password() is None:
+        return
+    for i, db in enumerate(config.databases):
+        if db.name == config.admin.name:
+            yield Issue("databases", i, "name",
+                        f"{db.name!r} is the admin console's database ([admin] name); rename "
+                        "this database or set another [admin] name")
+            return
 
 
 def _shards(config: Config) -> Iterator[Issue]:

@@ -9,6 +9,7 @@ Checks that need more than one entry (duplicates, unknown databases) live in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -146,6 +147,12 @@ class General:
     # TLS towards PostgreSQL: disabled, prefer (TLS where offered), verify_ca, verify_full.
     tls_verify: str = attrs.field(default="prefer", validator=one_of(TLS_VERIFY_MODES))
     tls_server_ca_certificate: str | None = None
+    # OpenMetrics (Prometheus) endpoint: GET /metrics on this port; None: not served.
+    openmetrics_port: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        port_number))
+    openmetrics_host: str = attrs.field(default="0.0.0.0", validator=non_empty)
+    # The period of SHOW STATS' avg_* columns (the admin console).
+    stats_period: int = attrs.field(default=15_000, validator=at_least(1000))
 
 
 def _same_as_name(db: Database) -> str:
@@ -326,6 +333,25 @@ class Plugin:
     databases: tuple[str, ...] = ()
 
 
+ADMIN_PASSWORD_ENV = "PGDOG_ADMIN_PASSWORD"
+
+
+@attrs.frozen
+class Admin:
+    """``[admin]``: the admin console, a database the proxy answers itself. Off until a
+    password is set (here or in the environment variable PGDOG_ADMIN_PASSWORD)."""
+
+    name: str = attrs.field(default="admin", validator=non_empty)  # the database to connect to
+    user: str = attrs.field(default="admin", validator=non_empty)
+    password: str | None = None
+
+    def effective_password(self) -> str | None:
+        """The password, from the file or else the environment; None: the console is off."""
+        if self.password:
+            return self.password
+        return os.environ.get(ADMIN_PASSWORD_ENV) or None
+
+
 # --- users.toml -------------------------------------------------------------
 
 
@@ -389,6 +415,7 @@ class Config:
     general: General = attrs.field(factory=General, metadata=section("pgdog"))
     databases: tuple[Database, ...] = attrs.field(default=(), metadata=section("pgdog", "servers"))
     hooks: Hooks = attrs.field(factory=Hooks, metadata=section("pgdog"))
+    admin: Admin = attrs.field(factory=Admin, metadata=section("pgdog"))
     plugins: tuple[Plugin, ...] = attrs.field(default=(), metadata=section("pgdog"))
     sharded_tables: tuple[ShardedTable, ...] = attrs.field(default=(), metadata=section("pgdog"))
     users: tuple[User, ...] = attrs.field(default=(), metadata=section("users"))

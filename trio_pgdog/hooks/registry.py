@@ -21,6 +21,7 @@ from .. import speedups
 from ..config.models import Config, Plugin
 from .api import ALL_SHARDS, EVENTS, Action, ConnectInfo, Decision, QueryDone, QueryInfo, ServerInfo
 from .errors import HookLoadError
+from .stats import HookStats, clock_ns
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Entry:
     databases: frozenset[str]      # empty: every database
     events: tuple[str, ...]
     key: object = None             # what it was built from; equal keys survive a reload
+    stats: HookStats = attrs.field(factory=HookStats, eq=False)  # SHOW HOOKS, /metrics
     _last_error: dict[str, float] = attrs.field(factory=dict)
 
     def applies_to(self, database: str) -> bool:
@@ -96,24 +98,32 @@ class HookSet:
                  arg: object) -> Iterator[tuple[Entry, Any]]:
         """Each hook's answer to `arg`, in order; a hook that raises is logged and skipped."""
         for entry, call in calls:
+            started = clock_ns()
             try:
                 answer = call(arg)
             except Exception as exc:
+                entry.stats.failed(started)
                 entry.failed(event, exc)
                 continue
+            action = getattr(answer, "action", None)
+            entry.stats.called(started, action if isinstance(action, int) else 0)
             yield entry, answer
 
     def decide(self, query: QueryInfo) -> tuple[Decision, str] | None:
         """The first decisive pre_query answer and the hook that gave it."""
         # Once per statement: the loop of _answers, written out (a generator costs more).
         for entry, call in self.pre_query:
+            started = clock_ns()
             try:
                 decision = call(query)
             except Exception as exc:
+                entry.stats.failed(started)
                 entry.failed("pre_query", exc)
                 continue
             if decision is not None and decision.action != Action.ALLOW:
+                entry.stats.called(started, decision.action)
                 return decision, entry.label
+            entry.stats.called(started)
         return None
 
     def refuse(self, info: ConnectInfo) -> tuple[Decision, str] | None:

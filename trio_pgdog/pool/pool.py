@@ -19,6 +19,7 @@ from ..protocol import errors as codes
 from .lag import UNWATCHED, ReplicaLag
 from .server import CONNECT_ERRORS, ServerConnection, check_server, describe_connect_error
 from .settings import PoolSettings
+from .stats import PoolStats
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ class PoolRetired(ProxyError):
 
 
 class _Waiter:
-    __slots__ = ("event", "may_connect", "pool", "server")
+    __slots__ = ("event", "may_connect", "pool", "server", "since")
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, since: float) -> None:
+        self.since = since  # trio time it started waiting (SHOW POOLS' maxwait)
         self.event = trio.Event()
         self.pool = pool  # whose queue it is in: a reload moves it to the pool's replacement
         self.server: ServerConnection | None = None
@@ -64,6 +66,14 @@ class Pool:
         self.logical_database = ""  # the [[databases]] name, its role and shard (for hooks)
         self.role = "primary"
         self.shard = 0
+        self.stats = PoolStats()
+        self.opening = 0  # connections logging in now (SHOW POOLS' sv_login)
+        self.paused = False  # the admin console's PAUSE: new checkouts wait for RESUME
+        self._resumed = trio.Event()
+        # The admin console's RECONNECT: connections made before this trio time are closed
+        # when they come back instead of being reused.
+        self.reconnect_before = float("-inf")
+        self._drained = trio.Event()
         self._wake = trio.Event()
         self._deadline = float("inf")  # when the janitor next wakes by itself
         self._last_check = trio.current_time()
@@ -80,7 +90,7 @@ class Pool:
 
     def take_idle(self) -> ServerConnection | None:
         """The warmest idle connection without waiting, if one is free (checkout's fast path)."""
-        while self.idle and not self.closed:
+        while self.idle and not self.closed and not self.paused:
             server = self.idle.pop()
             now = trio.current_time()
             if now - server.created_at < self.settings.server_lifetime:
@@ -91,6 +101,8 @@ class Pool:
         return None
 
     async def checkout(self) -> ServerConnection:
+        while self.paused and not self.closed:
+            await self._resumed.wait()  # PAUSE holds new transactions until RESUME
         if self.closed:
             raise self._closed_error()
         server = self.take_idle()
@@ -106,15 +118,18 @@ class Pool:
         now = trio.current_time()
         server.last_used = now
         if (not reusable or server.broken or self.closed or server.status != b"I"
-                or now - server.created_at >= self.settings.server_lifetime):
+                or now - server.created_at >= self.settings.server_lifetime
+                or server.created_at <= self.reconnect_before):
             self._discard(server)
             return
-        if self.waiters:
+        if self.waiters and not self.paused:
             waiter = self.waiters.popleft()
             waiter.server = server
             waiter.event.set()
             return
         self.idle.append(server)
+        if self.paused:
+            self._drained.set()  # PAUSE waits for the last connection in use to come back
         expiry = min(now + self.settings.idle_timeout, server.created_at + self.settings.server_lifetime)
         if expiry < self._deadline:
             self._wake.set()  # the janitor sleeps past this connection's expiry
@@ -125,7 +140,9 @@ class Pool:
 
     def _slot_freed(self) -> None:
         """A connection slot became free: hand it to the first waiter, if any."""
-        if self.waiters and not self.closed:
+        if self.paused:
+            self._drained.set()
+        if self.waiters and not self.closed and not self.paused:
             waiter = self.waiters.popleft()
             waiter.may_connect = True  # the slot stays counted in total, reserved for it
             waiter.event.set()
@@ -137,16 +154,19 @@ class Pool:
     async def _open(self) -> ServerConnection:
         """Open a connection in a slot already counted in `total`."""
         s = self.settings
+        self.opening += 1
         try:
             with trio.fail_after(s.connect_timeout):
                 server = await ServerConnection.connect(s.host, s.port, s.startup_params(),
                                                         s.password, s.statements_limit, s.tls)
         except trio.TooSlowError:
+            self.stats.errors += 1
             self._slot_freed()
             raise ProxyError(codes.CONNECTION_FAILURE,
                              f"could not connect to server {s.host}:{s.port} for pool {self.name}"
                              f" within connect_timeout ({s.connect_timeout * 1000:.0f} ms)") from None
         except CONNECT_ERRORS as exc:
+            self.stats.errors += 1
             self._slot_freed()
             raise ProxyError(getattr(exc, "sqlstate", codes.CONNECTION_FAILURE),
                              f"could not connect to server {s.host}:{s.port} for pool "
@@ -154,7 +174,10 @@ class Pool:
         except BaseException:
             self._slot_freed()
             raise
+        finally:
+            self.opening -= 1
         server.pool = self
+        server.stats = self.stats
         if self.on_connect is not None:
             try:
                 await self.on_connect(self, server)
@@ -167,10 +190,11 @@ class Pool:
         return server
 
     async def _wait(self) -> ServerConnection:
-        waiter = _Waiter(self)
+        now = trio.current_time()
+        waiter = _Waiter(self, now)
         self.waiters.append(waiter)
         # One deadline, wherever a reload moves the waiter: moving is not starting over.
-        deadline = trio.current_time() + self.settings.checkout_timeout
+        deadline = now + self.settings.checkout_timeout
         while True:
             try:
                 with trio.move_on_at(deadline):
@@ -201,6 +225,42 @@ class Pool:
                              f"no server connection available in pool {pool.name} within "
                              f"checkout_timeout ({pool.settings.checkout_timeout * 1000:.0f} ms): "
                              f"all {pool.settings.pool_size} connections are busy")
+
+    # --- the admin console: PAUSE, RESUME, RECONNECT --------------------------------------------
+
+    def pause(self) -> None:
+        """Hand out no connection until resume(); transactions under way go on."""
+        if not self.paused:
+            self.paused = True
+            self._resumed = trio.Event()
+
+    async def wait_drained(self) -> None:
+        """Return once no connection of this paused pool is in use."""
+        while self.paused and not self.closed and self.in_use > 0:
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+    def resume(self) -> None:
+        """Serve again: the clients that queued meanwhile get connections, first come first."""
+        if not self.paused:
+            return
+        self.paused = False
+        self._resumed.set()
+        while self.waiters and self.idle:
+            waiter = self.waiters.popleft()
+            waiter.server = self.idle.pop()
+            waiter.event.set()
+        while self.waiters and self.total < self.settings.pool_size:
+            self.total += 1
+            waiter = self.waiters.popleft()
+            waiter.may_connect = True
+            waiter.event.set()
+
+    def reconnect(self) -> None:
+        """Replace every connection: idle ones now, those in use as they come back."""
+        self.reconnect_before = trio.current_time()
+        self._close_idle()
+        self._wake.set()  # the janitor refills min_pool_size with new connections
 
     def _abandon(self, waiter: _Waiter) -> None:
         """A waiter gave up (timeout, client gone): return whatever it was handed."""
@@ -261,6 +321,7 @@ class Pool:
 
     def close(self) -> None:
         self.closed = True
+        self._resumed.set()  # checkouts held by PAUSE find the pool closed (or retired)
         if self._scope is not None:
             self._scope.cancel()
         self._close_idle()
@@ -324,6 +385,7 @@ class Pool:
                 self.report_failure("health check failed")
 
     def report_failure(self, why: str) -> None:
+        self.stats.errors += 1
         if self.on_failure is not None:
             self.on_failure(self, why)
 

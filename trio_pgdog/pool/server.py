@@ -17,6 +17,7 @@ from ..protocol import messages as m
 from ..tls import ServerTls, negotiate
 from .settings import PoolSettings
 from .statements import DEFAULT_SERVER_LIMIT, ServerStatements, drop_tag
+from .stats import UNCOUNTED, PoolStats
 
 
 class Home(Protocol):
@@ -56,6 +57,7 @@ class ServerConnection:
         self.last_used = now
         self.broken = False
         self.pool: Home | None = None  # the pool this connection belongs to
+        self.stats: PoolStats = UNCOUNTED  # its pool's counters (the relay adds to them)
         self.needs_check = False  # idle so long that it is checked before use
         self.statements = ServerStatements(statements_limit)  # shared names prepared here
         self.synced_key: frozenset | None = None  # the ClientParams.key these settings match

@@ -46,6 +46,10 @@ class ParseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def items(self) -> list[tuple[str | bytes, StatementFacts]]:
+        """(text, facts) of every entry, least recently used first (the admin console)."""
+        return list(self._entries.items())
+
     def __contains__(self, sql: object) -> bool:
         return sql in self._entries
 

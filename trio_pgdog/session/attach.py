@@ -14,6 +14,7 @@ from ..netio import ConnectionClosed
 from ..pool.hosts import REPLICA, HostGroup
 from ..pool.pool import PoolRetired
 from ..pool.server import ServerConnection, check_server, try_execute
+from ..pool.stats import clock_ns
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..router.keywords import leading_keywords
@@ -102,7 +103,9 @@ class Attach:
         """Wait for a server connection; if the client hung up meanwhile, pass the connection
         on at once instead of running its query for nobody. (Checked once, after the wait:
         watching the socket during the wait would cost a task per checkout.)"""
+        started = clock_ns()
         server = await self._current_group().checkout(pools)
+        server.stats.waited((clock_ns() - started) // 1000)
         try:
             alive = self.client.sock.recv(1, socket.MSG_PEEK) != b""
         except BlockingIOError:

@@ -82,6 +82,7 @@ class Failures:
             return
         server = self.server
         assert server is not None
+        server.stats.errors += 1
         self._drop_server(server)
         self.copy_in = False
         why = f"{server.host}:{server.port} closed the connection"

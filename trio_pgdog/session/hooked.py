@@ -33,6 +33,7 @@ from .. import speedups
 from ..hooks.api import Action, Decision, QueryDone, QueryInfo
 from ..hooks.native import encode_text
 from ..hooks.registry import HookSet, nonsense
+from ..hooks.stats import clock_ns
 from ..protocol import ProtocolError
 from ..protocol import extended as ext
 from ..protocol import messages as m
@@ -212,13 +213,15 @@ class HookedStream:
         if self._settled:  # the commonest chunks, without the general walk
             if self._lane is not None:
                 database, user, flags = self._lane_args
+                started = clock_ns()
                 answer = _native_lane(self._lane, database, user,
                                       flags | (self.status != b"I") << 2 | self.stand_ins << 3,
                                       data, self.statements, self.portals)
                 if answer is None:
+                    self._lane_counted(started, len(self.hooks.pre_query))
                     return self._as_sent(data, 1)
                 if answer is not False:
-                    return self._lane_decided(data, *answer)
+                    return self._lane_decided(data, *answer, started)
             if data[:1] == b"Q" and len(data) == 1 + _LEN(data, 1)[0]:
                 return self._one_query(data)
             if data[:1] in BATCH_STARTS and data[-5:] == SYNC_MESSAGE and not self.stand_ins:
@@ -262,14 +265,28 @@ class HookedStream:
         outcome.syncs, outcome.role = self._syncs, self._role
         return outcome
 
-    def _lane_decided(self, data: bytes, index: int, raw: bytes) -> Outcome:
+    def _lane_counted(self, started: int, asked: int, action: int = 0) -> None:
+        """Count the native lane's one C call for each of the `asked` first plugins (the last
+        answered `action`, the others allowed); the time is a plugin's own only when it
+        was asked alone."""
+        calls = self.hooks.pre_query
+        if asked == 1:
+            calls[0][0].stats.called(started, action)
+            return
+        for entry, _call in calls[: asked - 1]:
+            entry.stats.untimed()
+        calls[asked - 1][0].stats.untimed(action)
+
+    def _lane_decided(self, data: bytes, index: int, raw: bytes, started: int) -> Outcome:
         """The native lane's chunk when plugin `index` decided (its PgdogOutput in `raw`)."""
         entry, call = self.hooks.pre_query[index]
         try:
             decision = call.__self__.lane_decision(raw)
         except Exception as exc:   # as the registry guards every hook call
             entry.failed("pre_query", exc)
+            entry.stats.errors += 1
             decision = None
+        self._lane_counted(started, index + 1, decision.action if decision is not None else 0)
         if decision is not None:
             decision = self._accepted(decision, entry.label)
         if data[:1] == b"Q":

@@ -9,6 +9,7 @@ import sys
 
 import trio
 
+from ..admin import console as admin_console
 from ..auth import client as client_auth
 from ..hooks.api import ConnectInfo
 from ..netio import ConnectionClosed
@@ -33,13 +34,22 @@ class Login:
 
     async def _login(self) -> bool:
         timeout = self.app.config.general.client_login_timeout / 1000
+        console = False
         with trio.move_on_after(timeout):
             packet = await self._read_startup()
             if isinstance(packet, Cancel):
                 await self.app.cancel(packet)
                 return False
-            await self._admit(packet)
-            return True
+            if admin_console.wants_console(self.app, packet):
+                self.user, self.database = packet.user, packet.database
+                await admin_console.login(self.app, self.client, packet)
+                console = True
+            else:
+                await self._admit(packet)
+                return True
+        if console:  # the console's session is not a pooled one: it ends here
+            await admin_console.serve(self.app, self.client, self.addr)
+            return False
         raise ProxyError(codes.PROTOCOL_VIOLATION,
                          f"login not completed within client_login_timeout ({timeout * 1000:.0f} ms)",
                          fatal=True)

@@ -37,3 +37,10 @@ class StatementRegistry:
             if len(self._names) > self._limit:
                 self.known_good.discard(self._names.popitem(last=False)[1])
         return name
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """(Parse body after the name, shared name) of every statement (the admin console)."""
+        return list(self._names.items())

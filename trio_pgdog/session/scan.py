@@ -171,8 +171,8 @@ class ServerScan:
     DEALLOCATE or DISCARD ALL completed in the chunk (pool/statements.py's drop_tag), or 0.
     """
 
-    __slots__ = ("_carry", "_skip", "copy_in", "dropped", "fatal", "fatal_body", "marked", "params",
-                 "ready")
+    __slots__ = ("_carry", "_skip", "copy_in", "dropped", "errors", "fatal", "fatal_body", "marked",
+                 "params", "ready")
 
     def __init__(self) -> None:
         self._skip = 0
@@ -182,6 +182,7 @@ class ServerScan:
         self.copy_in = False
         self.fatal = False
         self.fatal_body = b""
+        self.errors = 0  # ErrorResponses seen, until the session adds them to its pool's count
         self.params: list[bytes] | tuple[()] = ()  # ParameterStatus bodies in this chunk
         self.marked: list[tuple[int, int]] | tuple[()] = ()
         self.dropped = DROPS_NONE
@@ -220,6 +221,7 @@ class ServerScan:
                         self.fatal_body = data[pos + 5 : nxt]
                         self._skip = 0
                         return data[:pos]
+                    self.errors += 1
                     if MARK_FIELD in data[pos + 5 : nxt]:
                         self.marked = [*self.marked, (pos, nxt)]
                 elif kind == PARAMETER:

@@ -9,7 +9,10 @@ session-mode server) it waits on both through a Poller.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -18,7 +21,9 @@ from ..hooks.registry import EMPTY, HookRegistry, HookSet
 from ..netio import Conn, ConnectionClosed, Poller
 from ..pool.hosts import PRIMARY, REPLICA, HostGroup
 from ..pool.server import ServerConnection
+from ..pool.stats import clock_ns
 from ..protocol import ProtocolError
+from ..protocol import errors as codes
 from ..protocol import messages as m
 from .attach import Attach, give_back
 from .departures import Departure
@@ -49,6 +54,7 @@ class ClientSession(Login, Attach, Routing, Failures):
     # first needed, and no coroutine frame but run's above Trio's wait while the client is
     # quiet (so the relay loop lives in run).
     __slots__ = (
+        "_asked_at",
         "_hooked_syncs",
         "_idle_on",
         "_poller",
@@ -56,9 +62,11 @@ class ClientSession(Login, Attach, Routing, Failures):
         "_replay",
         "_since",
         "_writing",
+        "_xact_at",
         "addr",
         "app",
         "client",
+        "connected_at",
         "copy_in",
         "cscan",
         "database",
@@ -122,6 +130,11 @@ class ClientSession(Login, Attach, Routing, Failures):
         # its query ran: the query is cancelled and its answer goes nowhere.
         self.departure: Departure | None = None
         self.relay: ShardedRelay | None = None  # a sharded database's clients only
+        # When the request under way and the transaction under way started (clock_ns()), for
+        # the pool's query and transaction time (pool/stats.py).
+        self._asked_at = 0
+        self._xact_at = 0
+        self.connected_at = time.time()  # SHOW CLIENTS' connect_time
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -192,6 +205,22 @@ class ClientSession(Login, Attach, Routing, Failures):
         if server is not None and (self.pending or self.departure is not None):
             return [server]
         return []
+
+    @property
+    def asked_at(self) -> int:
+        """clock_ns() when the client's latest request went to a server (0: none yet)."""
+        return self._asked_at
+
+    def kill(self, why: str) -> None:
+        """The admin console's KILL: tell the client (if its socket takes it now), hang up
+        (a session waiting on its client wakes to the end of its stream), and cancel the
+        query it is running; the session ends as for a client that left."""
+        with contextlib.suppress(OSError):
+            self.client.sock.send(m.error_response(codes.ADMIN_SHUTDOWN, why, severity="FATAL"))
+        with contextlib.suppress(OSError):
+            self.client.sock.shutdown(socket.SHUT_RDWR)
+        for server in self.busy_servers():
+            self.app.spawn(self.app.cancel_server, self, server)
 
     def interrupt_idle(self) -> None:
         """Shutdown: wake this session if it is waiting for its client between transactions."""
@@ -296,6 +325,10 @@ class ClientSession(Login, Attach, Routing, Failures):
         cscan = self.cscan
         server = self.server
         assert server is not None
+        if not self.pending:  # a request starts: the clock of the pool's query time
+            self._asked_at = now = clock_ns()
+            if server.status == b"I":
+                self._xact_at = now
         sync = self.settings.sync_sql(server)
         if sync is not None and not await self._sync_settings(server, *sync):
             return
@@ -329,6 +362,7 @@ class ClientSession(Login, Attach, Routing, Failures):
         if self.hooked is not None:
             self.hooked.server = server
         conn = server.conn
+        server.stats.bytes_received += len(data)
         try:
             sent = conn.send_nowait(data)
             if sent != len(data):
@@ -403,6 +437,9 @@ class ClientSession(Login, Attach, Routing, Failures):
                 data = unmark_errors(data, sscan.marked)
             if sscan.dropped:  # DEALLOCATE or DISCARD ALL ran (nothing of the proxy's was sent)
                 server.statements.dropped(sscan.dropped)
+            if sscan.errors:
+                server.stats.errors += sscan.errors
+                sscan.errors = 0
             ready = sscan.ready
             self.copy_in = sscan.copy_in
         else:
@@ -410,6 +447,9 @@ class ClientSession(Login, Attach, Routing, Failures):
             if fatal:
                 await self._server_lost(data, m.parse_error_fields(tracker.fatal_body))
                 return
+            if tracker.errors:
+                server.stats.errors += tracker.errors
+                tracker.errors = 0
             self.copy_in = tracker.copy_in
         hooked = self.hooked
         if hooked is not None:
@@ -418,7 +458,9 @@ class ClientSession(Login, Attach, Routing, Failures):
             else:  # everything went as the client sent it: only the status matters
                 hooked.server_ready(ready, self.copy_in)
         client = self.client
+        stats = server.stats
         if data and self.departure is None:
+            stats.bytes_sent += len(data)
             if data[0] != 0x4E or not only_notices(data):
                 self._replay = None  # the client has seen an answer: no silent retry now
             try:
@@ -439,6 +481,13 @@ class ClientSession(Login, Attach, Routing, Failures):
             self.pending -= len(ready)
             if self.pending < 0:
                 raise ProtocolError("server sent an unexpected ReadyForQuery")
+        stats.query_count += len(ready)
+        stats.xact_count += ready.count(b"I")  # each idle ReadyForQuery ends a transaction
+        if not self.pending:
+            now = clock_ns()
+            stats.query_time_us += (now - self._asked_at) // 1000
+            if server.status == b"I":
+                stats.xact_time_us += (now - self._xact_at) // 1000
         if self.departure is not None:
             if not self.pending:
                 raise ClientGone  # the departed client's query is over: release it

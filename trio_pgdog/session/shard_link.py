@@ -83,6 +83,7 @@ class ShardLink:
         return data
 
     async def send(self, data: bytes) -> None:
+        self.server.stats.bytes_received += len(data)
         try:
             await self.server.conn.send(data)
         except ConnectionClosed as exc:
@@ -176,8 +177,17 @@ class ShardLink:
         if fatal:
             said = m.parse_error_fields(self.tracker.fatal_body)
             raise ShardLost(self.shard, server, f"FATAL {said.get('C', '?')}: {said.get('M', '')}")
+        # The shard's pool counts what its server answered (pool/stats.py); the merged
+        # answer the client gets is the sharded relay's.
+        stats = server.stats
+        stats.bytes_sent += len(visible)
+        if self.tracker.errors:
+            stats.errors += self.tracker.errors
+            self.tracker.errors = 0
         if ready:
             server.status = ready[-1]
+            stats.query_count += len(ready)
+            stats.xact_count += ready.count(b"I")
         if self.tracker.params:
             self.params += self.tracker.params
         self._buf = self._buf[self._pos:] + visible

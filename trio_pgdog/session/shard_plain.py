@@ -72,8 +72,9 @@ async def relay_plain(relay: ShardedRelay, shard: int, query: bytes, *, writes: 
 
 async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, query: bytes) -> None:
     conn, session = server.conn, relay.session
-    scan = relay.plain_scan
+    scan, stats = relay.plain_scan, server.stats
     scan.reset()
+    stats.bytes_received += len(query)  # the shard's pool counts as ShardLink does
     try:
         await conn.send(query)
     except ConnectionClosed as exc:
@@ -93,10 +94,16 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, quer
             data = unmark_errors(data, scan.marked)
         if scan.dropped:  # (a plain kind drops no statement, but a server's word is law)
             server.statements.dropped(scan.dropped)
+        stats.bytes_sent += len(data)
+        if scan.errors:
+            stats.errors += scan.errors
+            scan.errors = 0
         if data and session.departure is None:
             await relay._send(data)
         if scan.params:
             session.settings.reported(scan.params, server)
         if scan.ready:
             server.status = scan.ready[-1]
+            stats.query_count += 1
+            stats.xact_count += server.status == b"I"
             return

@@ -34,6 +34,7 @@ from ..hooks.api import ALL_SHARDS, Action, QueryInfo
 from ..netio import ConnectionClosed
 from ..pool.hosts import PRIMARY, REPLICA
 from ..pool.server import ServerConnection, send_cancel, try_execute
+from ..pool.stats import clock_ns
 from ..protocol import ProtocolError, ProxyError, ServerError
 from ..protocol import errors as codes
 from ..protocol import extended as ext
@@ -818,7 +819,9 @@ class ShardedRelay:
         pools = group.choose(role)
         server = pools[0].take_idle()
         if server is None:
+            started = clock_ns()
             server = await group.checkout(pools)
+            server.stats.waited((clock_ns() - started) // 1000)
         return server
 
     async def _sync(self, link: ShardLink, sync: tuple[str | None, str | None]) -> None:

@@ -115,6 +115,7 @@ class Tracker:
         self.copy_in = False       # the server is in COPY FROM STDIN (its last word was G)
         self.params: list[bytes] = []  # ParameterStatus bodies in the last server chunk
         self.fatal_body = b""      # the server's FATAL ErrorResponse body, once seen
+        self.errors = 0            # ErrorResponses seen, until the session counts them
         self._cbuf = b""
         self._sbuf = b""
 
@@ -336,6 +337,7 @@ class Tracker:
                 else:
                     ready.append(buf[pos + 5 : nxt])
             elif kind == _ERROR:
+                self.errors += 1
                 self.copy.open = False  # an error ends a COPY
                 if MARK_FIELD in buf[pos + 5 : nxt]:  # raised for the proxy: shown without
                     out += [buf[start:pos], unmarked(buf[pos:nxt])]  # what is the proxy's own
