@@ -351,14 +351,30 @@ def test_ban_takes_a_replica_out_of_rotation(proxy_factory, pg_replicas):
 # --- a sharded database: each shard's pool counts what its server answered ------------------
 
 
-def test_sharded_pools_count_per_shard(proxy_factory, shard_clusters):
+async def _simple_queries(port: int, queries: list[str]) -> None:
+    import pgwire
+    from shards import PASSWORD
+
+    async with await pgwire.Wire.connect(port) as wire:
+        await wire.login("app", APP_DB, PASSWORD)
+        for sql in queries:
+            assert (await wire.query(sql)).error is None
+
+
+@pytest.mark.parametrize("protocol", ["extended", "simple"])
+def test_sharded_pools_count_per_shard(proxy_factory, shard_clusters, protocol):
+    import trio
     from shards import sharded_toml
 
     proxy = proxy_factory(pgdog_text=lambda port: sharded_toml(shard_clusters, port) + ADMIN_TOML)
-    with proxy.connect() as conn:
-        for _ in range(3):
-            conn.execute("SELECT count(*) FROM orders WHERE customer_id = 1")
-        conn.execute("SELECT count(*) FROM orders")
+    queries = ["SELECT count(*) FROM orders WHERE customer_id = 1"] * 3 + [
+        "SELECT count(*) FROM orders"]
+    if protocol == "simple":  # (a keyed Query takes the sharded relay's cheapest path)
+        trio.run(_simple_queries, proxy.port, queries)
+    else:
+        with proxy.connect() as conn:
+            for sql in queries:
+                conn.execute(sql)
     stats = {row["shard"]: row for row in show(proxy, "STATS")}
     assert sorted(stats) == [0, 1, 2]
     queries = {shard: row["total_query_count"] for shard, row in stats.items()}
