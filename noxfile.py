@@ -32,7 +32,7 @@ def bench(session: nox.Session) -> None:
 
     Options after `--` go to `python -m trio_pgdog.bench`, e.g. `nox -s bench -- --quick`.
     """
-    session.install("-e", ".")
+    session.install("-e", ".[bench]")  # trustme: the TLS targets' certificates
     if shutil.which("pgbouncer") is None:
         _install_pgbouncer(session)
     session.run("python", "-m", "trio_pgdog.bench", *session.posargs)

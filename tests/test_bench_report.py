@@ -53,9 +53,10 @@ def test_memory_only_report_has_no_pgbench_table():
     assert "- trio_pgdog: 3.0 KB per idle client" in text
 
 
-def _run(target: str, tps: float, cpu: float) -> bench.RunResult:
+def _run(target: str, tps: float, cpu: float | None, mode: str = "simple",
+         clients: int = 16) -> bench.RunResult:
     outcome = bench.PgbenchOutcome(requested=100, processed=100, tps=tps)
-    return bench.RunResult(target, "simple", 16, outcome, cpu)
+    return bench.RunResult(target, mode, clients, outcome, cpu)
 
 
 def test_sharded_rounds_judge_the_median_of_each_rounds_tps_ratio():
@@ -98,3 +99,68 @@ def test_the_sharded_target_is_selectable_and_only_its_section_is_reported():
     text = bench.report(found, plan, [], "abc1234")
     assert "| target |" not in text and "Routing by key" in text
     assert "shard_of_int(1) 0.10 µs" in text
+
+
+def test_tls_targets_are_selectable_and_pgbouncer_tls_runs_no_prepared_mode():
+    plan = bench.plan_from_args(bench.parse_args(
+        ["--targets", "pgbouncer,pgbouncer_tls,trio_pgdog,trio_pgdog_tls", "--prepared"]))
+    assert plan.targets == ("pgbouncer", "pgbouncer_tls", "trio_pgdog", "trio_pgdog_tls")
+    assert plan.modes_for("pgbouncer_tls") == bench.MODES
+    assert plan.modes_for("trio_pgdog_tls") == (*bench.MODES, bench.PREPARED)
+
+
+def test_tls_cost_is_each_tls_run_minus_its_plain_run_of_the_same_mode_and_clients():
+    from trio_pgdog.bench_tls import tls_section
+
+    results = [
+        _run(bench.PGBOUNCER, 6000, 15.0), _run(bench.PGBOUNCER, 7000, 16.0, "extended"),
+        _run(bench.PGBOUNCER_TLS, 5000, 27.5), _run(bench.PGBOUNCER_TLS, 6300, 29.0, "extended"),
+        _run(bench.TRIO_PGDOG, 4000, 40.0), _run(bench.TRIO_PGDOG, 3000, 50.0, "extended"),
+        _run(bench.TRIO_PGDOG, 2000, 60.0, clients=64),   # no TLS run at 64 clients: no line
+        _run(bench.TRIO_PGDOG_TLS, 3000, 70.0), _run(bench.TRIO_PGDOG_TLS, 2700, None, "extended"),
+    ]
+    head, *lines = tls_section(results)[1:]
+    assert head.startswith("What TLS costs: each pooler with TLS towards pgbench (sslmode=require)")
+    assert lines == [
+        "",
+        "- PgBouncer, simple, 16 clients: +12.5 µs CPU/txn with TLS (15.0 → 27.5 µs); "
+        "TPS 6,000 → 5,000 (0.83x)",
+        "- PgBouncer, extended, 16 clients: +13.0 µs CPU/txn with TLS (16.0 → 29.0 µs); "
+        "TPS 7,000 → 6,300 (0.90x)",
+        "- trio_pgdog, simple, 16 clients: +30.0 µs CPU/txn with TLS (40.0 → 70.0 µs); "
+        "TPS 4,000 → 3,000 (0.75x)",
+        "- trio_pgdog, extended, 16 clients: CPU/txn n/a; TPS 3,000 → 2,700 (0.90x)",
+        "- with TLS, simple, 16 clients, trio_pgdog TLS ÷ PgBouncer TLS: CPU/txn 2.55x, TPS 0.60x",
+        "- with TLS, extended, 16 clients, trio_pgdog TLS ÷ PgBouncer TLS: CPU/txn n/a, TPS 0.43x",
+    ]
+    plan = bench.plan_from_args(bench.parse_args(["--quick"]))
+    text = bench.report(bench.Findings(results=results), plan, [], "abc1234")
+    assert "| trio_pgdog TLS | extended | 16 | 2,700 | - | 0 |" in text
+    assert "- trio_pgdog, simple, 16 clients: +30.0 µs CPU/txn with TLS" in text
+    # Without TLS rows, no such section.
+    plain = [r for r in results if "TLS" not in r.target]
+    assert "What TLS costs" not in bench.report(bench.Findings(results=plain), plan, [], "abc1234")
+    assert tls_section(plain) == []
+
+
+def test_the_tls_targets_configuration_is_what_the_proxy_accepts(tmp_path):
+    """The [general] lines the trio_pgdog TLS target writes load, with every TLS key set."""
+    import trustme
+
+    from trio_pgdog.bench_tls import TlsSetup, trio_pgdog_tls_lines
+    from trio_pgdog.config import load_config
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "pooler.crt"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "pooler.key"))
+    setup = TlsSetup(None, str(tmp_path / "ca.pem"), str(tmp_path / "pooler.crt"),  # type: ignore[arg-type]
+                     str(tmp_path / "pooler.key"))
+    cfg = tmp_path / "pgdog.toml"
+    cfg.write_text(f"[general]\nport = 6432\n{trio_pgdog_tls_lines(setup)}\n[[databases]]\n"
+                   'name = "pgdog"\nhost = "127.0.0.1"\n')
+    general = load_config(cfg, None).general
+    assert (general.tls_certificate, general.tls_private_key) == (setup.cert_file, setup.key_file)
+    assert general.tls_client_required and general.tls_verify == "verify_full"
+    assert general.tls_server_ca_certificate == setup.ca_file

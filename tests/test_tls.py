@@ -24,15 +24,19 @@ import trustme
 from conftest import (
     APP_DB,
     PG_USERS,
+    PROTOCOLS,
     login_error,
     psql,
     start_proxy,
     users_toml,
     wait_for,
 )
+from shards import SHARDS, sharded_toml
+from test_sharding import placed_right
 
 from trio_pgdog.config import ConfigError, load_config
 from trio_pgdog.embedded import Cluster, free_port
+from trio_pgdog.router.sharding.hashing import shard_of_int
 
 APP_PASSWORD = PG_USERS["app"][0]
 
@@ -69,12 +73,8 @@ def certs(tmp_path_factory) -> Certs:
 @pytest.fixture(scope="module")
 def pg_tls(certs: Certs) -> Iterator[Cluster]:
     """A cluster with ssl = on, its certificate (for 127.0.0.1) signed by certs.pg_ca."""
-    with Cluster.create(settings={"ssl": "on"}) as cluster:
-        for src, dst in (("pg.crt", "server.crt"), ("pg.key", "server.key")):
-            target = os.path.join(cluster.data_dir, dst)
-            Path(target).write_bytes(Path(certs.path(src)).read_bytes())
-            os.chmod(target, 0o600)
-            cluster.runner.chown(target)
+    with Cluster.create() as cluster:
+        cluster.use_tls(certs.path("pg.crt"), certs.path("pg.key"))
         cluster.start()
         cluster.add_user("app", APP_PASSWORD, auth="scram-sha-256")
         cluster.add_database(APP_DB, owner="app")
@@ -417,6 +417,31 @@ def test_cancel_pipeline_and_session_mode_over_tls_both_ways(start, certs, pg_tl
                 note = next(listener.notifies(timeout=10))
                 assert note.payload == "hello"
         no_traceback(proxy)
+
+
+def test_a_sharded_database_over_tls(certs, shard_clusters, proxy_factory):
+    """Keyed writes and reads from a TLS client land on their shard, in each protocol."""
+    for cluster in shard_clusters:
+        cluster.sql("TRUNCATE orders", dbname=APP_DB)
+    proxy = proxy_factory(users=users_toml(), pgdog_text=lambda port: sharded_toml(
+        shard_clusters, port, tls_certificate=certs.path("proxy.crt"),
+        tls_private_key=certs.path("proxy.key"), tls_client_required=True))
+    keys = range(40)
+    for n, protocol in enumerate(PROTOCOLS):
+        with connect(proxy, sslmode="require", **PROTOCOLS[protocol]) as conn:
+            assert conn.pgconn.ssl_in_use
+            for key in keys:
+                conn.execute("INSERT INTO orders (customer_id, amount) VALUES (%s, %s)",
+                             (key, key * 10 + n))
+            for key in keys:
+                assert conn.execute("SELECT amount FROM orders WHERE customer_id = %s AND "
+                                    "amount = %s", (key, key * 10 + n)).fetchall() == \
+                    [(key * 10 + n,)], (protocol, key)
+    counts = placed_right(shard_clusters)  # each row where PostgreSQL's hash puts its key
+    assert counts == {s: len(PROTOCOLS) * sum(1 for k in keys if shard_of_int(k, SHARDS) == s)
+                      for s in range(SHARDS)}
+    assert all(counts.values())
+    no_traceback(proxy)
 
 
 # --- configuration --------------------------------------------------------------------------

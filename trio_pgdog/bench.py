@@ -10,6 +10,8 @@ trio_pgdog with one server against trio_pgdog with the table sharded over two
 (trio_pgdog.bench_sharded), and the cost of hashing one key. With trio_pgdog_cross_shard,
 queries without a key (count, ORDER BY ... LIMIT, GROUP BY) merged over two and three shards
 against one database holding every row (trio_pgdog.bench_cross_shard).
+With trio_pgdog_tls and pgbouncer_tls, both poolers with TLS towards pgbench and towards a
+PostgreSQL started with ssl = on, and the CPU per transaction TLS adds (trio_pgdog.bench_tls).
 Last, each pooler's memory per idle logged-in client (trio_pgdog.bench_memory; that figure
 alone with --memory-only). Everything it starts (cluster, PgBouncer, proxy, temporary files)
 is removed again, also on Ctrl-C, SIGTERM and errors. See docs/benchmarks.md.
@@ -41,9 +43,10 @@ from . import __version__
 from .bench_memory import IdleClientError, MemoryFigure, measure_sync, raise_fd_limit
 from .embedded import Cluster, EmbeddedError, find_pg_binary, free_port
 
-if TYPE_CHECKING:  # bench_sharded imports this module
+if TYPE_CHECKING:  # bench_sharded, bench_cross_shard and bench_tls import this module
     from .bench_cross_shard import CrossShardRun
     from .bench_sharded import HashCost, ShardingCost
+    from .bench_tls import TlsSetup
 
 USER = PASSWORD = DATABASE = "pgdog"
 POOL_SIZE = 16
@@ -74,7 +77,12 @@ SHARDED_KEY = "trio_pgdog_sharded"
 CROSS_SHARD_KEY = "trio_pgdog_cross_shard"
 # The same proxy with `workers = 2` (two processes sharing the port and the pool).
 TRIO_PGDOG_WORKERS = "trio_pgdog 2 workers"
-TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "trio_pgdog": TRIO_PGDOG,
+# Each pooler with TLS towards pgbench and towards a PostgreSQL with ssl = on (bench_tls).
+PGBOUNCER_TLS, TRIO_PGDOG_TLS = "PgBouncer TLS", "trio_pgdog TLS"
+TLS_TARGETS = {"pgbouncer_tls": PGBOUNCER_TLS, "trio_pgdog_tls": TRIO_PGDOG_TLS}
+PGBOUNCER_KEYS = ("pgbouncer", "pgbouncer_tls")
+TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "pgbouncer_tls": PGBOUNCER_TLS,
+               "trio_pgdog": TRIO_PGDOG, "trio_pgdog_tls": TRIO_PGDOG_TLS,
                "trio_pgdog_split": TRIO_PGDOG_SPLIT, "trio_pgdog_workers": TRIO_PGDOG_WORKERS,
                **HOOK_TARGETS, SHARDED_KEY: TRIO_PGDOG_SHARDED,
                CROSS_SHARD_KEY: "trio_pgdog cross-shard"}
@@ -120,6 +128,7 @@ class Target:
     port: int
     proc: subprocess.Popen[bytes] | None = None
     log_path: str = ""
+    sslmode: str = "disable"   # pgbench's (libpq's) sslmode towards this target
 
     @property
     def pid(self) -> int | None:
@@ -228,10 +237,10 @@ def distinct_errors(stderr: str) -> list[str]:
     return [f"{line} (x{n})" if n > 1 else line for line, n in counts.items()]
 
 
-def pgbench_env() -> dict[str, str]:
+def pgbench_env(sslmode: str = "disable") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    # The same connection path for every target: no TLS or GSS negotiation round trips.
-    env.update(PGPASSWORD=PASSWORD, PGSSLMODE="disable", PGGSSENCMODE="disable", LC_MESSAGES="C")
+    # The same connection path for every plain target: no TLS or GSS negotiation round trips.
+    env.update(PGPASSWORD=PASSWORD, PGSSLMODE=sslmode, PGGSSENCMODE="disable", LC_MESSAGES="C")
     return env
 
 
@@ -240,8 +249,8 @@ def pgbench_argv(port: int, *args: str) -> list[str]:
 
 
 def run_pgbench(port: int, mode: str, clients: int, per_client: int, timeout: float,
-                script: str | None = None) -> PgbenchOutcome:
-    """pgbench -S, or the custom script file `script` (-f)."""
+                script: str | None = None, sslmode: str = "disable") -> PgbenchOutcome:
+    """pgbench -S, or the custom script file `script` (-f); `sslmode` is libpq's."""
     # -n: no VACUUM before the run (it would go through the pooler and is the same every time);
     # -j: two threads at most, as many as the machine has cores for pgbench to share.
     workload = ("-f", script) if script else ("-S",)
@@ -250,7 +259,7 @@ def run_pgbench(port: int, mode: str, clients: int, per_client: int, timeout: fl
     requested = clients * per_client
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env=pgbench_env(), check=False)
+                              env=pgbench_env(sslmode), check=False)
     except subprocess.TimeoutExpired:
         return PgbenchOutcome(requested=requested, errors=[f"pgbench timed out after {timeout:g}s"])
     outcome = parse_pgbench(done.stdout, done.stderr, requested)
@@ -295,7 +304,7 @@ def measured_run(target: Target, mode: str, clients: int, per_client: int, timeo
                  script: str | None = None) -> RunResult:
     pid = target.pid
     before = cpu_ticks(pid) if pid else 0
-    outcome = run_pgbench(target.port, mode, clients, per_client, timeout, script)
+    outcome = run_pgbench(target.port, mode, clients, per_client, timeout, script, target.sslmode)
     cpu_us = None
     # An exited but not yet reaped pooler still has its /proc entry, so this read is safe.
     if pid and outcome.processed:
@@ -405,8 +414,10 @@ def start_cluster(stack: contextlib.ExitStack, pgbench_data: bool = True) -> Clu
     return cluster
 
 
-def pgbouncer_files(cluster: Cluster, port: int, workdir: str, max_client_conn: int = 500) -> str:
-    """Write pgbouncer.ini and its userlist into `workdir`; return the ini's path."""
+def pgbouncer_files(cluster: Cluster, port: int, workdir: str, max_client_conn: int = 500,
+                    extra: dict[str, str] | None = None) -> str:
+    """Write pgbouncer.ini and its userlist into `workdir`; return the ini's path. `extra`:
+    more [pgbouncer] settings (bench_tls's TLS keys)."""
     # The role's SCRAM secret: PgBouncer checks clients with it and, since the client proved
     # it knows the password, logs in to PostgreSQL with the same keys.
     secret = cluster.sql(f"SELECT rolpassword FROM pg_authid WHERE rolname = '{USER}'")
@@ -424,6 +435,7 @@ def pgbouncer_files(cluster: Cluster, port: int, workdir: str, max_client_conn: 
         # trio_pgdog logs connections at DEBUG only; keep logging cost out of the comparison.
         "log_connections": "0",
         "log_disconnections": "0",
+        **(extra or {}),
     }
     files = {
         userlist: f'"{USER}" "{secret}"\n',
@@ -438,10 +450,10 @@ def pgbouncer_files(cluster: Cluster, port: int, workdir: str, max_client_conn: 
 
 
 def start_pgbouncer(stack: contextlib.ExitStack, cluster: Cluster, binary: str,
-                    max_client_conn: int = 500) -> Target:
+                    max_client_conn: int = 500, extra: dict[str, str] | None = None) -> Target:
     workdir = make_workdir(stack, cluster, "trio_pgdog-bench-pgbouncer-")
     port = free_port()
-    ini = pgbouncer_files(cluster, port, workdir, max_client_conn)
+    ini = pgbouncer_files(cluster, port, workdir, max_client_conn, extra)
     log_path = os.path.join(workdir, "pgbouncer.log")
     as_user = cluster.runner.as_user
     # PgBouncer refuses to run as root. Popen(user=...) rather than runuser, so that the pid we
@@ -452,14 +464,16 @@ def start_pgbouncer(stack: contextlib.ExitStack, cluster: Cluster, binary: str,
     return Target(PGBOUNCER, port, proc, log_path)
 
 
-def trio_pgdog_files(cluster: Cluster, port: int, workdir: str, key: str = "trio_pgdog") -> tuple[str, str]:
+def trio_pgdog_files(cluster: Cluster, port: int, workdir: str, key: str = "trio_pgdog",
+                     general: str = "") -> tuple[str, str]:
+    """pgdog.toml and users.toml for target `key`; `general`: more [general] lines."""
     pgdog_toml = f"""[general]
 host = "127.0.0.1"
 port = {port}
 pooler_mode = "transaction"
 default_pool_size = {POOL_SIZE}
 auth_type = "scram"
-
+{general}
 [[databases]]
 name = "{DATABASE}"
 host = "127.0.0.1"
@@ -511,12 +525,12 @@ def build_noop_plugin(workdir: str) -> str:
 
 
 def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, key: str = "trio_pgdog",
-                     probe_out: str | None = None) -> Target:
+                     probe_out: str | None = None, general: str = "") -> Target:
     """`probe_out`: run it under trio_pgdog.bench_probe, which writes its hook path's CPU time
-    to that file when it exits."""
+    to that file when it exits. `general`: more [general] lines for pgdog.toml."""
     workdir = make_workdir(stack, cluster, "trio_pgdog-bench-proxy-")
     port = free_port()
-    config, users = trio_pgdog_files(cluster, port, workdir, key)
+    config, users = trio_pgdog_files(cluster, port, workdir, key, general)
     log_path = os.path.join(workdir, "proxy.log")
     # The proxy exactly as a user runs it, so its CPU time is the whole process's.
     module = "trio_pgdog" if probe_out is None else "trio_pgdog.bench_probe"
@@ -540,9 +554,15 @@ def find_pgbouncer() -> str | None:
 
 
 def start_target(key: str, stack: contextlib.ExitStack, cluster: Cluster, pgbouncer: str | None,
-                 max_client_conn: int = 500) -> Target:
+                 max_client_conn: int = 500, tls: TlsSetup | None = None) -> Target:
+    """`tls`: the TLS targets' PostgreSQL and certificates (required for those targets)."""
     if key == "direct":
         return Target(DIRECT, cluster.port)
+    if key in TLS_TARGETS:
+        from .bench_tls import start_tls_target
+
+        assert tls is not None
+        return start_tls_target(key, stack, tls, pgbouncer)
     if key == "pgbouncer":
         assert pgbouncer is not None
         return start_pgbouncer(stack, cluster, pgbouncer, max_client_conn)
@@ -564,7 +584,7 @@ class Plan:
 
     def modes_for(self, target_key: str) -> tuple[str, ...]:
         # PgBouncer 1.18 keeps no prepared statements across transactions in transaction mode.
-        if self.prepared and target_key != "pgbouncer":
+        if self.prepared and target_key not in PGBOUNCER_KEYS:
             return (*MODES, PREPARED)
         return MODES
 
@@ -577,7 +597,7 @@ def warm_up(target: Target, plan: Plan, script: str | None = None) -> None:
     """A run not reported: fills the pool and Python's caches so that the first measured run
     does not pay for opening server connections."""
     run_pgbench(target.port, "simple", RATIO_CLIENTS, WARMUP_TRANSACTIONS_PER_CLIENT, plan.timeout,
-                script)
+                script, target.sslmode)
 
 
 def benchmark_target(target: Target, plan: Plan, modes: Sequence[str]) -> list[RunResult]:
@@ -609,10 +629,10 @@ class Findings:
 def run_plan(plan: Plan, problems: list[str]) -> Findings:
     pgbouncer = find_pgbouncer()
     keys = [k for k in plan.targets
-            if (k != "pgbouncer" or pgbouncer) and k not in HOOK_TARGETS
+            if (k not in PGBOUNCER_KEYS or pgbouncer) and k not in HOOK_TARGETS
             and k not in (SHARDED_KEY, CROSS_SHARD_KEY)]
     hook_keys = [k for k in plan.targets if k in HOOK_TARGETS] if plan.pgbench else []
-    if "pgbouncer" in plan.targets and not pgbouncer:
+    if set(PGBOUNCER_KEYS) & set(plan.targets) and not pgbouncer:
         problems.append("PgBouncer is not installed (apt-get install -y pgbouncer): its rows are skipped.")
     found = Findings()
     with cleanup_shielded() as stack:
@@ -623,16 +643,25 @@ def run_plan(plan: Plan, problems: list[str]) -> Findings:
             return found
         progress("starting a throw-away PostgreSQL and loading pgbench -i -s 1 ...")
         cluster = start_cluster(stack)
+        tls = None
+        if set(TLS_TARGETS) & set(keys):
+            from .bench_tls import check_server_tls, start_tls_setup
+
+            # One PostgreSQL with ssl = on for both TLS targets; None: a problem says why.
+            tls = start_tls_setup(stack, problems)
+            keys = [k for k in keys if k not in TLS_TARGETS or tls]
         results = found.results
         for key in keys:
             with cleanup_shielded() as target_stack:
                 try:
-                    target = start_target(key, target_stack, cluster, pgbouncer)
+                    target = start_target(key, target_stack, cluster, pgbouncer, tls=tls)
                 except (BenchError, EmbeddedError) as exc:
                     problems.append(f"{TARGET_KEYS[key]} did not start: {exc}")
                     continue
                 progress(f"{target.name} on port {target.port}")
                 results += benchmark_target(target, plan, plan.modes_for(key))
+                if tls and key in TLS_TARGETS:
+                    problems += check_server_tls(tls, target)
                 # Read before the work directory (and the log with it) is removed.
                 problems += [f"{target.name} logged: {line}" for line in logged_problems(target.log_path)]
         found.costs = measure_hook_costs(plan, hook_keys, cluster, problems) if hook_keys else []
@@ -906,6 +935,10 @@ def report(found: Findings, plan: Plan, problems: Sequence[str], revision: str) 
             "",
             *ratio_lines(results),
         ]
+        if {r.target for r in results} & set(TLS_TARGETS.values()):
+            from .bench_tls import tls_section
+
+            parts += tls_section(results)
     else:
         parts += [f"{os.cpu_count()} cores, {when}, {version}"]
     if hook_lines := hook_cost_lines(costs):

@@ -185,6 +185,18 @@ class Cluster:
         }
         self._write(CONF_INCLUDE, render_conf({**ours, **self.settings}))
 
+    def use_tls(self, cert_file: str, key_file: str) -> None:
+        """Serve TLS (ssl = on) with this certificate and key, from the next start or reload on.
+
+        PostgreSQL reads them as server.crt / server.key in the data directory, where they
+        must belong to its OS user and (the key) be readable by it alone.
+        """
+        for src, name in ((cert_file, "server.crt"), (key_file, "server.key")):
+            with open(src) as f:
+                self._write(name, f.read())
+        self.settings["ssl"] = "on"
+        self._write_conf()
+
     def _write_hba(self) -> None:
         self._write("pg_hba.conf", render_hba(self._hba_user_lines))
 
