@@ -381,13 +381,20 @@ def test_a_replica_failing_verification_is_banned(start, certs, pg_tls):
 
 
 def test_both_sides_over_tls(start, certs, pg_tls):
+    from test_admin import ADMIN_TOML, show
+
     proxy = start(pg_tls, tls_verify="verify_full", tls_client_required=True,
-                  tls_server_ca_certificate=certs.path("pg_ca.pem"))
+                  tls_server_ca_certificate=certs.path("pg_ca.pem"), extra=ADMIN_TOML)
     with connect(proxy, sslmode="verify-full", sslrootcert=certs.path("proxy_ca.pem")) as conn:
         assert conn.pgconn.ssl_in_use and server_side_tls(conn)
         for prepare in (False, True):
             assert conn.execute("SELECT %s::text", ["x" * 100000], prepare=prepare
                                 ).fetchone() == ("x" * 100000,)
+        # The admin console says which connections use TLS, as PgBouncer's does.
+        clients = [c for c in show(proxy, "CLIENTS") if c["user"] == "app"]
+        assert clients and all(c["tls"].startswith("TLSv1") for c in clients), clients
+        servers = show(proxy, "SERVERS")
+        assert servers and all(s["tls"].startswith("TLSv1") for s in servers), servers
     out = psql(proxy.port, "SELECT 1")  # psql's default sslmode (prefer) takes TLS
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
     no_traceback(proxy)

@@ -23,6 +23,7 @@ from .settings import CHANGEABLE
 
 if TYPE_CHECKING:
     from ..app import Proxy
+    from ..netio import Conn
     from ..pool.hosts import HostGroup
     from ..pool.server import ServerConnection
     from ..session.session import ClientSession
@@ -153,6 +154,11 @@ def _client_state(session: ClientSession) -> str:
     return "idle"
 
 
+def _tls(conn: Conn) -> str:
+    """PgBouncer's tls column: the protocol version and cipher, or empty for plain TCP."""
+    return conn.describe() if conn.tls else ""
+
+
 def show_clients(app: Proxy) -> Table:
     cols = _columns("type user database state addr port connect_time request_time wait "
                     "wait_us id link remote_pid tls application_name",
@@ -167,7 +173,7 @@ def show_clients(app: Proxy) -> Table:
                      _wall((time.time() - session.connected_at) * 1e6),
                      _wall(now - asked // 1000) if asked else None, 0, 0, pid,
                      server.id if server is not None else None,
-                     server.pid if server is not None else None, "",
+                     server.pid if server is not None else None, _tls(session.client),
                      session.settings.wanted.get("application_name", "")])
     return cols, rows
 
@@ -201,7 +207,7 @@ def show_servers(app: Proxy) -> Table:
         rows.append(["S", users.get(id(pool), pool.settings.user), pool.logical_database, state,
                      server.host, server.port, _wall((now - server.created_at) * 1e6),
                      _wall((now - server.last_used) * 1e6), 0, 0, server.id, client,
-                     server.pid, "", "trio_pgdog", pool.role, pool.shard])
+                     server.pid, _tls(server.conn), "trio_pgdog", pool.role, pool.shard])
     return cols, rows
 
 
