@@ -6,6 +6,7 @@ for every statement the key-analysis tests use and for the literals that are eas
 from __future__ import annotations
 
 import hypothesis
+import pgwire
 import pytest
 import test_sharding_keys
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from test_sharding_keys import ALL, SCHEMA
 
 from trio_pgdog.router.sharding import template as template_module
 from trio_pgdog.router.sharding.keys import ShardingError, analyze, shards_for
-from trio_pgdog.router.sharding.template import scan_py, template
+from trio_pgdog.router.sharding.template import query_shape_py, scan_py, template
 
 TRICKY = [
     "SELECT * FROM orders WHERE customer_id = -3",
@@ -119,3 +120,32 @@ def test_c_scan_on_every_statement_of_the_tests(sql):
         assert found is NotImplemented  # left to the Python scan
     else:
         assert found == scan_py(sql)
+
+
+_C_SHAPE = template_module._query_shape_c
+_BODIES = st.one_of(
+    st.text(alphabet=_TRICKY_ASCII, max_size=30).map(lambda t: "select " + t),
+    st.sampled_from(["SELECT", "update", " Delete", "\tINSERT", "with", "selectx", "/* c */ select",
+                     "select pgdog.unique_id()", "SELECT 'x' /* pgdog_shard: 1 */", "é 1"]).flatmap(
+        lambda head: st.text(alphabet=_TRICKY_ASCII, max_size=20).map(lambda t: head + " " + t)),
+)
+
+
+@pytest.mark.skipif(_C_SHAPE is None, reason="the C speedups are not built")
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(_BODIES, st.sampled_from(["whole", "no-nul", "bad-length", "two"]))
+def test_c_query_shape_answers_as_the_python_one(body, framing):
+    """The sharded relay's first look at a Query message (template.query_shape): the C twin
+    answers as the Python one, or leaves the text to it (a leading comment, non-ASCII)."""
+    raw = pgwire.query(body)
+    if framing == "no-nul":
+        raw = raw[:-1]
+    elif framing == "bad-length":
+        raw = raw[:1] + (len(raw) + 3).to_bytes(4, "big") + raw[5:]
+    elif framing == "two":
+        raw += pgwire.query("select 1")
+    found = _C_SHAPE(raw)
+    if found is not NotImplemented:
+        assert found == query_shape_py(raw)
+    else:
+        assert not body.isascii() or body.lstrip(" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f").startswith("/*")

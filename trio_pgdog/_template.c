@@ -9,6 +9,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 static int is_word(unsigned char c) {
@@ -240,7 +241,72 @@ static PyObject *template_scan(PyObject *self, PyObject *sql) {
     return scan((const unsigned char *)PyUnicode_DATA(sql), PyUnicode_GET_LENGTH(sql));
 }
 
+static int has(const unsigned char *s, Py_ssize_t n, const char *what) {
+    Py_ssize_t len = (Py_ssize_t)strlen(what);
+    for (Py_ssize_t i = 0; i + len <= n; i++)
+        if (s[i] == (unsigned char)what[0] && memcmp(s + i, what, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* Does an ASCII text start, past spaces, with a DML keyword (template.py's _DML)? -1: it
+ * starts with a comment, which the regular expression reads in ways not repeated here. */
+static int starts_dml(const unsigned char *s, Py_ssize_t n) {
+    static const char *words[] = {"select", "update", "delete", "insert", "with"};
+    Py_ssize_t i = 0;
+    while (i < n && is_space(s[i]))
+        i++;
+    if (i + 1 < n && s[i] == '/' && s[i + 1] == '*')
+        return -1;
+    for (size_t w = 0; w < sizeof words / sizeof *words; w++) {
+        Py_ssize_t len = (Py_ssize_t)strlen(words[w]), k = 0;
+        if (i + len > n)
+            continue;
+        while (k < len && (s[i + k] | 0x20) == words[w][k])
+            k++;
+        if (k == len && (i + len == n || !is_word(s[i + len])))
+            return 1;
+    }
+    return 0;
+}
+
+/* query_shape(raw) -> (shape, values) | None | NotImplemented: template.query_shape_py's twin. */
+static PyObject *query_shape(PyObject *self, PyObject *raw) {
+    (void)self;
+    if (!PyBytes_Check(raw)) {
+        PyErr_SetString(PyExc_TypeError, "query_shape: bytes are needed");
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (n < 6 || s[0] != 'Q' || s[n - 1] != 0)
+        return Py_NewRef(Py_None);
+    uint32_t length = ((uint32_t)s[1] << 24) | ((uint32_t)s[2] << 16) | ((uint32_t)s[3] << 8) | s[4];
+    if ((Py_ssize_t)length + 1 != n)
+        return Py_NewRef(Py_None);
+    const unsigned char *body = s + 5;
+    Py_ssize_t len = n - 6;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (body[i] == 0 || body[i] == '$')
+            return Py_NewRef(Py_None);
+        if (body[i] > 127)
+            return Py_NewRef(Py_NotImplemented);
+    }
+    if (has(body, len, "pgdog") || has(body, len, "PGDOG") || has(body, len, "unique_id") ||
+        has(body, len, "UNIQUE_ID"))
+        return Py_NewRef(Py_None);
+    int dml = starts_dml(body, len);
+    if (dml < 0)
+        return Py_NewRef(Py_NotImplemented);
+    if (!dml)
+        return Py_NewRef(Py_None);
+    return scan(body, len);
+}
+
 PyMethodDef template_methods[] = {
+    {"query_shape", query_shape, METH_O,
+     "A whole Query message's (shape, values) when it is a candidate for the sharded relay's "
+     "plain path, None when not, NotImplemented when the Python twin must tell."},
     {"template_scan", template_scan, METH_O,
      "(text with its literals as $1..$n, their values) of an ASCII text, None if it has none or "
      "cannot be scanned, NotImplemented for other texts (template.py's twin)."},

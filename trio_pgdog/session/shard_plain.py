@@ -76,9 +76,12 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, quer
     scan.reset()
     stats.bytes_received += len(query)  # the shard's pool counts as ShardLink does
     try:
-        await conn.send(query)
+        sent = conn.send_nowait(query)
+        if sent != len(query):
+            await conn.send(query, sent)
     except ConnectionClosed as exc:
         raise ShardLost(shard, server, str(exc)) from None
+    client = session.client
     while True:
         try:
             data = await conn.recv()
@@ -99,7 +102,12 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, quer
             stats.errors += scan.errors
             scan.errors = 0
         if data and session.departure is None:
-            await relay._send(data)
+            try:
+                sent = client.send_nowait(data)
+                if sent != len(data):
+                    await client.send(data, sent)
+            except ConnectionClosed:
+                raise ClientGone from None
         if scan.params:
             session.settings.reported(scan.params, server)
         if scan.ready:

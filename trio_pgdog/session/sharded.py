@@ -42,9 +42,10 @@ from ..protocol import messages as m
 from ..protocol import results as r
 from ..router.keywords import leading_keywords
 from ..router.sharding.cursors import CursorStatement, cursor_statement
+from ..router.sharding.hashing import int_key_hash
 from ..router.sharding.keys import ShardingError, ShardingFacts, insert_rows_by_shard, shards_for
 from ..router.sharding.split import split_insert
-from ..router.sharding.template import template
+from ..router.sharding.template import query_shape, template
 from ..router.sharding.unique_id import mentions
 from . import merge, two_phase
 from .attach import CLEANUP_TIMEOUT, give_back
@@ -139,41 +140,30 @@ class ShardedRelay:
                 if unit is None:
                     return
                 try:
-                    if type(unit) is tuple:  # one execution, read in C
+                    if type(unit) is bytes:  # one Query message
+                        await self._one_query(unit)
+                    elif type(unit) is tuple:  # one execution, read in C
                         await self._one_execution(*unit)
                     else:
                         await self._unit(unit)
                 except ShardLost as lost:
                     await self._shard_lost(lost)
-                if self.status == b"I" and self.session.transaction_mode:
+                if self.links and self.status == b"I" and self.session.transaction_mode:
                     await self._release_all()
         finally:
             await self._release_all(leaving=True)
 
-    async def _next_unit(self) -> list[Message] | tuple[OneExecution, bytes] | None:
-        """The client's next complete unit; None when it leaves (Terminate or EOF). One
-        execution ([Parse] Bind [Describe] Execute Sync) comes as (its fields, its bytes)."""
+    async def _next_unit(self) -> list[Message] | bytes | tuple[OneExecution, bytes] | None:
+        """The client's next complete unit; None when it leaves (Terminate or EOF). The
+        common cases come without the general split: one Query message as its bytes, one
+        execution ([Parse] Bind [Describe] Execute Sync) as (its fields, its bytes)."""
         session, client = self.session, self.session.client
         while True:
-            unit = _one_query(self._buf)
-            if unit is not None:  # the common case, without the general split
-                self._buf = b""
-                return unit
-            if self._buf[:1] in b"PB" and self._buf:
-                execution = one_execution(self._buf)
-                if execution is not None:
-                    raw, self._buf = self._buf, b""
-                    return execution, raw
-            messages, cut = split_units(self._buf)
-            if messages:
-                end = _unit_end(messages)
-                unit, rest = messages[: end + 1], messages[end + 1 :]
-                self._buf = b"".join(raw for _k, _b, raw in rest) + self._buf[cut:]
-                if any(kind == TERMINATE for kind, _b, _r in unit):
-                    return None
-                return unit
-            if self._buf[:1] == b"X":
-                return None
+            buf = self._buf
+            if buf:
+                unit = self._take_unit(buf)
+                if unit is not None:
+                    return unit or None  # (an empty unit: the client said Terminate)
             if session.app.shutting_down and self.status == b"I":
                 raise shutdown_error()
             session._idle_on = client.sock if self.status == b"I" else None
@@ -186,6 +176,25 @@ class ShardedRelay:
             finally:
                 session._idle_on = None
             self._buf += data
+
+    def _take_unit(self, buf: bytes) -> list[Message] | bytes | tuple[OneExecution, bytes] | None:
+        """The first whole unit of `buf` (taken out of it), [] for a Terminate, None if the
+        unit is not all there yet."""
+        if _one_query(buf):
+            self._buf = b""
+            return buf
+        if buf[:1] in b"PB":
+            execution = one_execution(buf)
+            if execution is not None:
+                self._buf = b""
+                return execution, buf
+        messages, cut = split_units(buf)
+        if messages:
+            end = _unit_end(messages)
+            unit, rest = messages[: end + 1], messages[end + 1 :]
+            self._buf = b"".join(raw for _k, _b, raw in rest) + buf[cut:]
+            return [] if any(kind == TERMINATE for kind, _b, _r in unit) else unit
+        return [] if buf[:1] == b"X" else None
 
     async def _unit(self, unit: list[Message]) -> None:
         kind = unit[-1][0]
@@ -202,6 +211,39 @@ class ShardedRelay:
         await self._extended(unit)
 
     # --- simple protocol ------------------------------------------------------------------
+
+    async def _one_query(self, raw: bytes) -> None:
+        """One Query: a keyed SELECT, UPDATE or DELETE of a client at rest goes straight to
+        its shard (shard_plain.py); anything else the general way."""
+        session = self.session
+        if (self.status == b"I" and not self.links and session.transaction_mode
+                and self.standard_strings and not session.hooks.pre_query
+                and self.hint_shard is None and self.hint_key is None):
+            found = query_shape(raw)
+            if found is not None:
+                facts = self.cache.get(found[0])
+                if (facts.kind in PLAIN_KINDS and facts.statements == 1 and facts.parse_ok
+                        and facts.insert_keys is None and facts.error is None):
+                    shard = self._plain_shard(facts, found[1])
+                    if shard is not None and await relay_plain(self, shard, raw,
+                                                               writes=facts.writes):
+                        return
+        await self._unit([(QUERY, raw[5:], raw)])
+
+    def _plain_shard(self, facts: ShardingFacts, values: tuple[bytes, ...]) -> int | None:
+        """The one shard a statement's literal values route it to, or None."""
+        route, schema = facts.route, self.schema
+        if type(route) is tuple and route[0] == "=" and route[2] == "bigint" \
+                and facts.shard_hint is None and route[1] < len(values):
+            try:  # WHERE key = 42: inline, as shards_for's common case
+                return int_key_hash(int(values[route[1]])) % schema.shards
+            except ValueError:
+                pass
+        try:
+            found = shards_for(facts, schema, values, (), any_shard=self._any_shard())
+        except ShardingError:
+            return None  # the general path says why
+        return next(iter(found)) if found is not None and len(found) == 1 else None
 
     async def _query(self, message: Message) -> None:
         sql = message[1].rstrip(b"\x00").decode("utf-8", "replace")
@@ -1145,14 +1187,12 @@ async def _cancel(server: ServerConnection, timeout: float, done: trio.Event) ->
         done.set()
 
 
-def _one_query(buf: bytes) -> list[Message] | None:
-    """`buf` as a unit when it is exactly one Query message (what most clients send)."""
+def _one_query(buf: bytes) -> bool:
+    """Is `buf` exactly one Query message (what most clients send)?"""
     if buf[:1] != b"Q" or len(buf) < 6:
-        return None
+        return False
     length = _LEN(buf, 1)[0]
-    if length + 1 != len(buf) or length > m.MAX_MESSAGE_LENGTH:
-        return None
-    return [(QUERY, buf[5:], buf)]
+    return length + 1 == len(buf) and length <= m.MAX_MESSAGE_LENGTH
 
 
 def _unit_end(messages: list[Message]) -> int:

@@ -17,10 +17,12 @@ varchar($1)) is useless: the caller then analyses the text itself.
 from __future__ import annotations
 
 import re
+import struct
 
 from ... import speedups
+from .unique_id import mentions
 
-__all__ = ["scan_py", "template"]
+__all__ = ["query_shape", "query_shape_py", "scan_py", "template"]
 
 # Alternatives in the order they must be tried at a position: what to keep, then what to take.
 # Words are not matched (the scan would cost a Python step per word): the lookbehinds keep the
@@ -51,6 +53,27 @@ def template(sql: str) -> tuple[str, tuple[bytes, ...]] | None:
         if found is not NotImplemented:  # (an ASCII text: the C twin's)
             return found
     return scan_py(sql)
+
+
+def query_shape(raw: bytes) -> tuple[str, tuple[bytes, ...]] | None:
+    """`template` of a whole Query message (type, length, text, NUL) for the sharded relay's
+    plain path: None unless it is one well-framed ASCII text without hints, settings of the
+    proxy's (`pgdog`) or `pgdog.unique_id()` (those take the general path)."""
+    if _query_shape_c is not None:
+        found = _query_shape_c(raw)
+        if found is not NotImplemented:  # (the C twin's answer)
+            return found
+    return query_shape_py(raw)
+
+
+def query_shape_py(raw: bytes) -> tuple[str, tuple[bytes, ...]] | None:
+    if raw[:1] != b"Q" or len(raw) < 6 or raw[-1] != 0 or _LEN(raw, 1)[0] + 1 != len(raw):
+        return None
+    body = raw[5:-1]
+    if b"\x00" in body or b"pgdog" in body or b"PGDOG" in body or mentions(body) \
+            or not body.isascii():
+        return None
+    return template(body.decode("ascii"))
 
 
 def scan_py(sql: str) -> tuple[str, tuple[bytes, ...]] | None:
@@ -88,4 +111,6 @@ def _signed(sql: str, start: int, last: int, digits: str) -> tuple[int, str]:
     return start, digits
 
 
+_LEN = struct.Struct("!I").unpack_from
 _scan_c = speedups.c.template_scan if speedups.c is not None else None
+_query_shape_c = speedups.c.query_shape if speedups.c is not None else None
