@@ -28,14 +28,17 @@ from .sqltext import unmark_errors
 if TYPE_CHECKING:
     from ..pool.server import ServerConnection
     from .sharded import ShardedRelay
+    from .tracker import Tracker
 
 # Statement kinds (router/sharding/keys.py) a lone Query may take this path with: they end
 # where they began, outside a transaction, and start no COPY.
 PLAIN_KINDS = frozenset(("select", "insert", "update", "delete"))
 
 
-async def relay_plain(relay: ShardedRelay, shard: int, query: bytes, *, writes: bool) -> bool:
-    """Run `query` on `shard` and relay its answer; False (nothing sent) to decline."""
+async def relay_plain(relay: ShardedRelay, shard: int, query: bytes, *, writes: bool,
+                      tracker: Tracker | None = None) -> bool:
+    """Run `query` on `shard` and relay its answer; False (nothing sent) to decline. An
+    extended-protocol execution comes with the shard's Tracker (statement names)."""
     session = relay.session
     group = session._current_group().shards[shard]
     role = session.role_override or (PRIMARY if writes else REPLICA)
@@ -49,10 +52,15 @@ async def relay_plain(relay: ShardedRelay, shard: int, query: bytes, *, writes: 
         relay.wrote.add(shard)
     relay.plain = server
     try:
-        await _relay(relay, shard, server, query)
+        if tracker is None:
+            await _relay(relay, shard, server, query)
+        else:
+            await _relay_tracked(relay, shard, server, query, tracker)
     except BaseException:
         relay.plain = None
         give_back(server, reusable=False)
+        if tracker is not None:
+            relay.forget_plain_tracker(shard)  # it may be mid-answer: not to be used again
         raise
     relay.plain = None
     if session.departure is not None:  # nobody read the answer: the server is not reused
@@ -71,25 +79,12 @@ async def relay_plain(relay: ShardedRelay, shard: int, query: bytes, *, writes: 
 
 
 async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, query: bytes) -> None:
-    conn, session = server.conn, relay.session
+    session = relay.session
     scan, stats = relay.plain_scan, server.stats
     scan.reset()
-    stats.bytes_received += len(query)  # the shard's pool counts as ShardLink does
-    try:
-        sent = conn.send_nowait(query)
-        if sent != len(query):
-            await conn.send(query, sent)
-    except ConnectionClosed as exc:
-        raise ShardLost(shard, server, str(exc)) from None
-    client = session.client
+    await _send(shard, server, query)
     while True:
-        try:
-            data = await conn.recv()
-        except ConnectionClosed as exc:
-            raise ShardLost(shard, server, str(exc)) from None
-        except trio.ClosedResourceError:  # the departure watch gave up on this server
-            raise ShardLost(shard, server, "closed by the proxy") from None
-        data = scan.feed(data)
+        data = scan.feed(await _recv(shard, server))
         if scan.fatal:
             fields = m.parse_error_fields(scan.fatal_body)
             raise ShardLost(shard, server, f"FATAL {fields.get('C', '?')}: {fields.get('M', '')}")
@@ -101,13 +96,7 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, quer
         if scan.errors:
             stats.errors += scan.errors
             scan.errors = 0
-        if data and session.departure is None:
-            try:
-                sent = client.send_nowait(data)
-                if sent != len(data):
-                    await client.send(data, sent)
-            except ConnectionClosed:
-                raise ClientGone from None
+        await _to_client(session, data)
         if scan.params:
             session.settings.reported(scan.params, server)
         if scan.ready:
@@ -115,3 +104,59 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, quer
             stats.query_count += 1
             stats.xact_count += server.status == b"I"
             return
+
+
+async def _relay_tracked(relay: ShardedRelay, shard: int, server: ServerConnection, data: bytes,
+                         tracker: Tracker) -> None:
+    """_relay for extended-protocol messages: the Tracker renames statements on the way out
+    and counts (and cleans) the answers on the way back, as a ShardLink's does."""
+    session, stats = relay.session, server.stats
+    data, now = tracker.from_client(data, server.statements)
+    await _to_client(session, now)  # answers the Tracker gives itself come first
+    await _send(shard, server, data)
+    while tracker.queue:
+        visible, ready, fatal = tracker.from_server(await _recv(shard, server), server.statements)
+        if fatal:
+            said = m.parse_error_fields(tracker.fatal_body)
+            raise ShardLost(shard, server, f"FATAL {said.get('C', '?')}: {said.get('M', '')}")
+        stats.bytes_sent += len(visible)
+        if tracker.errors:
+            stats.errors += tracker.errors
+            tracker.errors = 0
+        await _to_client(session, visible)
+        if tracker.params:
+            session.settings.reported(tracker.params, server)
+        if ready:
+            server.status = ready[-1]
+            stats.query_count += len(ready)
+            stats.xact_count += ready.count(b"I")
+
+
+async def _send(shard: int, server: ServerConnection, data: bytes) -> None:
+    server.stats.bytes_received += len(data)  # the shard's pool counts as ShardLink does
+    try:
+        sent = server.conn.send_nowait(data)
+        if sent != len(data):
+            await server.conn.send(data, sent)
+    except ConnectionClosed as exc:
+        raise ShardLost(shard, server, str(exc)) from None
+
+
+async def _recv(shard: int, server: ServerConnection) -> bytes:
+    try:
+        return await server.conn.recv()
+    except ConnectionClosed as exc:
+        raise ShardLost(shard, server, str(exc)) from None
+    except trio.ClosedResourceError:  # the departure watch gave up on this server
+        raise ShardLost(shard, server, "closed by the proxy") from None
+
+
+async def _to_client(session, data: bytes) -> None:
+    """Answers to the client as they come (none once it has left)."""
+    if data and session.departure is None:
+        try:
+            sent = session.client.send_nowait(data)
+            if sent != len(data):
+                await session.client.send(data, sent)
+        except ConnectionClosed:
+            raise ClientGone from None

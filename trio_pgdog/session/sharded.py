@@ -42,8 +42,13 @@ from ..protocol import messages as m
 from ..protocol import results as r
 from ..router.keywords import leading_keywords
 from ..router.sharding.cursors import CursorStatement, cursor_statement
-from ..router.sharding.hashing import int_key_hash
-from ..router.sharding.keys import ShardingError, ShardingFacts, insert_rows_by_shard, shards_for
+from ..router.sharding.keys import (
+    ShardingError,
+    ShardingFacts,
+    bigint_key_shard,
+    insert_rows_by_shard,
+    shards_for,
+)
 from ..router.sharding.split import split_insert
 from ..router.sharding.template import query_shape, template
 from ..router.sharding.unique_id import mentions
@@ -120,6 +125,7 @@ class ShardedRelay:
         self._turn = itertools.count()
         self.plain: ServerConnection | None = None  # the server of a Query on the plain path
         self.plain_scan = ServerScan()
+        self._trackers: dict[int, Tracker] = {}  # per shard, for executions on the plain path
         self.unique_ids = UniqueIdRewriter()  # pgdog.unique_id() -> a fresh id
         # Literals can be taken out of texts only as standard strings read them.
         self.standard_strings = session.settings.wanted.get(
@@ -212,13 +218,27 @@ class ShardedRelay:
 
     # --- simple protocol ------------------------------------------------------------------
 
+    def _at_rest(self) -> bool:
+        """Between transactions, holding no server, no shard chosen by hand, no hook routing:
+        a plain statement may take shard_plain.py's way."""
+        session = self.session
+        return (self.status == b"I" and not self.links and session.transaction_mode
+                and not session.hooks.pre_query and self.hint_shard is None
+                and self.hint_key is None)
+
+    def _plain_tracker(self, shard: int) -> Tracker:
+        tracker = self._trackers.get(shard)
+        if tracker is None:
+            tracker = self._trackers[shard] = self.shard_tracker()
+        return tracker
+
+    def forget_plain_tracker(self, shard: int) -> None:
+        self._trackers.pop(shard, None)
+
     async def _one_query(self, raw: bytes) -> None:
         """One Query: a keyed SELECT, UPDATE or DELETE of a client at rest goes straight to
         its shard (shard_plain.py); anything else the general way."""
-        session = self.session
-        if (self.status == b"I" and not self.links and session.transaction_mode
-                and self.standard_strings and not session.hooks.pre_query
-                and self.hint_shard is None and self.hint_key is None):
+        if self.standard_strings and self._at_rest():
             found = query_shape(raw)
             if found is not None:
                 facts = self.cache.get(found[0])
@@ -232,13 +252,10 @@ class ShardedRelay:
 
     def _plain_shard(self, facts: ShardingFacts, values: tuple[bytes, ...]) -> int | None:
         """The one shard a statement's literal values route it to, or None."""
-        route, schema = facts.route, self.schema
-        if type(route) is tuple and route[0] == "=" and route[2] == "bigint" \
-                and facts.shard_hint is None and route[1] < len(values):
-            try:  # WHERE key = 42: inline, as shards_for's common case
-                return int_key_hash(int(values[route[1]])) % schema.shards
-            except ValueError:
-                pass
+        schema = self.schema
+        shard = bigint_key_shard(facts, schema, values)  # WHERE key = 42
+        if shard is not None and shard >= 0:
+            return shard
         try:
             found = shards_for(facts, schema, values, (), any_shard=self._any_shard())
         except ShardingError:
@@ -418,10 +435,11 @@ class ShardedRelay:
 
     async def _one_execution(self, execution: OneExecution, raw: bytes) -> None:
         """One execution for one shard, outside a failed transaction, a plain statement: to
-        its shard without splitting the unit into messages. Anything else: the general way."""
+        its shard without splitting the unit into messages (at rest, with a bigint key: the
+        cheapest way, shard_plain.py). Anything else: the general way."""
         parse_name, sql, parse_rest, portal, name, bind_rest = execution
         if not (self.status == b"E" or self.merged_portals or self.session.hooks.pre_query
-                or self.unique_ids.busy or mentions(raw)):
+                or self.unique_ids.busy or (sql is not None and mentions(sql.encode()))):
             if parse_name is not None:
                 self.statements[parse_name] = (sql, r.parse_parameter_types(parse_rest))
             known = self.statements.get(name)
@@ -430,6 +448,13 @@ class ShardedRelay:
                 if facts.kind in PLAIN_KINDS:
                     try:
                         params, formats = r.bind_parameters(bind_rest)
+                        if self._at_rest():
+                            shard = bigint_key_shard(facts, self.schema, params, formats, known[1])
+                            if shard is not None and shard >= 0:
+                                self.portals[portal] = self.schema.single[shard]
+                                if await relay_plain(self, shard, raw, writes=facts.writes,
+                                                     tracker=self._plain_tracker(shard)):
+                                    return
                         shards = self._route(known[0], facts, params, formats, known[1],
                                              extended=True)
                     except ProxyError as exc:

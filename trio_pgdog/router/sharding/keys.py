@@ -845,6 +845,33 @@ def _unparsed(hints: CommentHints | None, schema: ShardingSchema) -> ShardingFac
                   route=ALL, setting=None, parse_ok=False)
 
 
+def bigint_key_shard(facts: ShardingFacts, schema: ShardingSchema,
+                     params: Sequence[bytes | None], formats: Sequence[int] = (),
+                     param_types: Sequence[int] = ()) -> int | None:
+    """The common case, inline: `WHERE key = $n` with a bigint key and no hint. The shard,
+    -1 for a NULL key (no row: any shard), None when the general path must tell."""
+    route = facts.route
+    if type(route) is not tuple or route[0] != "=" or route[2] != "bigint" \
+            or facts.error is not None or facts.shard_hint is not None:
+        return None
+    index = route[1]
+    if index >= len(params):
+        return None
+    value = params[index]
+    if value is None:
+        return -1  # NULL equals no key
+    binary = bool(formats) and (formats[0] if len(formats) == 1 else
+                                formats[index] if index < len(formats) else 0) == 1
+    try:
+        if not binary:
+            return int_key_hash(int(value)) % schema.shards
+        if not param_types and len(value) in (2, 4, 8):
+            return int_key_hash(int.from_bytes(value, "big", signed=True)) % schema.shards
+    except ValueError:
+        pass  # not plain decimal: the general path reads it
+    return None
+
+
 def shards_for(facts: ShardingFacts, schema: ShardingSchema,
                params: Sequence[bytes | None] = (), formats: Sequence[int] = (), *,
                param_types: Sequence[int] = (), shard: int | None = None,
@@ -868,24 +895,10 @@ def shards_for(facts: ShardingFacts, schema: ShardingSchema,
     error = facts.error
     route = facts.route
     single = schema.single
-    if type(route) is tuple and route[0] == "=" and error is None and facts.shard_hint is None \
-            and shard is None and sharding_key is None:
-        # The common case, inline: WHERE key = $n, one text parameter.
-        index = route[1]
-        if index < len(params) and route[2] == "bigint":
-            value = params[index]
-            if value is None:
-                return single[any_shard % schema.shards]  # NULL equals no key
-            binary = bool(formats) and (formats[0] if len(formats) == 1 else
-                                        formats[index] if index < len(formats) else 0) == 1
-            try:
-                if not binary:
-                    return single[int_key_hash(int(value)) % schema.shards]
-                if not param_types and len(value) in (2, 4, 8):
-                    number = int.from_bytes(value, "big", signed=True)
-                    return single[int_key_hash(number) % schema.shards]
-            except ValueError:
-                pass  # not plain decimal: the general path reads it
+    if shard is None and sharding_key is None:
+        found = bigint_key_shard(facts, schema, params, formats, param_types)
+        if found is not None:
+            return single[any_shard % schema.shards if found < 0 else found]
     if error is not None and not facts.hint_overrides_error:
         raise ShardingError(error, facts.reason)
     if facts.shard_hint is not None:
