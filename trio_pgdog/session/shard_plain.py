@@ -27,6 +27,7 @@ from .sqltext import unmark_errors
 
 if TYPE_CHECKING:
     from ..pool.server import ServerConnection
+    from .scan import ServerScan
     from .sharded import ShardedRelay
     from .tracker import Tracker
 
@@ -52,10 +53,7 @@ async def relay_plain(relay: ShardedRelay, shard: int, query: bytes, *, writes: 
         relay.wrote.add(shard)
     relay.plain = server
     try:
-        if tracker is None:
-            await _relay(relay, shard, server, query)
-        else:
-            await _relay_tracked(relay, shard, server, query, tracker)
+        await _relay(relay, shard, server, query, tracker)
     except BaseException:
         relay.plain = None
         give_back(server, reusable=False)
@@ -78,81 +76,84 @@ async def relay_plain(relay: ShardedRelay, shard: int, query: bytes, *, writes: 
     return True
 
 
-async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, query: bytes) -> None:
-    session = relay.session
-    scan, stats = relay.plain_scan, server.stats
-    scan.reset()
-    await _send(shard, server, query)
-    while True:
-        data = scan.feed(await _recv(shard, server))
-        if scan.fatal:
-            fields = m.parse_error_fields(scan.fatal_body)
-            raise ShardLost(shard, server, f"FATAL {fields.get('C', '?')}: {fields.get('M', '')}")
-        if scan.marked:
-            data = unmark_errors(data, scan.marked)
-        if scan.dropped:  # (a plain kind drops no statement, but a server's word is law)
-            server.statements.dropped(scan.dropped)
-        stats.bytes_sent += len(data)
-        if scan.errors:
-            stats.errors += scan.errors
-            scan.errors = 0
-        await _to_client(session, data)
-        if scan.params:
-            session.settings.reported(scan.params, server)
-        if scan.ready:
-            server.status = scan.ready[-1]
-            stats.query_count += 1
-            stats.xact_count += server.status == b"I"
-            return
-
-
-async def _relay_tracked(relay: ShardedRelay, shard: int, server: ServerConnection, data: bytes,
-                         tracker: Tracker) -> None:
-    """_relay for extended-protocol messages: the Tracker renames statements on the way out
-    and counts (and cleans) the answers on the way back, as a ShardLink's does."""
-    session, stats = relay.session, server.stats
-    data, now = tracker.from_client(data, server.statements)
-    await _to_client(session, now)  # answers the Tracker gives itself come first
-    await _send(shard, server, data)
-    while tracker.queue:
-        visible, ready, fatal = tracker.from_server(await _recv(shard, server), server.statements)
-        if fatal:
-            said = m.parse_error_fields(tracker.fatal_body)
-            raise ShardLost(shard, server, f"FATAL {said.get('C', '?')}: {said.get('M', '')}")
-        stats.bytes_sent += len(visible)
-        if tracker.errors:
-            stats.errors += tracker.errors
-            tracker.errors = 0
-        await _to_client(session, visible)
-        if tracker.params:
-            session.settings.reported(tracker.params, server)
-        if ready:
-            server.status = ready[-1]
-            stats.query_count += len(ready)
-            stats.xact_count += ready.count(b"I")
-
-
-async def _send(shard: int, server: ServerConnection, data: bytes) -> None:
-    server.stats.bytes_received += len(data)  # the shard's pool counts as ShardLink does
+async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, data: bytes,
+                 tracker: Tracker | None) -> None:
+    """Send `data`, relay the answers until the server owes nothing more. (One loop, few
+    awaits: each level of coroutine costs on every wake-up.)"""
+    session, stats, conn = relay.session, server.stats, server.conn
+    if tracker is None:
+        scan = relay.plain_scan
+        scan.reset()
+    else:
+        data, now = tracker.from_client(data, server.statements)
+        await _to_client(session, now)  # answers the Tracker gives itself come first
+    stats.bytes_received += len(data)  # the shard's pool counts as ShardLink does
     try:
-        sent = server.conn.send_nowait(data)
+        sent = conn.send_nowait(data)
         if sent != len(data):
-            await server.conn.send(data, sent)
-    except ConnectionClosed as exc:
-        raise ShardLost(shard, server, str(exc)) from None
-
-
-async def _recv(shard: int, server: ServerConnection) -> bytes:
-    try:
-        return await server.conn.recv()
+            await conn.send(data, sent)
+        while True:
+            chunk = await conn.recv()
+            if tracker is None:
+                visible, ready, more = _scanned(scan, chunk, shard, server, session)
+            else:
+                visible, ready, more = _tracked(tracker, chunk, shard, server, session)
+            stats.bytes_sent += len(visible)
+            if visible and session.departure is None:
+                await _to_client(session, visible)
+            if ready:
+                server.status = ready[-1]
+                stats.query_count += len(ready)
+                stats.xact_count += ready.count(b"I")
+            if not more:
+                return
     except ConnectionClosed as exc:
         raise ShardLost(shard, server, str(exc)) from None
     except trio.ClosedResourceError:  # the departure watch gave up on this server
         raise ShardLost(shard, server, "closed by the proxy") from None
 
 
+def _scanned(scan: ServerScan, chunk: bytes, shard: int, server: ServerConnection,
+             session) -> tuple[bytes, list[bytes] | tuple[()], bool]:
+    """A Query's answers through the ServerScan: (for the client, ReadyForQuery statuses,
+    more to come)."""
+    data = scan.feed(chunk)
+    if scan.fatal:
+        _fatal(shard, server, scan.fatal_body)
+    if scan.marked:
+        data = unmark_errors(data, scan.marked)
+    if scan.dropped:  # (a plain kind drops no statement, but a server's word is law)
+        server.statements.dropped(scan.dropped)
+    if scan.errors:
+        server.stats.errors += scan.errors
+        scan.errors = 0
+    if scan.params:
+        session.settings.reported(scan.params, server)
+    return data, scan.ready, not scan.ready
+
+
+def _tracked(tracker: Tracker, chunk: bytes, shard: int, server: ServerConnection,
+             session) -> tuple[bytes, list[bytes], bool]:
+    """Extended-protocol answers through the Tracker (renamed statements' answers cleaned),
+    as a ShardLink reads them."""
+    visible, ready, fatal = tracker.from_server(chunk, server.statements)
+    if fatal:
+        _fatal(shard, server, tracker.fatal_body)
+    if tracker.errors:
+        server.stats.errors += tracker.errors
+        tracker.errors = 0
+    if tracker.params:
+        session.settings.reported(tracker.params, server)
+    return visible, ready, bool(tracker.queue)
+
+
+def _fatal(shard: int, server: ServerConnection, body: bytes) -> None:
+    said = m.parse_error_fields(body)
+    raise ShardLost(shard, server, f"FATAL {said.get('C', '?')}: {said.get('M', '')}")
+
+
 async def _to_client(session, data: bytes) -> None:
-    """Answers to the client as they come (none once it has left)."""
+    """Answers to the client (none once it has left)."""
     if data and session.departure is None:
         try:
             sent = session.client.send_nowait(data)

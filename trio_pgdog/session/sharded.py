@@ -126,6 +126,7 @@ class ShardedRelay:
         self.plain: ServerConnection | None = None  # the server of a Query on the plain path
         self.plain_scan = ServerScan()
         self._trackers: dict[int, Tracker] = {}  # per shard, for executions on the plain path
+        self._last_parse: tuple[bytes, tuple[str, tuple[int, ...]] | None] | None = None
         self.unique_ids = UniqueIdRewriter()  # pgdog.unique_id() -> a fresh id
         # Literals can be taken out of texts only as standard strings read them.
         self.standard_strings = session.settings.wanted.get(
@@ -217,6 +218,17 @@ class ShardedRelay:
         await self._extended(unit)
 
     # --- simple protocol ------------------------------------------------------------------
+
+    def _parsed(self, sql: str, rest: bytes) -> tuple[str, tuple[int, ...]] | None:
+        """(SQL, parameter types) of a Parse body after its name; the last one is kept, as
+        drivers send the same unnamed Parse again and again. None if it calls
+        pgdog.unique_id()."""
+        last = self._last_parse
+        if last is not None and last[0] == rest:
+            return last[1]
+        known = None if mentions(rest) else (sql, r.parse_parameter_types(rest))
+        self._last_parse = (rest, known)
+        return known
 
     def _at_rest(self) -> bool:
         """Between transactions, holding no server, no shard chosen by hand, no hook routing:
@@ -438,10 +450,14 @@ class ShardedRelay:
         its shard without splitting the unit into messages (at rest, with a bigint key: the
         cheapest way, shard_plain.py). Anything else: the general way."""
         parse_name, sql, parse_rest, portal, name, bind_rest = execution
+        if parse_name is not None:
+            known = self._parsed(sql, parse_rest)
+            if known is None:  # pgdog.unique_id(): its rewriter's way
+                await self._unit(split_units(raw)[0])
+                return
+            self.statements[parse_name] = known
         if not (self.status == b"E" or self.merged_portals or self.session.hooks.pre_query
-                or self.unique_ids.busy or (sql is not None and mentions(sql.encode()))):
-            if parse_name is not None:
-                self.statements[parse_name] = (sql, r.parse_parameter_types(parse_rest))
+                or self.unique_ids.busy):
             known = self.statements.get(name)
             if known is not None:
                 facts = self.cache.get(known[0])
