@@ -76,6 +76,7 @@ QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH = b"QPBDECSH"
 FUNCTION_CALL, TERMINATE = ord("F"), ord("X")
 _COPY_KINDS = frozenset(b"dcf")
 _IDLE_READY = m.ready_for_query(b"I")
+_KEPT_PARSES, _KEPT_PARSE_SIZE = 16, 4096  # Parse bodies a sharded session remembers (_parsed)
 _LEN = struct.Struct("!i").unpack_from
 _IN_FAILED = ("25P02", "current transaction is aborted, commands ignored until end of "
               "transaction block")
@@ -126,7 +127,7 @@ class ShardedRelay:
         self.plain: ServerConnection | None = None  # the server of a Query on the plain path
         self.plain_scan = ServerScan()
         self._trackers: dict[int, Tracker] = {}  # per shard, for executions on the plain path
-        self._last_parse: tuple[bytes, tuple[str, tuple[int, ...]] | None] | None = None
+        self._parses: dict[bytes, tuple[str, tuple[int, ...]] | None] = {}  # see _parsed
         self.unique_ids = UniqueIdRewriter()  # pgdog.unique_id() -> a fresh id
         # Literals can be taken out of texts only as standard strings read them.
         self.standard_strings = session.settings.wanted.get(
@@ -220,14 +221,17 @@ class ShardedRelay:
     # --- simple protocol ------------------------------------------------------------------
 
     def _parsed(self, sql: str, rest: bytes) -> tuple[str, tuple[int, ...]] | None:
-        """(SQL, parameter types) of a Parse body after its name; the last one is kept, as
-        drivers send the same unnamed Parse again and again. None if it calls
-        pgdog.unique_id()."""
-        last = self._last_parse
-        if last is not None and last[0] == rest:
-            return last[1]
+        """(SQL, parameter types) of a Parse body after its name, None if it calls
+        pgdog.unique_id(). The last few are kept: drivers send the same unnamed Parses again
+        and again."""
+        parsed = self._parses
+        if rest in parsed:
+            return parsed[rest]
         known = None if mentions(rest) else (sql, r.parse_parameter_types(rest))
-        self._last_parse = (rest, known)
+        if len(rest) <= _KEPT_PARSE_SIZE:
+            if len(parsed) >= _KEPT_PARSES:
+                parsed.clear()
+            parsed[rest] = known
         return known
 
     def _at_rest(self) -> bool:
