@@ -170,6 +170,30 @@ def test_libpq_connects_with_every_sslmode(start, certs, pg):
     assert "TLS towards clients: on (optional" in proxy.log
 
 
+def test_asyncpg_verifies_the_proxy_and_runs_prepared_statements(start, certs):
+    """asyncpg (its own protocol code, not libpq): TLS verified against the proxy's CA,
+    prepared statements and a large answer over it."""
+    import asyncio
+
+    asyncpg = pytest.importorskip("asyncpg")
+    proxy = start()
+
+    async def talk() -> None:
+        context = ssl.create_default_context(cafile=certs.path("proxy_ca.pem"))
+        conn = await asyncpg.connect(host="127.0.0.1", port=proxy.port, user="app",
+                                     password=APP_PASSWORD, database=APP_DB, ssl=context)
+        try:
+            assert conn.get_settings().server_version  # (logged in through TLS)
+            assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
+            rows = await conn.fetch("SELECT i, md5(i::text) FROM generate_series(1, 50000) i")
+            assert len(rows) == 50000 and rows[-1][0] == 50000
+        finally:
+            await conn.close()
+
+    asyncio.run(talk())
+    no_traceback(proxy)
+
+
 def test_copy_both_ways_over_tls(start, certs):
     proxy = start()
     payload = "".join(f"{i}\t{'x' * (i % 300)}\n" for i in range(20000))
