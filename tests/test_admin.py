@@ -380,6 +380,9 @@ def test_sharded_pools_count_per_shard(proxy_factory, shard_clusters, protocol):
     queries = {shard: row["total_query_count"] for shard, row in stats.items()}
     # Customer 1's shard answered the three single-shard SELECTs; every shard the count(*).
     assert sorted(queries.values()) == [1, 1, 4]
+    keyed = next(row for row in stats.values() if row["total_query_count"] == 4)
+    # Its keyed statements (one shard, outside a transaction) were timed.
+    assert keyed["total_query_time"] > 0 and keyed["total_xact_time"] > 0
     assert all(row["total_xact_count"] == row["total_query_count"] for row in stats.values())
     assert all(row["total_received"] > 0 and row["total_sent"] > 0 for row in stats.values())
     pools = show(proxy, "POOLS")

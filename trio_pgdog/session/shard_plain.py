@@ -19,6 +19,7 @@ import trio
 
 from ..netio import ConnectionClosed
 from ..pool.hosts import PRIMARY, REPLICA
+from ..pool.stats import clock_ns
 from ..protocol import messages as m
 from .attach import give_back
 from .failures import ClientGone
@@ -88,6 +89,7 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, data
         data, now = tracker.from_client(data, server.statements)
         await _to_client(session, now)  # answers the Tracker gives itself come first
     stats.bytes_received += len(data)  # the shard's pool counts as ShardLink does
+    asked = clock_ns()
     try:
         sent = conn.send_nowait(data)
         if sent != len(data):
@@ -105,7 +107,11 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, data
                 server.status = ready[-1]
                 stats.query_count += len(ready)
                 stats.xact_count += ready.count(b"I")
-            if not more:
+            if not more:  # a statement outside a transaction: its own transaction's time too
+                took = (clock_ns() - asked) // 1000
+                stats.query_time_us += took
+                if server.status == b"I":
+                    stats.xact_time_us += took
                 return
     except ConnectionClosed as exc:
         raise ShardLost(shard, server, str(exc)) from None
