@@ -43,6 +43,17 @@ class ConnectionClosed(Exception):
     """The peer closed the connection or the socket failed."""
 
 
+def send_some(sock, data: bytes | memoryview) -> int:
+    """What the kernel takes of `data` now (0 if its buffer is full); ConnectionClosed if the
+    peer is gone."""
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise ConnectionClosed(str(exc)) from exc
+
+
 class Conn:
     """One non-blocking socket plus a small receive buffer for the message-at-a-time phases."""
 
@@ -86,12 +97,7 @@ class Conn:
 
     def send_nowait(self, data: bytes) -> int:
         """Send what the kernel takes now; how many bytes that was."""
-        try:
-            return self.sock.send(data)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            raise ConnectionClosed(str(exc)) from exc
+        return send_some(self.sock, data)
 
     async def send(self, data: bytes | bytearray | memoryview, sent: int = 0) -> None:
         """Send all of `data` (the first `sent` bytes already went), waiting only while the
@@ -103,13 +109,7 @@ class Conn:
         view = memoryview(data)[sent:]
         await trio.lowlevel.wait_writable(self.sock)
         while view:
-            try:
-                sent = self.sock.send(view)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise ConnectionClosed(str(exc)) from exc
-            view = view[sent:]
+            view = view[send_some(self.sock, view):]
             if view:
                 await trio.lowlevel.wait_writable(self.sock)
 

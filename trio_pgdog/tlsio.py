@@ -17,7 +17,7 @@ import ssl
 
 import trio
 
-from .netio import _SCRATCH, _SCRATCH_VIEW, Conn, ConnectionClosed
+from .netio import _SCRATCH, _SCRATCH_VIEW, Conn, ConnectionClosed, send_some
 
 # The most plaintext one TLS record holds: each read takes one whole record.
 _RECORD = 16384
@@ -176,13 +176,7 @@ class TlsConn(Conn):
             out = out + self._outgoing.read() if out else self._outgoing.read()
         if not out:
             return True
-        try:
-            n = self.sock.send(out)
-        except BlockingIOError:
-            n = 0
-        except OSError as exc:
-            raise ConnectionClosed(str(exc)) from exc
-        self._unsent = out[n:]
+        self._unsent = out[send_some(self.sock, out):]
         return not self._unsent
 
     async def _flush(self) -> None:
