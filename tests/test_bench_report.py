@@ -164,3 +164,17 @@ def test_the_tls_targets_configuration_is_what_the_proxy_accepts(tmp_path):
     assert (general.tls_certificate, general.tls_private_key) == (setup.cert_file, setup.key_file)
     assert general.tls_client_required and general.tls_verify == "verify_full"
     assert general.tls_server_ca_certificate == setup.ca_file
+
+
+def test_the_scraped_target_is_reported_next_to_the_plain_proxy():
+    plan = bench.plan_from_args(bench.parse_args(["--targets", "trio_pgdog,trio_pgdog_metrics"]))
+    assert plan.targets == ("trio_pgdog", "trio_pgdog_metrics")
+    results = [_run(bench.TRIO_PGDOG, 4000, 40.0), _run(bench.TRIO_PGDOG_METRICS, 3900, 41.0),
+               _run(bench.TRIO_PGDOG, 3000, 50.0, "extended")]  # no scraped extended run
+    assert bench.metrics_lines(results, "simple", results[0]) == [
+        "- simple, 16 clients, trio_pgdog, /metrics scraped ÷ trio_pgdog: "
+        "CPU/txn 1.02x (40.0 → 41.0 µs), TPS 0.97x"]
+    assert bench.metrics_lines(results, "extended", results[2]) == []
+    text = bench.report(bench.Findings(results=results), bench.plan_from_args(
+        bench.parse_args(["--quick"])), [], "abc1234")
+    assert "/metrics scraped ÷ trio_pgdog: CPU/txn 1.02x" in text

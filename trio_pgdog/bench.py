@@ -31,7 +31,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -77,6 +79,10 @@ SHARDED_KEY = "trio_pgdog_sharded"
 CROSS_SHARD_KEY = "trio_pgdog_cross_shard"
 # The same proxy with `workers = 2` (two processes sharing the port and the pool).
 TRIO_PGDOG_WORKERS = "trio_pgdog 2 workers"
+# The same proxy with its /metrics scraped every second while it runs: what scraping costs.
+TRIO_PGDOG_METRICS = "trio_pgdog, /metrics scraped"
+METRICS_KEY = "trio_pgdog_metrics"
+SCRAPE_INTERVAL = 1.0
 # Each pooler with TLS towards pgbench and towards a PostgreSQL with ssl = on (bench_tls).
 PGBOUNCER_TLS, TRIO_PGDOG_TLS = "PgBouncer TLS", "trio_pgdog TLS"
 TLS_TARGETS = {"pgbouncer_tls": PGBOUNCER_TLS, "trio_pgdog_tls": TRIO_PGDOG_TLS}
@@ -84,6 +90,7 @@ PGBOUNCER_KEYS = ("pgbouncer", "pgbouncer_tls")
 TARGET_KEYS = {"direct": DIRECT, "pgbouncer": PGBOUNCER, "pgbouncer_tls": PGBOUNCER_TLS,
                "trio_pgdog": TRIO_PGDOG, "trio_pgdog_tls": TRIO_PGDOG_TLS,
                "trio_pgdog_split": TRIO_PGDOG_SPLIT, "trio_pgdog_workers": TRIO_PGDOG_WORKERS,
+               METRICS_KEY: TRIO_PGDOG_METRICS,
                **HOOK_TARGETS, SHARDED_KEY: TRIO_PGDOG_SHARDED,
                CROSS_SHARD_KEY: "trio_pgdog cross-shard"}
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -530,6 +537,9 @@ def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, key: str = "
     to that file when it exits. `general`: more [general] lines for pgdog.toml."""
     workdir = make_workdir(stack, cluster, "trio_pgdog-bench-proxy-")
     port = free_port()
+    metrics_port = free_port() if key == METRICS_KEY else None
+    if metrics_port is not None:
+        general += f'openmetrics_host = "127.0.0.1"\nopenmetrics_port = {metrics_port}\n'
     config, users = trio_pgdog_files(cluster, port, workdir, key, general)
     log_path = os.path.join(workdir, "proxy.log")
     # The proxy exactly as a user runs it, so its CPU time is the whole process's.
@@ -545,7 +555,28 @@ def start_trio_pgdog(stack: contextlib.ExitStack, cluster: Cluster, key: str = "
                      "trio_pgdog")
         wait_for_log(proc, log_path, f"[worker 0] trio_pgdog.app: listening on 127.0.0.1:{port}",
                      "trio_pgdog")
+    if metrics_port is not None:
+        scrape_while_open(stack, metrics_port)
     return Target(TARGET_KEYS[key], port, proc, log_path)
+
+
+def scrape_while_open(stack: contextlib.ExitStack, port: int) -> None:
+    """GET /metrics every SCRAPE_INTERVAL seconds in a thread, until `stack` closes, as a
+    Prometheus server would; a failed scrape is a problem of the run (logged, counted)."""
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(SCRAPE_INTERVAL):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    r.read()
+            except OSError as exc:
+                progress(f"  /metrics scrape failed: {exc}")
+
+    thread = threading.Thread(target=scrape, name="bench-scraper", daemon=True)
+    thread.start()
+    stack.callback(thread.join)
+    stack.callback(stop.set)
 
 
 def find_pgbouncer() -> str | None:
@@ -836,7 +867,24 @@ def ratio_lines(results: Sequence[RunResult]) -> list[str]:
         lines.append(ratio_line(f"{mode}, {RATIO_CLIENTS} clients, TPS {TRIO_PGDOG} ÷ {PGBOUNCER}",
                                 *tps, tps_ok, f"≥ {MIN_TPS_RATIO:g}x"))
         lines += workers_lines(results, mode, ours, theirs)
+        lines += metrics_lines(results, mode, ours)
     return lines
+
+
+def metrics_lines(results: Sequence[RunResult], mode: str, plain: RunResult | None) -> list[str]:
+    """The proxy with /metrics scraped every second next to the same proxy unscraped (the
+    issue's bar: within noise, so no PASS or MISS)."""
+    scraped = find(results, TRIO_PGDOG_METRICS, mode, RATIO_CLIENTS)
+    if scraped is None or plain is None:
+        return []
+    parts = []
+    if scraped.cpu_us_per_txn is not None and plain.cpu_us_per_txn:
+        parts.append(f"CPU/txn {scraped.cpu_us_per_txn / plain.cpu_us_per_txn:.2f}x "
+                     f"({plain.cpu_us_per_txn:.1f} → {scraped.cpu_us_per_txn:.1f} µs)")
+    if plain.outcome.tps:
+        parts.append(f"TPS {scraped.outcome.tps / plain.outcome.tps:.2f}x")
+    return [f"- {mode}, {RATIO_CLIENTS} clients, {TRIO_PGDOG_METRICS} ÷ {TRIO_PGDOG}: "
+            + ", ".join(parts)] if parts else []
 
 
 def workers_lines(results: Sequence[RunResult], mode: str, one: RunResult | None,
