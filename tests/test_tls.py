@@ -8,6 +8,7 @@ ssl off. Clients are psycopg (libpq), psql and raw sockets with Python's ssl mod
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -191,6 +192,31 @@ def test_asyncpg_verifies_the_proxy_and_runs_prepared_statements(start, certs):
             await conn.close()
 
     asyncio.run(talk())
+    no_traceback(proxy)
+
+
+JDBC_JAR = "/usr/share/java/postgresql.jar"  # Debian's libpostgresql-jdbc-java
+
+
+@pytest.mark.skipif(shutil.which("javac") is None or not os.path.exists(JDBC_JAR),
+                    reason="no JDK or no PostgreSQL JDBC driver (libpostgresql-jdbc-java)")
+def test_jdbc_verifies_the_proxy(start, certs):
+    """pgJDBC (Java's own TLS): sslmode=verify-full against the proxy's CA, prepared
+    statements over it; a CA that did not sign the proxy's certificate is refused."""
+    proxy = start()
+    source = str(Path(__file__).parent / "jdbc" / "TlsClient.java")
+
+    def run(ca: str) -> subprocess.CompletedProcess:
+        url = (f"jdbc:postgresql://127.0.0.1:{proxy.port}/{APP_DB}?sslmode=verify-full"
+               f"&sslrootcert={certs.path(ca)}")
+        return subprocess.run(["java", "-cp", JDBC_JAR, source, url, "app", APP_PASSWORD],
+                              capture_output=True, text=True, timeout=120)
+
+    done = run("proxy_ca.pem")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["42", "43", "44", "45", "46"]
+    refused = run("pg_ca.pem")
+    assert refused.returncode != 0 and "SSL" in refused.stderr, refused.stderr
     no_traceback(proxy)
 
 
