@@ -13,10 +13,14 @@ nox.options.reuse_existing_virtualenvs = True
 
 
 @nox.session
-def tests(session: nox.Session) -> None:
-    """The whole test suite against real PostgreSQL clusters it starts itself."""
+@nox.parametrize("speedups", ["on", "off"])
+def tests(session: nox.Session, speedups: str) -> None:
+    """The whole test suite against real PostgreSQL clusters it starts itself, with the C
+    speedups and again without them (TRIO_PGDOG_SPEEDUPS=0: the pure-Python twins that an
+    install without a C compiler runs). `nox -s "tests(speedups='on')"` runs one of the two."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    env = {"TRIO_PGDOG_SPEEDUPS": "0"} if speedups == "off" else {}
+    session.run("pytest", *session.posargs, env=env)
 
 
 @nox.session
