@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -180,6 +181,21 @@ def proxy_backends(pg: Cluster, proxy: ProxyProcess, columns: str = "pid") -> li
     out = pg.sql(f"SELECT {columns} FROM pg_stat_activity WHERE application_name = 'trio_pgdog' "
                  f"AND client_port IN ({', '.join(map(str, sorted(ports)))}) ORDER BY pid")
     return [line.split("|") for line in out.splitlines()]
+
+
+def query_in_thread(proxy: ProxyProcess, sql: str) -> tuple[threading.Thread, threading.Event]:
+    """Run `sql` on a new connection to `proxy` in a thread (it may have to wait for a pool
+    slot); the Event is set once it has run."""
+    done = threading.Event()
+
+    def run() -> None:
+        with proxy.connect() as conn:
+            conn.execute(sql)
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, done
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10, what: str = "condition",

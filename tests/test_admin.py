@@ -14,6 +14,7 @@ from conftest import (
     login_error,
     pgdog_toml,
     psql,
+    query_in_thread,
     replica_pgdog_toml,
     restart_replicas,
     wait_for,
@@ -109,15 +110,7 @@ def test_show_pools_counts_waiting_clients(admin_proxy):
     holder = proxy.connect()
     holder.execute("BEGIN")
     holder.execute("SELECT 1")
-    done = threading.Event()
-
-    def waiter() -> None:
-        with proxy.connect() as conn:
-            conn.execute("SELECT 1")
-        done.set()
-
-    thread = threading.Thread(target=waiter)
-    thread.start()
+    thread, done = query_in_thread(proxy, "SELECT 1")
     try:
         pool = wait_for(lambda: next((p for p in show(proxy, "POOLS") if p["cl_waiting"] == 1), None),
                         what="a waiting client in SHOW POOLS")

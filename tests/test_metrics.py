@@ -3,13 +3,12 @@ checked against the traffic the test sent; hooks' calls and latency; SHOW HOOKS 
 
 from __future__ import annotations
 
-import threading
 import urllib.error
 import urllib.request
 
 import psycopg
 import pytest
-from conftest import APP_DB, pgdog_toml, wait_for
+from conftest import APP_DB, pgdog_toml, query_in_thread, wait_for
 from hookmods.recorder import read_events
 from prometheus_client.parser import text_string_to_metric_families
 from test_admin import ADMIN_TOML, show
@@ -57,15 +56,7 @@ def test_metrics_match_traffic(metrics_proxy, pg):
             conn.execute("SELECT * FROM no_such_table")
         conn.execute("BEGIN")
         conn.execute("SELECT 2")
-        waiter_done = threading.Event()
-
-        def waiter() -> None:
-            with proxy.connect() as other:
-                other.execute("SELECT 3")
-            waiter_done.set()
-
-        thread = threading.Thread(target=waiter)
-        thread.start()
+        thread, waiter_done = query_in_thread(proxy, "SELECT 3")
         labels = pool_labels(pg)
 
         def waiting() -> float:

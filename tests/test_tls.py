@@ -16,7 +16,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -28,7 +28,6 @@ from conftest import (
     PROTOCOLS,
     login_error,
     psql,
-    start_proxy,
     users_toml,
     wait_for,
 )
@@ -36,7 +35,7 @@ from shards import SHARDS, sharded_toml
 from test_sharding import placed_right
 
 from trio_pgdog.config import ConfigError, load_config
-from trio_pgdog.embedded import Cluster, free_port
+from trio_pgdog.embedded import Cluster
 from trio_pgdog.router.sharding.hashing import shard_of_int
 
 APP_PASSWORD = PG_USERS["app"][0]
@@ -98,28 +97,18 @@ def _toml(value: object) -> str:
 
 
 @pytest.fixture
-def start(tmp_path: Path, certs: Certs, pg) -> Iterator:
+def start(proxy_factory, certs: Certs, pg) -> Callable:
     """start(server=cluster, host=..., **general) -> a proxy with the proxy certificate."""
-    started = []
 
     def run(server: Cluster = pg, *, client_tls: bool = True, **general: object):
-        port = free_port()
         if client_tls:
             general = {"tls_certificate": certs.path("proxy.crt"),
                        "tls_private_key": certs.path("proxy.key"), **general}
         host = general.pop("host", "127.0.0.1")
-        proxy = start_proxy(tmp_path / f"proxy{len(started)}", tls_toml(port, server, host=host,
-                                                                          **general),
-                            users_toml(), port)
-        started.append(proxy)
-        return proxy
+        return proxy_factory(pgdog_text=lambda port: tls_toml(port, server, host=host, **general),
+                             users=users_toml())
 
-    yield run
-    for proxy in started:
-        try:
-            proxy.stop(timeout=15)
-        except subprocess.TimeoutExpired:
-            proxy.stop(signal.SIGKILL)
+    return run
 
 
 def connect(proxy, **kwargs: object) -> psycopg.Connection:

@@ -104,6 +104,27 @@ static PyObject *string_value(const unsigned char *s, Py_ssize_t start, Py_ssize
     return value;
 }
 
+/* An integer's value: its digits s[p:run], with a minus sign when it starts before them. */
+static PyObject *int_value(const unsigned char *s, Py_ssize_t start, Py_ssize_t p, Py_ssize_t run) {
+    PyObject *value = PyBytes_FromStringAndSize(NULL, (start != p) + run - p);
+    if (value == NULL)
+        return NULL;
+    char *v = PyBytes_AS_STRING(value);
+    if (start != p)
+        *v++ = '-';
+    memcpy(v, s + p, run - p);
+    return value;
+}
+
+/* Append `value` (a new reference, or NULL after an error) to `values`; -1 on error. */
+static int take(PyObject *values, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    int failed = PyList_Append(values, value);
+    Py_DECREF(value);
+    return failed;
+}
+
 /* Where an integer literal at `start` begins once a sign that makes it negative is counted
  * (template.py's _signed): `= -3` is -3, `a - 3` subtracts 3. */
 static Py_ssize_t signed_start(const unsigned char *s, Py_ssize_t last, Py_ssize_t start) {
@@ -163,13 +184,8 @@ static PyObject *scan(const unsigned char *s, Py_ssize_t n) {
                 p++;
                 continue;
             }
-            PyObject *value = string_value(s, p + 1, end - 1);
-            if (value == NULL || PyList_Append(values, value) < 0) {
-                Py_XDECREF(value);
-                goto done;
-            }
-            Py_DECREF(value);
-            if (out_put(&out, (const char *)s + last, p - last) < 0)
+            if (take(values, string_value(s, p + 1, end - 1)) < 0 ||
+                out_put(&out, (const char *)s + last, p - last) < 0)
                 goto done;
             last = end;
         } else if (is_digit(c) || c == '.') {
@@ -179,19 +195,8 @@ static PyObject *scan(const unsigned char *s, Py_ssize_t n) {
             if (run > p && !after_word && !after_dot && (run == n || !(is_word(s[run]) || s[run] == '.'))) {
                 /* 6 an integer: taken */
                 Py_ssize_t start = signed_start(s, last, p);
-                PyObject *value = PyBytes_FromStringAndSize(NULL, (start != p) + run - p);
-                if (value == NULL)
-                    goto done;
-                char *v = PyBytes_AS_STRING(value);
-                if (start != p)
-                    *v++ = '-';
-                memcpy(v, s + p, run - p);
-                if (PyList_Append(values, value) < 0) {
-                    Py_DECREF(value);
-                    goto done;
-                }
-                Py_DECREF(value);
-                if (out_put(&out, (const char *)s + last, start - last) < 0)
+                if (take(values, int_value(s, start, p, run)) < 0 ||
+                    out_put(&out, (const char *)s + last, start - last) < 0)
                     goto done;
                 end = run;
                 last = end;

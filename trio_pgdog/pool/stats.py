@@ -42,6 +42,14 @@ class PoolStats:
         self.averages = Averages()
         self._last: tuple[int, ...] = (0,) * len(_COUNTED)
 
+    def answered(self, sent: int, ready: list[bytes] | tuple[()]) -> None:
+        """A server's answers relayed: `sent` bytes of them, ending `ready` (the statuses of
+        their ReadyForQuery messages, each one query; an idle one ends a transaction)."""
+        self.bytes_sent += sent
+        if ready:
+            self.query_count += len(ready)
+            self.xact_count += ready.count(b"I")
+
     def waited(self, us: int) -> None:
         """A checkout waited `us` microseconds for a connection."""
         self.wait_time_us += us

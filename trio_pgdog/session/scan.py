@@ -32,7 +32,7 @@ _SMALL = frozenset(b"CDEHSXcf")
 _SPECIAL_FIRST = frozenset(bytes([c]) for c in b"pPdDlL-/ \t\r\n")
 # Server message types whose body the session reads.
 READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER = ord("Z"), ord("G"), ord("W"), ord("E"), ord("S")
-COMPLETE = ord("C")
+COMPLETE, _D = ord("C"), ord("D")
 _SERVER_WATCH = frozenset((READY, COPY_IN, COPY_BOTH, ERROR, PARAMETER, COMPLETE))
 _FATAL = (b"SFATAL\x00", b"SPANIC\x00")
 
@@ -213,7 +213,7 @@ class ServerScan:
                     ready.append(data[pos + 5 : nxt])
                     self.copy_in = False
                 elif kind == COMPLETE:
-                    if data[pos + 5 : pos + 6] == b"D":  # DEALLOCATE, DISCARD (or DELETE...)
+                    if nxt > pos + 5 and data[pos + 5] == _D:  # DEALLOCATE, DISCARD (or DELETE...)
                         self.dropped = drop_tag(data[pos + 5 : nxt]) or self.dropped
                 elif kind == ERROR:
                     if data.startswith(_FATAL, pos + 5):

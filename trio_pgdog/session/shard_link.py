@@ -179,15 +179,12 @@ class ShardLink:
             raise ShardLost(self.shard, server, f"FATAL {said.get('C', '?')}: {said.get('M', '')}")
         # The shard's pool counts what its server answered (pool/stats.py); the merged
         # answer the client gets is the sharded relay's.
-        stats = server.stats
-        stats.bytes_sent += len(visible)
+        server.stats.answered(len(visible), ready)
         if self.tracker.errors:
-            stats.errors += self.tracker.errors
+            server.stats.errors += self.tracker.errors
             self.tracker.errors = 0
         if ready:
             server.status = ready[-1]
-            stats.query_count += len(ready)
-            stats.xact_count += ready.count(b"I")
         if self.tracker.params:
             self.params += self.tracker.params
         self._buf = self._buf[self._pos:] + visible

@@ -87,7 +87,8 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, data
         scan.reset()
     else:
         data, now = tracker.from_client(data, server.statements)
-        await _to_client(session, now)  # answers the Tracker gives itself come first
+        if now:  # answers the Tracker gives itself come first
+            await _to_client(session, now)
     stats.bytes_received += len(data)  # the shard's pool counts as ShardLink does
     asked = clock_ns()
     try:
@@ -100,13 +101,11 @@ async def _relay(relay: ShardedRelay, shard: int, server: ServerConnection, data
                 visible, ready, more = _scanned(scan, chunk, shard, server, session)
             else:
                 visible, ready, more = _tracked(tracker, chunk, shard, server, session)
-            stats.bytes_sent += len(visible)
-            if visible and session.departure is None:
+            stats.answered(len(visible), ready)
+            if visible:
                 await _to_client(session, visible)
             if ready:
                 server.status = ready[-1]
-                stats.query_count += len(ready)
-                stats.xact_count += ready.count(b"I")
             if not more:  # a statement outside a transaction: its own transaction's time too
                 took = (clock_ns() - asked) // 1000
                 stats.query_time_us += took
@@ -160,7 +159,7 @@ def _fatal(shard: int, server: ServerConnection, body: bytes) -> None:
 
 async def _to_client(session, data: bytes) -> None:
     """Answers to the client (none once it has left)."""
-    if data and session.departure is None:
+    if session.departure is None:
         try:
             sent = session.client.send_nowait(data)
             if sent != len(data):
