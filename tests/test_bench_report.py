@@ -53,10 +53,16 @@ def test_memory_only_report_has_no_pgbench_table():
     assert "- trio_pgdog: 3.0 KB per idle client" in text
 
 
-def _run(target: str, tps: float, cpu: float | None, mode: str = "simple",
-         clients: int = 16) -> bench.RunResult:
+def _run(target: str, tps: float | None, cpu: float | None, mode: str = "simple",
+         clients: int = 16, round_no: int = 1) -> bench.RunResult:
     outcome = bench.PgbenchOutcome(requested=100, processed=100, tps=tps)
-    return bench.RunResult(target, mode, clients, outcome, cpu)
+    return bench.RunResult(target, mode, clients, outcome, cpu, round_no)
+
+
+def _rounds(target: str, figures: list[tuple[float | None, float | None]], mode: str = "simple",
+            clients: int = 16) -> list[bench.RunResult]:
+    """One run per round: (TPS, CPU µs/txn) of round 1, 2, ..."""
+    return [_run(target, tps, cpu, mode, clients, n) for n, (tps, cpu) in enumerate(figures, 1)]
 
 
 def test_sharded_rounds_judge_the_median_of_each_rounds_tps_ratio():
@@ -171,10 +177,112 @@ def test_the_scraped_target_is_reported_next_to_the_plain_proxy():
     assert plan.targets == ("trio_pgdog", "trio_pgdog_metrics")
     results = [_run(bench.TRIO_PGDOG, 4000, 40.0), _run(bench.TRIO_PGDOG_METRICS, 3900, 41.0),
                _run(bench.TRIO_PGDOG, 3000, 50.0, "extended")]  # no scraped extended run
-    assert bench.metrics_lines(results, "simple", results[0]) == [
+    assert bench.metrics_lines(results, "simple") == [
         "- simple, 16 clients, trio_pgdog, /metrics scraped ÷ trio_pgdog: "
-        "CPU/txn 1.02x (40.0 → 41.0 µs), TPS 0.97x"]
-    assert bench.metrics_lines(results, "extended", results[2]) == []
+        "CPU/txn 40.0 → 41.0 µs, 1.02x; TPS 0.97x"]
+    assert bench.metrics_lines(results, "extended") == []
     text = bench.report(bench.Findings(results=results), bench.plan_from_args(
         bench.parse_args(["--quick"])), [], "abc1234")
-    assert "/metrics scraped ÷ trio_pgdog: CPU/txn 1.02x" in text
+    assert "/metrics scraped ÷ trio_pgdog: CPU/txn 40.0 → 41.0 µs, 1.02x" in text
+
+
+def test_rounds_default_to_three_and_to_one_with_quick():
+    assert bench.plan_from_args(bench.parse_args([])).rounds == 3
+    assert bench.plan_from_args(bench.parse_args(["--quick"])).rounds == 1
+    assert bench.plan_from_args(bench.parse_args(["--quick", "--rounds", "2"])).rounds == 2
+    try:
+        bench.plan_from_args(bench.parse_args(["--rounds", "0"]))
+    except SystemExit as exc:
+        assert "--rounds must be at least 1" in str(exc)
+    else:
+        raise AssertionError("--rounds 0 was accepted")
+
+
+def test_each_round_runs_every_target_once_at_a_point_in_a_rotated_order(monkeypatch):
+    ran: list[tuple[str, str, int, int]] = []
+
+    def fake_run(target, mode, clients, per_client, timeout, script=None, round_no=1):
+        ran.append((target.name, mode, clients, round_no))
+        return _run(target.name, 1000, 10.0, mode, clients, round_no)
+
+    # The order of the runs is what this checks; pgbench itself runs in the real benchmark.
+    monkeypatch.setattr(bench, "measured_run", fake_run)
+    monkeypatch.setattr(bench, "warm_up", lambda target, plan: None)
+    targets = {key: bench.Target(bench.TARGET_KEYS[key], port)
+               for port, key in enumerate(("direct", "pgbouncer", "trio_pgdog"), 20000)}
+    plan = bench.Plan(tuple(targets), (1, 16), 1000, prepared=True, timeout=60, rounds=3)
+    results = bench.compare_targets(targets, plan)
+    assert len(results) == len(ran) == 2 * 3 * 3 * 2 + 2 * 3 * 2   # PgBouncer runs no prepared
+    first_point = [(name, n) for name, mode, clients, n in ran[:9]]
+    assert first_point == [("PostgreSQL", 1), ("PgBouncer", 1), ("trio_pgdog", 1),
+                           ("PgBouncer", 2), ("trio_pgdog", 2), ("PostgreSQL", 2),
+                           ("trio_pgdog", 3), ("PostgreSQL", 3), ("PgBouncer", 3)]
+    assert {(mode, clients) for _name, mode, clients, _n in ran[:9]} == {("simple", 1)}
+    prepared = [(name, n) for name, mode, clients, n in ran if mode == "prepared" and clients == 16]
+    assert prepared == [("PostgreSQL", 1), ("trio_pgdog", 1), ("trio_pgdog", 2), ("PostgreSQL", 2),
+                        ("PostgreSQL", 3), ("trio_pgdog", 3)]
+
+
+def test_the_table_shows_each_points_median_and_range_over_the_rounds():
+    results = [*_rounds(bench.PGBOUNCER, [(5000, 15.0), (3000, 20.0), (4000, 16.0)]),
+               *_rounds(bench.DIRECT, [(6000, None), (6400, None), (5800, None)]),
+               _run(bench.TRIO_PGDOG, 2000, 60.0, clients=64)]   # one round only: no range
+    results[1].outcome.processed = 90
+    lines = bench.markdown_table(results).splitlines()[2:]
+    assert lines == ["| PgBouncer | simple | 16 | 4,000 (3,000-5,000) | 16.0 (15.0-20.0) | 10 |",
+                     "| PostgreSQL | simple | 16 | 6,000 (5,800-6,400) | - | 0 |",
+                     "| trio_pgdog | simple | 64 | 2,000 | 60.0 | 0 |"]
+    median = bench.median_run(results[:3])
+    assert (median.outcome.tps, median.cpu_us_per_txn, median.outcome.not_done) == (4000, 16.0, 10)
+
+
+def test_ratios_are_the_median_of_each_rounds_ratio_against_the_new_targets():
+    # Round by round the CPU ratios are 1.20, 1.25 and 1.375: median 1.25, a PASS; the ratio
+    # of the two medians (22 ÷ 16 = 1.375) would mix rounds run under different loads.
+    results = [*_rounds(bench.PGBOUNCER, [(5000, 15.0), (3000, 20.0), (4000, 16.0)]),
+               *_rounds(bench.TRIO_PGDOG, [(4000, 18.0), (2950, 25.0), (3000, 22.0)])]
+    assert bench.round_ratios(results, bench.TRIO_PGDOG, bench.PGBOUNCER, "simple",
+                              bench.cpu_of) == [1.2, 1.25, 1.375]
+    cpu, tps, extended_cpu, extended_tps = bench.ratio_lines(results)
+    assert cpu == ("- simple, 16 clients, CPU/txn trio_pgdog ÷ PgBouncer: 1.25x (rounds 1.20 / 1.25 "
+                   "/ 1.38); target ≤ 1.3x **PASS**")
+    assert tps == ("- simple, 16 clients, TPS trio_pgdog ÷ PgBouncer: 0.80x (rounds 0.80 / 0.98 / "
+                   "0.75); target ≥ 0.95x **MISS**")
+    assert extended_cpu == ("- extended, 16 clients, CPU/txn trio_pgdog ÷ PgBouncer: n/a (no PgBouncer "
+                            "or trio_pgdog figure)")
+    assert extended_tps.endswith(": n/a (no PgBouncer or trio_pgdog figure)")
+    # A round one side has no figure for is left out; one round left: no list of rounds.
+    results[3].cpu_us_per_txn = results[4].cpu_us_per_txn = None
+    assert bench.ratio_lines(results)[0] == ("- simple, 16 clients, CPU/txn trio_pgdog ÷ PgBouncer: "
+                                             "1.38x; target ≤ 1.3x **MISS**")
+
+
+def test_two_workers_are_set_against_pgbouncer_and_one_worker_round_by_round():
+    results = [*_rounds(bench.PGBOUNCER, [(5000, 15.0), (4000, 16.0)]),
+               *_rounds(bench.TRIO_PGDOG, [(4000, 30.0), (3800, 31.0)]),
+               *_rounds(bench.TRIO_PGDOG_WORKERS, [(4500, 40.0), (3800, 42.0)]),
+               *_rounds(bench.TRIO_PGDOG, [(3000, 40.0), (3100, 41.0)], "extended")]
+    assert bench.workers_lines(results, "simple") == [
+        "- simple, 16 clients, TPS trio_pgdog 2 workers ÷ PgBouncer: 0.93x (rounds 0.90 / 0.95)",
+        "- simple, 16 clients, TPS trio_pgdog 2 workers ÷ trio_pgdog: 1.06x (rounds 1.12 / 1.00)"]
+    assert bench.workers_lines(results, "extended") == []   # workers did not run extended
+
+
+def test_a_report_over_rounds_says_so_and_judges_the_rounds():
+    results = [*_rounds(bench.PGBOUNCER, [(5000, 15.0), (4000, 16.0)]),
+               *_rounds(bench.TRIO_PGDOG, [(4900, 18.0), (3900, 20.0)]),
+               *_rounds(bench.PGBOUNCER, [(5000, 15.0), (4000, 16.0)], "extended"),
+               *_rounds(bench.TRIO_PGDOG, [(4000, 30.0), (3000, 31.0)], "extended")]
+    results[2].outcome.errors = ["pgbench exited with status 2"]
+    results[3].outcome.errors = ["pgbench exited with status 2"]
+    plan = bench.plan_from_args(bench.parse_args(["--rounds", "2", "--clients", "16"]))
+    text = bench.report(bench.Findings(results=results), plan, [], "abc1234")
+    assert "2 rounds: in each, every target ran once at each point" in text
+    assert "| trio_pgdog | simple | 16 | 4,400 (3,900-4,900) | 19.0 (18.0-20.0) | 0 |" in text
+    assert "Ratios at 16 clients, each round's runs against each other, and the median" in text
+    assert "CPU/txn trio_pgdog ÷ PgBouncer: 1.23x (rounds 1.20 / 1.25); target ≤ 1.3x **PASS**" in text
+    assert "- simple, 16 clients, TPS trio_pgdog ÷ PgBouncer: 0.98x (rounds 0.98 / 0.97)" in text
+    assert "- extended, 16 clients, TPS trio_pgdog ÷ PgBouncer: 0.78x (rounds 0.80 / 0.75); " \
+           "target ≥ 0.95x **MISS**" in text
+    # The same error in two rounds is one line.
+    assert text.count("- trio_pgdog simple 16 clients: pgbench exited with status 2") == 1

@@ -1,10 +1,12 @@
 """`python -m trio_pgdog.bench`: pgbench -S against PostgreSQL, PgBouncer and trio_pgdog.
 
-One run starts a throw-away PostgreSQL cluster, loads `pgbench -i -s 1`, then drives each target
+One run starts a throw-away PostgreSQL cluster, loads `pgbench -i -s 1`, starts every target
 (PostgreSQL directly, PgBouncer in transaction mode when it is installed, trio_pgdog as a
-subprocess) with `pgbench -S` in simple and extended query mode at several client counts. For
-every run it reports TPS, failed transactions and the pooler's CPU time per transaction, read
-from /proc/<pid>/stat, and finally the two ratios against PgBouncer the project aims at.
+subprocess) and drives them with `pgbench -S` in simple and extended query mode at several
+client counts, in rounds: each round runs every target once at a point, in an order rotated by
+one each round. It reports TPS, failed transactions and the pooler's CPU time per transaction,
+read from /proc/<pid>/stat (the median of the rounds and their range), and finally the two
+ratios against PgBouncer the project aims at, each the median of the rounds' ratios.
 With the trio_pgdog_sharded target, the cost of routing by key: a by-key script through
 trio_pgdog with one server against trio_pgdog with the table sharded over two
 (trio_pgdog.bench_sharded), and the cost of hashing one key. With trio_pgdog_cross_shard,
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -34,7 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -100,8 +103,12 @@ NOOP_PLUGIN = os.path.join(CHECKOUT, "tests", "plugins", "noop.c")
 
 # The project's targets, compared at this client count (docs/benchmarks.md).
 RATIO_CLIENTS = 16
-MAX_CPU_RATIO = 4.0
-MIN_TPS_RATIO = 0.45
+MAX_CPU_RATIO = 1.3
+MIN_TPS_RATIO = 0.95
+# The main comparison runs every target once per round at each (mode, clients) point, and
+# judges the median of the rounds' ratios: two runs in a row on this shared machine see the
+# same load, two runs minutes apart do not.
+DEFAULT_ROUNDS = 3
 MAX_PLUGIN_US = 10.0   # a no-op native plugin's extra proxy CPU per statement
 # Memory per idle client: the poolers' RSS with none and with this many idle logged-in clients.
 IDLE_CLIENTS = 2_000
@@ -172,6 +179,7 @@ class RunResult:
     clients: int
     outcome: PgbenchOutcome
     cpu_us_per_txn: float | None
+    round: int = 1   # of the main comparison; 0: a median over the rounds (median_run)
 
 
 @dataclass
@@ -308,7 +316,7 @@ def _own_cpu_ticks(pid: int) -> int:
 
 
 def measured_run(target: Target, mode: str, clients: int, per_client: int, timeout: float,
-                 script: str | None = None) -> RunResult:
+                 script: str | None = None, round_no: int = 1) -> RunResult:
     pid = target.pid
     before = cpu_ticks(pid) if pid else 0
     outcome = run_pgbench(target.port, mode, clients, per_client, timeout, script, target.sslmode)
@@ -316,7 +324,7 @@ def measured_run(target: Target, mode: str, clients: int, per_client: int, timeo
     # An exited but not yet reaped pooler still has its /proc entry, so this read is safe.
     if pid and outcome.processed:
         cpu_us = (cpu_ticks(pid) - before) / CLOCK_TICKS * 1e6 / outcome.processed
-    return RunResult(target.name, mode, clients, outcome, cpu_us)
+    return RunResult(target.name, mode, clients, outcome, cpu_us, round_no)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -612,6 +620,7 @@ class Plan:
     timeout: float
     pgbench: bool = True          # False: the memory figure alone
     idle_clients: int = IDLE_CLIENTS  # for the memory figure; 0: none
+    rounds: int = 1               # of the main comparison
 
     def modes_for(self, target_key: str) -> tuple[str, ...]:
         # PgBouncer 1.18 keeps no prepared statements across transactions in transaction mode.
@@ -631,18 +640,56 @@ def warm_up(target: Target, plan: Plan, script: str | None = None) -> None:
                 script, target.sslmode)
 
 
-def benchmark_target(target: Target, plan: Plan, modes: Sequence[str]) -> list[RunResult]:
-    warm_up(target, plan)
+def start_targets(keys: Sequence[str], stack: contextlib.ExitStack, cluster: Cluster,
+                  pgbouncer: str | None, tls: TlsSetup | None,
+                  problems: list[str]) -> dict[str, Target]:
+    """The main comparison's targets, all started at once (on `stack`), by key; one that does
+    not start is a problem of the run."""
+    started = {}
+    for key in keys:
+        try:
+            started[key] = start_target(key, stack, cluster, pgbouncer, tls=tls)
+        except (BenchError, EmbeddedError) as exc:
+            problems.append(f"{TARGET_KEYS[key]} did not start: {exc}")
+            continue
+        progress(f"{started[key].name} on port {started[key].port}")
+    return started
+
+
+def rotated(items: Sequence[str], n: int) -> list[str]:
+    """`items` starting at its n-th: each round another target runs first."""
+    k = n % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
+def compare_targets(targets: dict[str, Target], plan: Plan) -> list[RunResult]:
+    """Each (mode, clients) point in plan.rounds rounds, every running target once a round,
+    in an order rotated by one each round; all targets keep running meanwhile, so that the
+    runs of one round see the same machine."""
+    for target in targets.values():
+        warm_up(target, plan)
+    alive = list(targets)
     results = []
-    for mode in modes:
-        for clients in plan.clients:
-            result = measured_run(target, mode, clients, plan.per_client(clients), plan.timeout)
-            progress(format_progress(result))
-            results.append(result)
-            if death := target.exited():
-                # Its remaining runs would only repeat "connection refused".
-                result.outcome.errors.append(death)
-                return results
+    for mode, clients in itertools.product((*MODES, PREPARED), plan.clients):
+        for n in range(plan.rounds):
+            results += run_round(targets, alive, plan, mode, clients, n)
+    return results
+
+
+def run_round(targets: dict[str, Target], alive: list[str], plan: Plan, mode: str, clients: int,
+              n: int) -> list[RunResult]:
+    """Round n + 1 at one point: a run of each target in `alive` that has `mode`; a target
+    that exits is taken out of `alive`."""
+    results = []
+    for key in rotated([k for k in alive if mode in plan.modes_for(k)], n):
+        result = measured_run(targets[key], mode, clients, plan.per_client(clients), plan.timeout,
+                              round_no=n + 1)
+        progress(format_progress(result, plan.rounds))
+        results.append(result)
+        if death := targets[key].exited():
+            # Its remaining runs would only repeat "connection refused".
+            result.outcome.errors.append(death)
+            alive.remove(key)
     return results
 
 
@@ -681,16 +728,11 @@ def run_plan(plan: Plan, problems: list[str]) -> Findings:
             # One PostgreSQL with ssl = on for both TLS targets; None: a problem says why.
             tls = start_tls_setup(stack, problems)
             keys = [k for k in keys if k not in TLS_TARGETS or tls]
-        results = found.results
-        for key in keys:
-            with cleanup_shielded() as target_stack:
-                try:
-                    target = start_target(key, target_stack, cluster, pgbouncer, tls=tls)
-                except (BenchError, EmbeddedError) as exc:
-                    problems.append(f"{TARGET_KEYS[key]} did not start: {exc}")
-                    continue
-                progress(f"{target.name} on port {target.port}")
-                results += benchmark_target(target, plan, plan.modes_for(key))
+        # The compared targets stop before the hook, sharding and memory runs start theirs.
+        with cleanup_shielded() as targets_stack:
+            targets = start_targets(keys, targets_stack, cluster, pgbouncer, tls, problems)
+            found.results = compare_targets(targets, plan)
+            for key, target in targets.items():
                 if tls and key in TLS_TARGETS:
                     problems += check_server_tls(tls, target)
                 # Read before the work directory (and the log with it) is removed.
@@ -820,24 +862,75 @@ def progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def format_progress(r: RunResult) -> str:
+def format_progress(r: RunResult, rounds: int = 1) -> str:
     tps = f"{r.outcome.tps:.0f} tps" if r.outcome.tps is not None else "no tps"
     cpu = f", {r.cpu_us_per_txn:.1f} µs CPU/txn" if r.cpu_us_per_txn is not None else ""
     failed = f", {r.outcome.not_done} failed" if r.outcome.not_done else ""
-    return f"  {r.target} {r.mode} {clients_label(r.clients)}: {tps}{cpu}{failed}"
+    which = f"round {r.round}/{rounds}: " if rounds > 1 else ""
+    return f"  {which}{r.target} {r.mode} {clients_label(r.clients)}: {tps}{cpu}{failed}"
 
 
 def clients_label(n: int) -> str:
     return f"{n} client" + ("s" if n != 1 else "")
 
 
+Point = tuple[str, str, int]   # (target, mode, clients)
+
+
+def by_point(results: Sequence[RunResult]) -> dict[Point, list[RunResult]]:
+    """Each point's runs, one a round, the points in the order they first ran."""
+    groups: dict[Point, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.target, r.mode, r.clients), []).append(r)
+    return groups
+
+
+def tps_of(r: RunResult) -> float | None:
+    return r.outcome.tps
+
+
+def cpu_of(r: RunResult) -> float | None:
+    return r.cpu_us_per_txn
+
+
+def known(runs: Sequence[RunResult], figure: Callable[[RunResult], float | None]) -> list[float]:
+    return sorted(x for r in runs if (x := figure(r)) is not None)
+
+
+def median_run(runs: Sequence[RunResult]) -> RunResult:
+    """One point's rounds as one run: median TPS and CPU µs/txn, transactions summed."""
+    tps, cpu = known(runs, tps_of), known(runs, cpu_of)
+    outcome = PgbenchOutcome(requested=sum(r.outcome.requested for r in runs),
+                             processed=sum(r.outcome.processed for r in runs),
+                             failed=sum(r.outcome.failed for r in runs),
+                             tps=statistics.median(tps) if tps else None)
+    first = runs[0]
+    return RunResult(first.target, first.mode, first.clients, outcome,
+                     statistics.median(cpu) if cpu else None, round=0)
+
+
+def medians(results: Sequence[RunResult]) -> list[RunResult]:
+    return [median_run(runs) for runs in by_point(results).values()]
+
+
+def spread_cell(values: Sequence[float], spec: str) -> str:
+    """The median, and with several rounds their range: "5,210 (4,980-5,400)"."""
+    if not values:
+        return "-"
+    median = format(statistics.median(values), spec)
+    if len(values) == 1:
+        return median
+    return f"{median} ({format(min(values), spec)}-{format(max(values), spec)})"
+
+
 def markdown_table(results: Sequence[RunResult]) -> str:
     lines = ["| target | mode | clients | TPS | CPU µs/txn | failed |",
              "|---|---|---:|---:|---:|---:|"]
-    for r in results:
-        tps = f"{r.outcome.tps:,.0f}" if r.outcome.tps is not None else "-"
-        cpu = f"{r.cpu_us_per_txn:.1f}" if r.cpu_us_per_txn is not None else "-"
-        lines.append(f"| {r.target} | {r.mode} | {r.clients} | {tps} | {cpu} | {r.outcome.not_done} |")
+    for (target, mode, clients), runs in by_point(results).items():
+        tps = spread_cell(known(runs, tps_of), ",.0f")
+        cpu = spread_cell(known(runs, cpu_of), ".1f")
+        failed = sum(r.outcome.not_done for r in runs)
+        lines.append(f"| {target} | {mode} | {clients} | {tps} | {cpu} | {failed} |")
     return "\n".join(lines)
 
 
@@ -845,59 +938,72 @@ def find(results: Sequence[RunResult], target: str, mode: str, clients: int) -> 
     return next((r for r in results if (r.target, r.mode, r.clients) == (target, mode, clients)), None)
 
 
-def ratio_line(what: str, ours: float | None, theirs: float | None, passes: bool | None,
-               goal: str) -> str:
-    if ours is None or theirs is None or not theirs:
+def round_ratios(results: Sequence[RunResult], ours: str, theirs: str, mode: str,
+                 figure: Callable[[RunResult], float | None]) -> list[float]:
+    """ours ÷ theirs at RATIO_CLIENTS, one ratio a round: the two runs of a round ran one
+    shortly after the other, under the same load, which runs minutes apart do not share."""
+    points = by_point(results)
+    mine, other = ({r.round: figure(r) for r in points.get((target, mode, RATIO_CLIENTS), [])}
+                   for target in (ours, theirs))
+    return [x / y for n, x in mine.items() if x is not None and (y := other.get(n))]
+
+
+def ratio_text(ratios: Sequence[float]) -> str:
+    """The median ratio, and with several rounds each round's: "0.97x (rounds 0.95 / 0.99)"."""
+    median = f"{statistics.median(ratios):.2f}x"
+    if len(ratios) == 1:
+        return median
+    return f"{median} (rounds {' / '.join(f'{x:.2f}' for x in ratios)})"
+
+
+def ratio_line(what: str, ratios: Sequence[float], passes: Callable[[float], bool], goal: str) -> str:
+    if not ratios:
         return f"- {what}: n/a (no {PGBOUNCER} or {TRIO_PGDOG} figure)"
-    verdict = "PASS" if passes else "MISS"
-    return f"- {what}: {ours / theirs:.2f}x (target {goal}) **{verdict}**"
+    verdict = "PASS" if passes(statistics.median(ratios)) else "MISS"
+    return f"- {what}: {ratio_text(ratios)}; target {goal} **{verdict}**"
 
 
 def ratio_lines(results: Sequence[RunResult]) -> list[str]:
     lines = []
     for mode in MODES:
-        ours = find(results, TRIO_PGDOG, mode, RATIO_CLIENTS)
-        theirs = find(results, PGBOUNCER, mode, RATIO_CLIENTS)
-        cpu = (ours and ours.cpu_us_per_txn, theirs and theirs.cpu_us_per_txn)
-        tps = (ours and ours.outcome.tps, theirs and theirs.outcome.tps)
-        cpu_ok = None if None in cpu else cpu[0] / cpu[1] <= MAX_CPU_RATIO
-        tps_ok = None if None in tps else tps[0] / tps[1] >= MIN_TPS_RATIO
-        lines.append(ratio_line(f"{mode}, {RATIO_CLIENTS} clients, CPU/txn {TRIO_PGDOG} ÷ {PGBOUNCER}",
-                                *cpu, cpu_ok, f"≤ {MAX_CPU_RATIO:g}x"))
-        lines.append(ratio_line(f"{mode}, {RATIO_CLIENTS} clients, TPS {TRIO_PGDOG} ÷ {PGBOUNCER}",
-                                *tps, tps_ok, f"≥ {MIN_TPS_RATIO:g}x"))
-        lines += workers_lines(results, mode, ours, theirs)
-        lines += metrics_lines(results, mode, ours)
+        where = f"{mode}, {RATIO_CLIENTS} clients"
+        cpu = round_ratios(results, TRIO_PGDOG, PGBOUNCER, mode, cpu_of)
+        tps = round_ratios(results, TRIO_PGDOG, PGBOUNCER, mode, tps_of)
+        lines.append(ratio_line(f"{where}, CPU/txn {TRIO_PGDOG} ÷ {PGBOUNCER}", cpu,
+                                lambda x: x <= MAX_CPU_RATIO, f"≤ {MAX_CPU_RATIO:g}x"))
+        lines.append(ratio_line(f"{where}, TPS {TRIO_PGDOG} ÷ {PGBOUNCER}", tps,
+                                lambda x: x >= MIN_TPS_RATIO, f"≥ {MIN_TPS_RATIO:g}x"))
+        lines += workers_lines(results, mode)
+        lines += metrics_lines(results, mode)
     return lines
 
 
-def metrics_lines(results: Sequence[RunResult], mode: str, plain: RunResult | None) -> list[str]:
+def metrics_lines(results: Sequence[RunResult], mode: str) -> list[str]:
     """The proxy with /metrics scraped every second next to the same proxy unscraped (the
     issue's bar: within noise, so no PASS or MISS)."""
-    scraped = find(results, TRIO_PGDOG_METRICS, mode, RATIO_CLIENTS)
+    rows = medians(results)
+    scraped = find(rows, TRIO_PGDOG_METRICS, mode, RATIO_CLIENTS)
+    plain = find(rows, TRIO_PGDOG, mode, RATIO_CLIENTS)
     if scraped is None or plain is None:
         return []
     parts = []
-    if scraped.cpu_us_per_txn is not None and plain.cpu_us_per_txn:
-        parts.append(f"CPU/txn {scraped.cpu_us_per_txn / plain.cpu_us_per_txn:.2f}x "
-                     f"({plain.cpu_us_per_txn:.1f} → {scraped.cpu_us_per_txn:.1f} µs)")
-    if plain.outcome.tps:
-        parts.append(f"TPS {scraped.outcome.tps / plain.outcome.tps:.2f}x")
+    if cpu := round_ratios(results, TRIO_PGDOG_METRICS, TRIO_PGDOG, mode, cpu_of):
+        parts.append(f"CPU/txn {plain.cpu_us_per_txn:.1f} → {scraped.cpu_us_per_txn:.1f} µs, "
+                     f"{ratio_text(cpu)}")
+    if tps := round_ratios(results, TRIO_PGDOG_METRICS, TRIO_PGDOG, mode, tps_of):
+        parts.append(f"TPS {ratio_text(tps)}")
     return [f"- {mode}, {RATIO_CLIENTS} clients, {TRIO_PGDOG_METRICS} ÷ {TRIO_PGDOG}: "
-            + ", ".join(parts)] if parts else []
+            + "; ".join(parts)] if parts else []
 
 
-def workers_lines(results: Sequence[RunResult], mode: str, one: RunResult | None,
-                  pgbouncer: RunResult | None) -> list[str]:
-    """TPS with `workers = 2` next to PgBouncer and next to one worker (no target yet)."""
-    two = find(results, TRIO_PGDOG_WORKERS, mode, RATIO_CLIENTS)
-    if two is None:
-        return []
+def workers_lines(results: Sequence[RunResult], mode: str) -> list[str]:
+    """TPS with `workers = 2` next to PgBouncer and next to one worker, round by round (no
+    target yet)."""
     lines = []
-    for other in (pgbouncer, one):
-        if other is not None and other.outcome.tps:
+    for other in (PGBOUNCER, TRIO_PGDOG):
+        if ratios := round_ratios(results, TRIO_PGDOG_WORKERS, other, mode, tps_of):
             lines.append(f"- {mode}, {RATIO_CLIENTS} clients, TPS {TRIO_PGDOG_WORKERS} ÷ "
-                         f"{other.target}: {two.outcome.tps / other.outcome.tps:.2f}x")
+                         f"{other}: {ratio_text(ratios)}")
     return lines
 
 
@@ -931,11 +1037,9 @@ def hook_probe_lines(probes: Sequence[HookProbe]) -> list[str]:
 
 
 def error_lines(results: Sequence[RunResult]) -> list[str]:
-    lines = []
-    for r in results:
-        for error in r.outcome.errors:
-            lines.append(f"- {r.target} {r.mode} {clients_label(r.clients)}: {error}")
-    return lines
+    lines = [f"- {r.target} {r.mode} {clients_label(r.clients)}: {error}"
+             for r in results for error in r.outcome.errors]
+    return list(dict.fromkeys(lines))   # the same error in several rounds: once
 
 
 def busy_machine_note(load_before: float) -> str | None:
@@ -967,6 +1071,16 @@ def memory_line(f: MemoryFigure) -> str:
             f"with no client, {f.rss_after_kb / 1024:.1f} MB with {f.clients:,}){verdict}")
 
 
+RATIOS_OVER_ROUNDS = ", each round's runs against each other, and the median of those ratios"
+
+
+def rounds_note(rounds: int) -> list[str]:
+    if rounds == 1:
+        return []
+    return ["", f"{rounds} rounds: in each, every target ran once at each point, in an order rotated "
+            "by one a round; the table shows the median of the rounds and their range (min-max)."]
+
+
 def report(found: Findings, plan: Plan, problems: Sequence[str], revision: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     version = f"trio_pgdog {__version__}" + (f" at git {revision}" if revision else "")
@@ -976,17 +1090,18 @@ def report(found: Findings, plan: Plan, problems: Sequence[str], revision: str) 
         parts += [
             f"pgbench -S, scale 1, {plan.transactions:,} transactions per run (-t = that ÷ clients), "
             f"pool size {POOL_SIZE}, {os.cpu_count()} cores, {when}, {version}",
+            *rounds_note(plan.rounds),
             "",
             markdown_table(results),
             "",
-            f"Ratios at {RATIO_CLIENTS} clients:",
+            f"Ratios at {RATIO_CLIENTS} clients{RATIOS_OVER_ROUNDS if plan.rounds > 1 else ''}:",
             "",
             *ratio_lines(results),
         ]
         if {r.target for r in results} & set(TLS_TARGETS.values()):
             from .bench_tls import tls_section
 
-            parts += tls_section(results)
+            parts += tls_section(medians(results))
     else:
         parts += [f"{os.cpu_count()} cores, {when}, {version}"]
     if hook_lines := hook_cost_lines(costs):
@@ -1026,7 +1141,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--transactions", type=int, default=None, metavar="N",
                    help="transactions per pgbench run, split over the clients "
                         f"(default {DEFAULT_TRANSACTIONS:,}; with --quick {QUICK_TRANSACTIONS:,})")
-    p.add_argument("--quick", action="store_true", help="a short smoke run")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (one round)")
+    p.add_argument("--rounds", type=int, default=None, metavar="N",
+                   help="rounds of the main comparison, each running every target once at each "
+                        f"mode and client count (default {DEFAULT_ROUNDS}; with --quick 1)")
     p.add_argument("--clients", default=",".join(map(str, CLIENT_COUNTS)), metavar="LIST",
                    help="client counts, comma-separated (default: %(default)s)")
     p.add_argument("--targets", default=",".join(TARGET_KEYS), metavar="LIST",
@@ -1053,12 +1171,13 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     except ValueError:
         raise SystemExit(f"--clients: expected numbers separated by commas, got {args.clients!r}") from None
     transactions = args.transactions or (QUICK_TRANSACTIONS if args.quick else DEFAULT_TRANSACTIONS)
-    if transactions < 1 or min(clients) < 1:
-        raise SystemExit("--transactions and --clients must be at least 1")
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else DEFAULT_ROUNDS)
+    if transactions < 1 or min(clients) < 1 or rounds < 1:
+        raise SystemExit("--transactions, --clients and --rounds must be at least 1")
     if args.idle_clients < 0 or (args.memory_only and not args.idle_clients):
         raise SystemExit("--idle-clients must be at least 1 with --memory-only, and never negative")
     return Plan(targets, clients, transactions, args.prepared, args.timeout,
-                pgbench=not args.memory_only, idle_clients=args.idle_clients)
+                pgbench=not args.memory_only, idle_clients=args.idle_clients, rounds=rounds)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
