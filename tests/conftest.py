@@ -379,8 +379,13 @@ def _replica_serves_app(replica: Cluster) -> bool:
 
 
 def wait_replicated(primary: Cluster, replicas: list[Cluster], timeout: float = 30) -> None:
-    """Wait until every replica accepts `app` and has replayed the primary's current WAL."""
-    lsn = primary.sql("SELECT pg_current_wal_lsn()")
+    """Wait until every replica accepts `app` and has replayed all WAL the primary has logged.
+
+    The clusters run with synchronous_commit = off, so a commit the client has seen may still
+    sit in the primary's WAL buffers: pg_current_wal_lsn() (the write position) can stop short
+    of its commit record. The insert position covers it; the WAL writer flushes it soon.
+    """
+    lsn = primary.sql("SELECT pg_current_wal_insert_lsn()")
     for replica in replicas:
         def caught_up(replica: Cluster = replica) -> bool:
             if not replica.is_running() or not _replica_serves_app(replica):
