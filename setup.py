@@ -1,4 +1,4 @@
-"""Builds the one C extension, trio_pgdog._speedups (see its source for why).
+"""Builds the C extensions, trio_pgdog._speedups and trio_pgdog._reactor (see their sources).
 
 Optional: without a C compiler or Python headers the install still succeeds, and the hook
 path runs the pure-Python twins of its functions (slower per statement; the startup log
@@ -16,6 +16,8 @@ setup(
                      "trio_pgdog/_template.c"],
             include_dirs=["hooks/include"],
             optional=True,
-        )
+        ),
+        # The plain-transaction reactor (session/parking.py); Linux only (epoll).
+        Extension("trio_pgdog._reactor", sources=["trio_pgdog/_reactor.c"], optional=True),
     ]
 )

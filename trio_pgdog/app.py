@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from . import __version__, listener, logs, tls, workers
+from . import reactor as c_path
 from .config import Config, ConfigError, load_config
 from .hooks.api import ServerInfo
 from .hooks.errors import HookLoadError
@@ -67,6 +68,8 @@ class Proxy:
         # Two-phase commits decided and not yet finished (its directory is read at start-up).
         self.journal = Journal(self.config.general.two_phase_journal_dir)
         self.shutting_down = False
+        # The C path of plain transactions (session/parking.py); None: everything in Python.
+        self.reactor: object | None = None
         # TLS towards clients: the context new clients' handshakes use (None: TLS off).
         # The configuration's checks loaded the same files, so this succeeds but for a race.
         self.client_tls = tls.client_context(self.config)
@@ -187,6 +190,9 @@ class Proxy:
             if self.worker is not None:
                 await root.start(workers.serve_peer_cancels, self.worker, self._cancel)
             root.start_soon(recovery.run, self)
+            if c_path.c is not None:
+                self.reactor = c_path.c.Reactor()
+                root.start_soon(c_path.serve, self.reactor)
             async with trio.open_nursery() as clients:
                 root.start_soon(self._signals, root.cancel_scope, clients)
                 root.start_soon(departures.watch, self.sessions)
@@ -368,7 +374,7 @@ async def check_servers(config: Config) -> None:
 def startup_banner() -> str:
     """The first log line: the proxy's version, the native plugin ABI it speaks and the SQL
     parser it uses (pglast, and the PostgreSQL release libpg_query's parser comes from), and
-    whether the hook path's C speedups are on."""
+    whether the hook path's C speedups and the C path of plain transactions are on."""
     import pglast
     from pglast.parser import get_postgresql_version
 
@@ -378,4 +384,4 @@ def startup_banner() -> str:
     pg_major, pg_minor = get_postgresql_version()
     return (f"trio_pgdog {__version__} starting (plugin ABI version {ABI_VERSION}, "
             f"pglast {pglast.__version__.lstrip('v')}, libpg_query PostgreSQL {pg_major}.{pg_minor}, "
-            f"C speedups {speedups.status()})")
+            f"C speedups {speedups.status()}, C path of plain transactions {c_path.status()})")

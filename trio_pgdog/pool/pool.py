@@ -100,6 +100,10 @@ class Pool:
             self._discard(server)  # expired while idle, before the janitor got to it
         return None
 
+    def untake(self, server: ServerConnection) -> None:
+        """Undo take_idle (the C path declined the connection): idle again, as it was."""
+        self.idle.append(server)
+
     async def checkout(self) -> ServerConnection:
         while self.paused and not self.closed:
             await self._resumed.wait()  # PAUSE holds new transactions until RESUME

@@ -127,6 +127,7 @@ class Failures:
         if not servers or self.departure is not None:
             return
         self.departure = departure = Departure(now)
+        self._unpark_idle()  # parked in C: back to Python once the server has answered
         log.info("client %s (%s@%s): gone while its query runs on %s; cancelling the query",
                  self.addr, self.user, self.database,
                  ", ".join(f"{s.host}:{s.port} (pid {s.pid})" for s in servers))
@@ -148,6 +149,7 @@ class Failures:
         if not servers or departure is None or departure.aborted:
             return
         departure.aborted = True
+        self._force_out()  # parked in C: out now
         for server in servers:
             log.warning("client %s (%s@%s): server %r did not answer after the cancel; closing "
                         "the connection", self.addr, self.user, self.database, server)

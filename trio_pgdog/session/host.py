@@ -27,6 +27,7 @@ class Host(Protocol):
     spellings: Spellings
     parse_cache: ParseCache
     shutting_down: bool
+    reactor: object | None           # the C path's Reactor (session/parking.py); None: off
     client_tls: ssl.SSLContext | None  # TLS towards clients; None: off (replaced on reload)
 
     def register(self, session: object) -> tuple[int, int]:

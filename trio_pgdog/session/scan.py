@@ -238,6 +238,11 @@ class ServerScan:
         self._skip = 0
         return data[:pos]
 
+    @property
+    def at_boundary(self) -> bool:
+        """True between messages (nothing of one half-read)."""
+        return not self._skip and not self._carry
+
     def reset(self) -> None:
         self._skip = 0
         self._carry = b""

@@ -32,6 +32,7 @@ from .guards import guard_session_sql, only_notices, statements_in
 from .hooked import HookedStream
 from .login import Login
 from .params import NO_NAMES, ClientParams
+from .parking import Parking
 from .routing import Routing
 from .scan import ClientScan, ServerScan
 from .sharded import ShardedRelay
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 _wait_readable = trio.lowlevel.wait_readable
 
 
-class ClientSession(Login, Attach, Routing, Failures):
+class ClientSession(Login, Attach, Routing, Failures, Parking):
     # An idle client costs the proxy what its session keeps (docs/benchmarks.md, "memory per
     # idle client"): slots instead of a __dict__, shared empty values, objects made when
     # first needed, and no coroutine frame but run's above Trio's wait while the client is
@@ -57,10 +58,12 @@ class ClientSession(Login, Attach, Routing, Failures):
         "_asked_at",
         "_hooked_syncs",
         "_idle_on",
+        "_parked",
         "_poller",
         "_registry",
         "_replay",
         "_since",
+        "_slot",
         "_writing",
         "_xact_at",
         "addr",
@@ -135,6 +138,9 @@ class ClientSession(Login, Attach, Routing, Failures):
         self._asked_at = 0
         self._xact_at = 0
         self.connected_at = time.time()  # SHOW CLIENTS' connect_time
+        # While parked in the C reactor (session/parking.py): its slot, and the task waiting.
+        self._slot: object | None = None
+        self._parked: trio.lowlevel.Task | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -158,6 +164,9 @@ class ClientSession(Login, Attach, Routing, Failures):
                         raise shutdown_error()
                     if client.buffered:
                         data = await client.recv()
+                    elif self._may_park():  # plain traffic runs in C until it is not
+                        await self._park()
+                        continue
                     else:
                         self._idle_on = client.sock
                         try:
@@ -183,7 +192,10 @@ class ClientSession(Login, Attach, Routing, Failures):
                 elif not self.pending and not self.copy_in and not self.cscan.in_batch \
                         and server.status != b"I":
                     # Idle inside a transaction: the client has the floor.
-                    await self._from_client(await client.recv())
+                    if self._may_park():
+                        await self._park()
+                    else:
+                        await self._from_client(await client.recv())
                 else:
                     await self._wait_both(server)
         except ClientGone:
@@ -201,6 +213,8 @@ class ClientSession(Login, Attach, Routing, Failures):
         """Servers running something for this client (or for it when it left)."""
         if self.relay is not None:
             return self.relay.busy_servers()
+        if self._slot is not None:
+            return self._parked_servers()
         server = self.server
         if server is not None and (self.pending or self.departure is not None):
             return [server]
@@ -226,6 +240,7 @@ class ClientSession(Login, Attach, Routing, Failures):
         """Shutdown: wake this session if it is waiting for its client between transactions."""
         if self._idle_on is not None:
             trio.lowlevel.notify_closing(self._idle_on)
+        self._unpark_idle()
 
 
     # --- login ----------------------------------------------------------------------------------
@@ -488,6 +503,12 @@ class ClientSession(Login, Attach, Routing, Failures):
             stats.query_time_us += (now - self._asked_at) // 1000
             if server.status == b"I":
                 stats.xact_time_us += (now - self._xact_at) // 1000
+        await self._answered(server)
+
+    async def _answered(self, server: ServerConnection) -> None:
+        """The server answered (some of) what it owed: a departed client's session ends once
+        it owes nothing; a transaction-mode server idle again goes back to its pool."""
+        tracker = self.tracker
         if self.departure is not None:
             if not self.pending:
                 raise ClientGone  # the departed client's query is over: release it
@@ -504,5 +525,3 @@ class ClientSession(Login, Attach, Routing, Failures):
             give_back(server)
 
     # --- errors on the data path ----------------------------------------------------------------
-
-

@@ -1,0 +1,827 @@
+/* trio_pgdog._reactor: plain transactions relayed in C (docs/benchmarks.md, "two paths").
+ *
+ * A session whose next transaction needs nothing of the Python path (session/parking.py says
+ * when) parks its client socket here. The Reactor owns a private epoll; one Trio task awaits
+ * its fd and calls run(), which for each ready socket does what the session's relay loop would:
+ * read the client's chunk, check that it is plain (classify_client below), take an idle server
+ * from the session's pool (a call back into the session: the pool stays the owner of its
+ * connections), forward, relay the server's answer up to ReadyForQuery, and give the server
+ * back at 'I' (again through the session). Anything else -- a chunk that is not plain, a server
+ * message the session must read, a short send, a socket that closed -- hands the session back
+ * to its Trio task at a message boundary with everything it needs to go on ("an outcome").
+ *
+ * Server sockets are registered edge-triggered and left registered when they go back to the
+ * pool (saving two epoll_ctl per transaction); an event for a socket no slot owns removes it.
+ * Client sockets are registered (edge-triggered) from park to hand-back.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SCRATCH_SIZE (256 * 1024)
+#define MAX_EVENTS 256
+#define MAX_MESSAGE_LENGTH 0x3FFFFFFF
+#define SMALL_LIMIT 10000
+
+/* Outcome flags (session/parking.py reads them). */
+#define SERVER_LOST 1 /* the server's socket closed or failed: nothing of it consumed */
+#define CLIENT_GONE 2 /* sending to the client failed */
+#define BROKEN 4      /* taken out mid-message (unpark): the server cannot be reused */
+#define CLIENT_CLOSED 8 /* the client's socket reached its end or failed */
+#define SERVER_STIRRED 16 /* the server spoke (or closed) while idle in a transaction */
+
+enum { WAIT_CLIENT, WAIT_SERVER };
+
+static uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* --- the client side: is this chunk plain? ---------------------------------------------- */
+
+static int upper(unsigned char c) { return (c >= 'a' && c <= 'z') ? c - 32 : c; }
+
+/* Does `sql` (len bytes) start with `word` followed by a space, tab or newline? */
+static int starts_word(const unsigned char *sql, Py_ssize_t len, const char *word) {
+    Py_ssize_t n = (Py_ssize_t)strlen(word);
+    if (len < n + 1)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (upper(sql[i]) != (unsigned char)word[i])
+            return 0;
+    return sql[n] == ' ' || sql[n] == '\t' || sql[n] == '\n';
+}
+
+static int starts_set(const unsigned char *sql, Py_ssize_t len) {
+    return starts_word(sql, len, "SET") || starts_word(sql, len, "RESET");
+}
+
+static int leading_noise(unsigned char c) { return c && strchr("-/ \t\r\n", c) != NULL; }
+
+static int has_unique_id(const unsigned char *p, Py_ssize_t len) {
+    return memmem(p, len, "unique_id", 9) != NULL || memmem(p, len, "UNIQUE_ID", 9) != NULL;
+}
+
+/* How many ReadyForQuery the server owes for `buf` if the chunk is plain, else 0.
+ *
+ * Plain: whole messages only, ending at a Query or Sync; each Query neither PREPARE,
+ * DEALLOCATE, DISCARD, LISTEN, SET nor RESET (nor behind a comment or space), without
+ * pgdog.unique_id(); extended messages only for the unnamed statement and portal, with the
+ * statement parsed in this chunk (a server taken for this transaction knows no other), its
+ * SQL not SET, RESET or DISCARD. The same rules in Python: session/plain.py. */
+static int classify_client(const unsigned char *buf, Py_ssize_t n) {
+    Py_ssize_t pos = 0;
+    int owed = 0, parsed = 0, in_batch = 0;
+    while (pos < n) {
+        if (n - pos < 5)
+            return 0;
+        unsigned char kind = buf[pos];
+        uint32_t length = be32(buf + pos + 1);
+        if (length < 4 || length > MAX_MESSAGE_LENGTH || (Py_ssize_t)length > n - pos - 1)
+            return 0;
+        if (length > SMALL_LIMIT && kind && strchr("CDEHSXcf", kind) != NULL)
+            return 0;
+        const unsigned char *body = buf + pos + 5;
+        Py_ssize_t blen = (Py_ssize_t)length - 4;
+        switch (kind) {
+        case 'Q':
+            if (in_batch || blen < 1 || (body[0] && strchr("pPdDlL-/ \t\r\n", body[0]) != NULL) ||
+                starts_set(body, blen) || has_unique_id(body, blen))
+                return 0;
+            owed++;
+            break;
+        case 'P':
+            if (blen < 2 || body[0] != 0 || leading_noise(body[1]) || starts_set(body + 1, blen - 1) ||
+                starts_word(body + 1, blen - 1, "DISCARD"))
+                return 0;
+            parsed = in_batch = 1;
+            break;
+        case 'B':
+            if (!parsed || blen < 2 || body[0] != 0 || body[1] != 0)
+                return 0;
+            in_batch = 1;
+            break;
+        case 'D':
+            if (!parsed || blen != 2 || (body[0] != 'S' && body[0] != 'P') || body[1] != 0)
+                return 0;
+            in_batch = 1;
+            break;
+        case 'E':
+            if (!parsed || blen < 5 || body[0] != 0)
+                return 0;
+            in_batch = 1;
+            break;
+        case 'S':
+            owed++;
+            in_batch = 0;
+            break;
+        default:
+            return 0;
+        }
+        pos += 1 + (Py_ssize_t)length;
+    }
+    return in_batch ? 0 : owed;
+}
+
+/* --- the server side: how far may the answer go on in C? --------------------------------- */
+
+/* The scan of a server's answer: messages relayed, ReadyForQuery counted. */
+typedef struct {
+    Py_ssize_t skip;   /* bytes of a relayed message's body still to come */
+    int owed;          /* ReadyForQuery still owed */
+    unsigned char status;
+    int64_t queries, xacts;
+} Answer;
+
+/* Relayed message types: the answer's ordinary messages (RowDescription, DataRow, NoData,
+ * CommandComplete, ParseComplete, BindComplete, CloseComplete, PortalSuspended,
+ * ParameterDescription, EmptyQueryResponse, NoticeResponse, CopyOutResponse and its data). */
+static int relayed(unsigned char kind) { return kind && strchr("123CDInNTtsHdc", kind) != NULL; }
+
+/* Scan `buf` from its start; returns the offset of the first message C does not relay (the
+ * hand-back point: an ErrorResponse, ParameterStatus, COPY-in, a CommandComplete of DEALLOCATE
+ * or DISCARD, a cut header, anything after the last ReadyForQuery owed), or n if all of it
+ * may go to the client. The same rules in Python: session/plain.py. */
+static Py_ssize_t scan_server(Answer *a, const unsigned char *buf, Py_ssize_t n) {
+    Py_ssize_t pos = 0;
+    if (a->skip) {
+        if (a->skip >= n) {
+            a->skip -= n;
+            return n;
+        }
+        pos = a->skip;
+        a->skip = 0;
+    }
+    while (pos < n) {
+        if (a->owed == 0 || n - pos < 5)
+            return pos;
+        unsigned char kind = buf[pos];
+        uint32_t length = be32(buf + pos + 1);
+        if (length < 4 || length > MAX_MESSAGE_LENGTH)
+            return pos;
+        Py_ssize_t next = pos + 1 + (Py_ssize_t)length;
+        if (kind == 'Z') {
+            if (length != 5 || next > n)
+                return pos;
+            unsigned char status = buf[pos + 5];
+            if (status != 'I' && status != 'T' && status != 'E')
+                return pos;
+            a->status = status;
+            a->owed--;
+            a->queries++;
+            if (status == 'I')
+                a->xacts++;
+        } else if (kind == 'C') {
+            if (n - pos < 6)
+                return pos;
+            if (buf[pos + 5] == 'D') {  /* DEALLOCATE and DISCARD drop statements: Python notes it */
+                Py_ssize_t tag = (next > n ? n : next) - pos - 5;
+                if (next > n || (tag >= 10 && memcmp(buf + pos + 5, "DEALLOCATE", 10) == 0) ||
+                    (tag >= 7 && memcmp(buf + pos + 5, "DISCARD", 7) == 0))
+                    return pos;
+            }
+        } else if (!relayed(kind)) {
+            return pos;
+        }
+        if (next > n) {
+            a->skip = next - n;
+            return n;
+        }
+        pos = next;
+    }
+    return pos;
+}
+
+/* --- slots: one parked session ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *session;   /* the ClientSession (strong while parked) */
+    PyObject *server;    /* the ServerConnection lent to it, or NULL */
+    int cfd, sfd;
+    int state;           /* WAIT_CLIENT or WAIT_SERVER */
+    int parked;
+    int release;         /* hand back once the server owes nothing */
+    int client_ready;    /* the client sent more (or hung up) while the server answered */
+    Answer answer;
+    int64_t bytes_in, bytes_out, asked_at, xact_at, query_us, xact_us;
+} Slot;
+
+static PyTypeObject SlotType;
+
+/* What a file descriptor in the epoll set is: a parked client, or a server whose socket object
+ * is `key` (a closed server's number may come back as another socket). */
+typedef struct {
+    Slot *slot;          /* borrowed: valid while the slot is parked */
+    PyObject *key;       /* servers: the socket object registered (strong) */
+    char is_server;
+    char registered;
+} FdEntry;
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    FdEntry *fds;
+    int nfds;
+    PyObject *out;       /* run()'s list of (session, outcome) while it runs */
+    unsigned char *scratch;
+    int64_t handbacks, relayed;
+} Reactor;
+
+static PyObject *s_take, *s_give, *s_conn, *s_fd, *s_sock;
+
+static FdEntry *entry(Reactor *r, int fd) {
+    if (fd < 0)
+        return NULL;
+    if (fd >= r->nfds) {
+        int n = r->nfds ? r->nfds : 1024;
+        while (n <= fd)
+            n *= 2;
+        FdEntry *grown = PyMem_Realloc(r->fds, sizeof(FdEntry) * (size_t)n);
+        if (grown == NULL)
+            return NULL;
+        memset(grown + r->nfds, 0, sizeof(FdEntry) * (size_t)(n - r->nfds));
+        r->fds = grown;
+        r->nfds = n;
+    }
+    return &r->fds[fd];
+}
+
+static int watch(Reactor *r, int fd, int op) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.u64 = (uint64_t)fd};
+    if (epoll_ctl(r->epfd, op, fd, &ev) == 0)
+        return 0;
+    if (op == EPOLL_CTL_ADD && errno == EEXIST)
+        return epoll_ctl(r->epfd, EPOLL_CTL_MOD, fd, &ev);
+    if (op == EPOLL_CTL_MOD && errno == ENOENT)
+        return epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev);
+    return -1;
+}
+
+static void unwatch(Reactor *r, int fd) {
+    FdEntry *e = entry(r, fd);
+    if (e == NULL)
+        return;
+    if (e->registered)
+        epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
+    e->registered = 0;
+    e->slot = NULL;
+    Py_CLEAR(e->key);
+}
+
+/* The lent server's socket joins the epoll set (unless it is there already) and its slot owns it. */
+static int lend(Reactor *r, Slot *s, PyObject *server) {
+    PyObject *conn = PyObject_GetAttr(server, s_conn);
+    if (conn == NULL)
+        return -1;
+    PyObject *fd_obj = PyObject_GetAttr(conn, s_fd), *sock = PyObject_GetAttr(conn, s_sock);
+    Py_DECREF(conn);
+    long fd = fd_obj ? PyLong_AsLong(fd_obj) : -1;
+    Py_XDECREF(fd_obj);
+    FdEntry *e = (fd >= 0 && sock != NULL) ? entry(r, (int)fd) : NULL;
+    if (e == NULL || (!(e->registered && e->key == sock) && watch(r, (int)fd, EPOLL_CTL_ADD) < 0)) {
+        Py_XDECREF(sock);
+        if (!PyErr_Occurred())
+            PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    Py_XSETREF(e->key, sock);
+    e->registered = 1;
+    e->is_server = 1;
+    e->slot = s;
+    Py_INCREF(server);
+    Py_XSETREF(s->server, server);
+    s->sfd = (int)fd;
+    return 0;
+}
+
+/* The slot lets go of its server (which stays registered; see the top comment). */
+static PyObject *unlend(Reactor *r, Slot *s) {
+    PyObject *server = s->server;
+    FdEntry *e = entry(r, s->sfd);
+    if (e != NULL && e->slot == s)
+        e->slot = NULL;
+    s->server = NULL;
+    s->sfd = -1;
+    return server;
+}
+
+static PyObject *status_bytes(unsigned char status) {
+    return PyBytes_FromStringAndSize((const char *)&status, 1);
+}
+
+/* Counters since the last flush, for the server's pool: (queries, xacts, bytes from the client,
+ * bytes to the client, query time µs, transaction time µs, asked_at, xact_at). */
+static PyObject *take_counts(Slot *s) {
+    PyObject *counts = Py_BuildValue("(LLLLLLLL)", (long long)s->answer.queries,
+                                     (long long)s->answer.xacts, (long long)s->bytes_in,
+                                     (long long)s->bytes_out, (long long)s->query_us,
+                                     (long long)s->xact_us, (long long)s->asked_at,
+                                     (long long)s->xact_at);
+    s->answer.queries = s->answer.xacts = 0;
+    s->bytes_in = s->bytes_out = s->query_us = s->xact_us = 0;
+    return counts;
+}
+
+/* Take the slot out of the reactor and describe where its session stands:
+ * (client chunk or None, server or None, owed, status, server bytes or None, bytes still for
+ *  the client or None, bytes still for the server or None, flags, counts). */
+static PyObject *hand_back(Reactor *r, Slot *s, PyObject *chunk, PyObject *server_rest,
+                           PyObject *to_client, PyObject *to_server, int flags) {
+    if (s->answer.skip)
+        flags |= BROKEN;  /* mid-message: nobody can tell where the next one starts */
+    unwatch(r, s->cfd);
+    PyObject *server = unlend(r, s);
+    PyObject *status = status_bytes(s->answer.status);
+    PyObject *counts = take_counts(s);
+    PyObject *outcome = NULL;
+    if (status != NULL && counts != NULL)
+        outcome = Py_BuildValue("(OOiOOOOiO)", chunk ? chunk : Py_None, server ? server : Py_None,
+                                s->answer.owed, status, server_rest ? server_rest : Py_None,
+                                to_client ? to_client : Py_None, to_server ? to_server : Py_None,
+                                flags, counts);
+    Py_XDECREF(status);
+    Py_XDECREF(counts);
+    Py_XDECREF(server);
+    s->parked = 0;
+    s->answer.skip = 0;
+    r->handbacks++;
+    return outcome;
+}
+
+/* hand_back during run(): the outcome joins run()'s list, the reactor's reference goes. */
+static void queue_back(Reactor *r, Slot *s, PyObject *chunk, PyObject *server_rest,
+                       PyObject *to_client, PyObject *to_server, int flags) {
+    PyObject *session = s->session;
+    Py_INCREF(session);
+    PyObject *outcome = hand_back(r, s, chunk, server_rest, to_client, to_server, flags);
+    Py_XDECREF(chunk);
+    Py_XDECREF(server_rest);
+    Py_XDECREF(to_client);
+    Py_XDECREF(to_server);
+    PyObject *pair = outcome ? PyTuple_Pack(2, session, outcome) : NULL;
+    if (pair == NULL || PyList_Append(r->out, pair) < 0)
+        PyErr_WriteUnraisable((PyObject *)r);  /* out of memory: the session stays stuck */
+    Py_XDECREF(pair);
+    Py_XDECREF(outcome);
+    Py_DECREF(session);
+    Py_DECREF(s);  /* the reference park() took */
+}
+
+static PyObject *bytes_of(const unsigned char *p, Py_ssize_t n) {
+    return PyBytes_FromStringAndSize((const char *)p, n);
+}
+
+/* Send all of `p` now if the kernel takes it: bytes sent, or -1 with errno on failure. */
+static Py_ssize_t send_now(int fd, const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t sent = 0;
+    while (sent < n) {
+        ssize_t k = send(fd, p + sent, (size_t)(n - sent), MSG_NOSIGNAL);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return sent;
+            return -1;
+        }
+        sent += k;
+    }
+    return sent;
+}
+
+/* ReadyForQuery 'I' and nothing owed: the server goes back to its pool through the session. */
+static int give_server(Reactor *r, Slot *s) {
+    PyObject *server = unlend(r, s);
+    PyObject *counts = take_counts(s);
+    PyObject *res = counts ? PyObject_CallMethodObjArgs(s->session, s_give, server, counts, NULL) : NULL;
+    Py_XDECREF(counts);
+    Py_DECREF(server);
+    if (res == NULL) {
+        PyErr_WriteUnraisable(s->session);
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+static void client_chunk(Reactor *r, Slot *s, int hung_up);
+
+/* The server's answer arrived (part of it): relay what C may, count, and go on or hand back. */
+#define HUNG_UP (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+
+/* `hung_up`: the event said the peer closed. Edge-triggered, no later event will say it
+ * again: read on until the end of the stream. */
+static void server_data(Reactor *r, Slot *s, int hung_up) {
+    unsigned char *buf = r->scratch;
+    for (;;) {
+        ssize_t n = recv(s->sfd, buf, SCRATCH_SIZE, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            queue_back(r, s, NULL, NULL, NULL, NULL, SERVER_LOST);
+            return;
+        }
+        int owed_before = s->answer.owed;
+        Py_ssize_t upto = scan_server(&s->answer, buf, n);
+        if (s->answer.owed == 0 && owed_before) {
+            int64_t now = now_ns();
+            s->query_us += (now - s->asked_at) / 1000;
+            if (s->answer.status == 'I')
+                s->xact_us += (now - s->xact_at) / 1000;
+        }
+        Py_ssize_t sent = send_now(s->cfd, buf, upto);
+        s->bytes_out += sent < 0 ? 0 : sent;
+        if (sent < 0) {
+            queue_back(r, s, NULL, upto < n ? bytes_of(buf + upto, n - upto) : NULL, NULL, NULL,
+                       CLIENT_GONE);
+            return;
+        }
+        if (sent < upto || upto < n) {
+            queue_back(r, s, NULL, upto < n ? bytes_of(buf + upto, n - upto) : NULL,
+                       sent < upto ? bytes_of(buf + sent, upto - sent) : NULL, NULL, 0);
+            return;
+        }
+        if (s->answer.owed == 0)
+            break;
+        if (n < SCRATCH_SIZE && !hung_up)
+            return;  /* drained: the next part comes with the next edge */
+    }
+    /* The answer is complete. */
+    r->relayed++;
+    if (s->answer.status == 'I' && !s->release) {
+        if (give_server(r, s) < 0) {
+            queue_back(r, s, NULL, NULL, NULL, NULL, 0);
+            return;
+        }
+    }
+    s->state = WAIT_CLIENT;
+    if (s->release) {
+        queue_back(r, s, NULL, NULL, NULL, NULL, 0);
+        return;
+    }
+    if (s->client_ready) {
+        s->client_ready = 0;
+        client_chunk(r, s, 1);
+    }
+}
+
+/* The client sent something (or hung up, `hung_up`) while the session waits for it. */
+static void client_chunk(Reactor *r, Slot *s, int hung_up) {
+    unsigned char *buf = r->scratch;
+    ssize_t n;
+    do
+        n = recv(s->cfd, buf, SCRATCH_SIZE, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (n <= 0) {  /* end of stream or an error: the session ends */
+        queue_back(r, s, NULL, NULL, NULL, NULL, CLIENT_CLOSED);
+        return;
+    }
+    int owed = n < SCRATCH_SIZE ? classify_client(buf, n) : 0;
+    if (owed && s->server == NULL) {
+        PyObject *server = PyObject_CallMethodNoArgs(s->session, s_take);
+        if (server == NULL) {
+            PyErr_WriteUnraisable(s->session);
+            owed = 0;
+        } else if (server == Py_None) {
+            owed = 0;
+        } else if (lend(r, s, server) < 0) {
+            PyErr_WriteUnraisable(s->session);
+            s->server = server;  /* the session holds it: hand it back with the chunk */
+            Py_INCREF(server);
+            owed = 0;
+        } else {
+            s->answer.status = 'I';
+        }
+        Py_XDECREF(server);
+    }
+    if (!owed) {
+        queue_back(r, s, bytes_of(buf, n), NULL, NULL, NULL, 0);
+        return;
+    }
+    s->asked_at = now_ns();
+    if (s->answer.status == 'I')
+        s->xact_at = s->asked_at;
+    Py_ssize_t sent = send_now(s->sfd, buf, n);
+    if (sent < 0) {  /* the server is gone: Python sends the chunk again and finds out */
+        queue_back(r, s, bytes_of(buf, n), NULL, NULL, NULL, 0);
+        return;
+    }
+    s->bytes_in += sent;
+    s->answer.owed = owed;
+    s->state = WAIT_SERVER;
+    s->client_ready = hung_up;  /* read again once answered: its end of stream is there */
+    if (sent < n)
+        queue_back(r, s, NULL, NULL, NULL, bytes_of(buf + sent, n - sent), 0);
+}
+
+static void dispatch(Reactor *r, int fd, uint32_t events) {
+    FdEntry *e = entry(r, fd);
+    if (e == NULL)
+        return;
+    Slot *s = e->slot;
+    if (s == NULL) {  /* a server back in its pool (or a slot gone): stop watching it */
+        unwatch(r, fd);
+        return;
+    }
+    if (e->is_server) {
+        if (s->state == WAIT_SERVER)
+            server_data(r, s, (events & HUNG_UP) != 0);
+        else  /* idle in a transaction: Python waits for the client and then finds out */
+            queue_back(r, s, NULL, NULL, NULL, NULL, SERVER_STIRRED);
+    } else if (s->state == WAIT_CLIENT) {
+        client_chunk(r, s, (events & HUNG_UP) != 0);
+    } else {
+        s->client_ready = 1;  /* read once the answer is complete */
+        if ((events & HUNG_UP) && !s->answer.skip)
+            s->release = 1;  /* the departure watch takes over (session/departures.py) */
+    }
+}
+
+/* --- the Python face ------------------------------------------------------------------------ */
+
+static PyObject *reactor_run(Reactor *r, PyObject *unused) {
+    struct epoll_event events[MAX_EVENTS];
+    int n;
+    do
+        n = epoll_wait(r->epfd, events, MAX_EVENTS, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    r->out = out;
+    for (int i = 0; i < n; i++)
+        dispatch(r, (int)events[i].data.u64, events[i].events);
+    r->out = NULL;
+    return out;
+}
+
+static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t nargs) {
+    int cfd;
+    if (nargs != 4 || (cfd = (int)PyLong_AsLong(args[1])) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "park(session, client_fd, server, status)");
+        return NULL;
+    }
+    Slot *s = PyObject_New(Slot, &SlotType);
+    if (s == NULL)
+        return NULL;
+    Py_INCREF(args[0]);
+    s->session = args[0];
+    s->server = NULL;
+    s->cfd = cfd;
+    s->sfd = -1;
+    s->state = WAIT_CLIENT;
+    s->release = s->client_ready = 0;
+    memset(&s->answer, 0, sizeof(Answer));
+    s->answer.status = 'I';
+    s->bytes_in = s->bytes_out = s->asked_at = s->xact_at = s->query_us = s->xact_us = 0;
+    s->parked = 0;
+    if (args[2] != Py_None) {
+        if (!PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) != 1 || lend(r, s, args[2]) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "status must be one byte");
+            Py_DECREF(s);
+            return NULL;
+        }
+        s->answer.status = (unsigned char)PyBytes_AS_STRING(args[3])[0];
+    }
+    FdEntry *e = entry(r, cfd);
+    if (e == NULL || watch(r, cfd, EPOLL_CTL_ADD) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetFromErrno(PyExc_OSError);
+        Py_XDECREF(unlend(r, s));
+        Py_DECREF(s);
+        return NULL;
+    }
+    Py_CLEAR(e->key);
+    e->registered = 1;
+    e->is_server = 0;
+    e->slot = s;
+    s->parked = 1;
+    Py_INCREF(s);  /* the reactor's reference, until hand-back */
+    return (PyObject *)s;
+}
+
+static int parked_slot(PyObject *obj) {
+    if (!PyObject_TypeCheck(obj, &SlotType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a slot from park()");
+        return 0;
+    }
+    return ((Slot *)obj)->parked;
+}
+
+/* unpark(slot): out now, wherever it stands (a cancelled session); None if not parked. */
+static PyObject *reactor_unpark(Reactor *r, PyObject *obj) {
+    int parked = parked_slot(obj);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!parked)
+        Py_RETURN_NONE;
+    Slot *s = (Slot *)obj;
+    PyObject *outcome = hand_back(r, s, NULL, NULL, NULL, NULL, 0);
+    Py_DECREF(s);
+    return outcome;
+}
+
+/* release(slot): out now if the server owes nothing (the outcome), else once it answered (None). */
+static PyObject *reactor_release(Reactor *r, PyObject *obj) {
+    int parked = parked_slot(obj);
+    if (PyErr_Occurred())
+        return NULL;
+    Slot *s = (Slot *)obj;
+    if (parked && s->state == WAIT_SERVER) {
+        s->release = 1;
+        Py_RETURN_NONE;
+    }
+    return reactor_unpark(r, obj);
+}
+
+/* busy(slot): the server running the slot's request, or None. */
+static PyObject *reactor_busy(Reactor *r, PyObject *obj) {
+    int parked = parked_slot(obj);
+    if (PyErr_Occurred())
+        return NULL;
+    Slot *s = (Slot *)obj;
+    if (parked && s->state == WAIT_SERVER && s->server != NULL) {
+        Py_INCREF(s->server);
+        return s->server;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *reactor_fileno(Reactor *r, PyObject *unused) { return PyLong_FromLong(r->epfd); }
+
+static PyObject *reactor_counts(Reactor *r, PyObject *unused) {
+    return Py_BuildValue("(LL)", (long long)r->relayed, (long long)r->handbacks);
+}
+
+static PyObject *reactor_close(Reactor *r, PyObject *unused) {
+    if (r->epfd >= 0)
+        close(r->epfd);
+    r->epfd = -1;
+    for (int fd = 0; fd < r->nfds; fd++)
+        Py_CLEAR(r->fds[fd].key);
+    Py_RETURN_NONE;
+}
+
+static PyObject *reactor_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || PyTuple_GET_SIZE(args)) {
+        PyErr_SetString(PyExc_TypeError, "Reactor() takes no arguments");
+        return NULL;
+    }
+    Reactor *r = (Reactor *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
+    r->scratch = PyMem_Malloc(SCRATCH_SIZE);
+    if (r->epfd < 0 || r->scratch == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(r);
+        return NULL;
+    }
+    return (PyObject *)r;
+}
+
+static void reactor_dealloc(Reactor *r) {
+    reactor_close(r, NULL);
+    PyMem_Free(r->fds);
+    PyMem_Free(r->scratch);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static void slot_dealloc(Slot *s) {
+    Py_XDECREF(s->session);
+    Py_XDECREF(s->server);
+    PyObject_Free(s);
+}
+
+static PyMethodDef reactor_methods[] = {
+    {"run", (PyCFunction)reactor_run, METH_NOARGS,
+     "Serve the ready sockets; the (session, outcome) pairs of sessions handed back."},
+    {"park", (PyCFunction)(void (*)(void))reactor_park, METH_FASTCALL,
+     "park(session, client_fd, server or None, status): a slot."},
+    {"unpark", (PyCFunction)reactor_unpark, METH_O, "Take a slot out now: its outcome, or None."},
+    {"release", (PyCFunction)reactor_release, METH_O,
+     "Take a slot out now if its server owes nothing (its outcome), else once answered (None)."},
+    {"busy", (PyCFunction)reactor_busy, METH_O, "The server running a slot's request, or None."},
+    {"fileno", (PyCFunction)reactor_fileno, METH_NOARGS, "The epoll file descriptor."},
+    {"counts", (PyCFunction)reactor_counts, METH_NOARGS,
+     "(answers relayed whole, hand-backs to Python) since the reactor started."},
+    {"close", (PyCFunction)reactor_close, METH_NOARGS, "Close the epoll descriptor."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ReactorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trio_pgdog._reactor.Reactor",
+    .tp_basicsize = sizeof(Reactor),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Plain transactions relayed in C over a private epoll.",
+    .tp_new = reactor_new,
+    .tp_dealloc = (destructor)reactor_dealloc,
+    .tp_methods = reactor_methods,
+};
+
+static PyTypeObject SlotType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trio_pgdog._reactor.Slot",
+    .tp_basicsize = sizeof(Slot),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A session parked in a Reactor.",
+    .tp_dealloc = (destructor)slot_dealloc,
+};
+
+/* --- the classifiers alone, for the differential tests (tests/test_reactor_scan.py) ------- */
+
+static PyObject *py_classify_client(PyObject *self, PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int owed = classify_client(view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromLong(owed);
+}
+
+/* scan_server(chunks, owed): (bytes relayed before the hand-back point or the end, owed left,
+ * last ReadyForQuery status, ReadyForQuery relayed, idle ones among them), feeding the chunks in
+ * order as run() would, up to the hand-back point. */
+static PyObject *py_scan_server(PyObject *self, PyObject *args) {
+    PyObject *chunks;
+    int owed;
+    if (!PyArg_ParseTuple(args, "Oi", &chunks, &owed))
+        return NULL;
+    Answer a = {.owed = owed, .status = 'I'};
+    Py_ssize_t relayed_bytes = 0;
+    PyObject *seq = PySequence_Fast(chunks, "chunks must be a sequence of bytes");
+    if (seq == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        Py_ssize_t upto = scan_server(&a, view.buf, view.len);
+        Py_ssize_t len = view.len;
+        PyBuffer_Release(&view);
+        relayed_bytes += upto;
+        if (upto < len || a.owed == 0)
+            break;
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(niNLL)", relayed_bytes, a.owed, status_bytes(a.status),
+                         (long long)a.queries, (long long)a.xacts);
+}
+
+static PyMethodDef module_methods[] = {
+    {"classify_client", py_classify_client, METH_O,
+     "ReadyForQuery owed for a plain client chunk, else 0 (session/plain.py's twin)."},
+    {"scan_server", py_scan_server, METH_VARARGS,
+     "scan_server(chunks, owed): (bytes relayed, owed left, statuses)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef reactor_module = {
+    PyModuleDef_HEAD_INIT, "_reactor", "Plain transactions relayed in C.", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__reactor(void) {
+    if (PyType_Ready(&ReactorType) < 0 || PyType_Ready(&SlotType) < 0)
+        return NULL;
+    s_take = PyUnicode_InternFromString("_c_take");
+    s_give = PyUnicode_InternFromString("_c_give");
+    s_conn = PyUnicode_InternFromString("conn");
+    s_fd = PyUnicode_InternFromString("fd");
+    s_sock = PyUnicode_InternFromString("sock");
+    if (!s_take || !s_give || !s_conn || !s_fd || !s_sock)
+        return NULL;
+    PyObject *m = PyModule_Create(&reactor_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&ReactorType);
+    if (PyModule_AddObject(m, "Reactor", (PyObject *)&ReactorType) < 0 ||
+        PyModule_AddIntConstant(m, "SERVER_LOST", SERVER_LOST) < 0 ||
+        PyModule_AddIntConstant(m, "CLIENT_GONE", CLIENT_GONE) < 0 ||
+        PyModule_AddIntConstant(m, "BROKEN", BROKEN) < 0 ||
+        PyModule_AddIntConstant(m, "CLIENT_CLOSED", CLIENT_CLOSED) < 0 ||
+        PyModule_AddIntConstant(m, "SERVER_STIRRED", SERVER_STIRRED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

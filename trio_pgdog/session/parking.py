@@ -1,0 +1,208 @@
+"""Parking a session in the C reactor while its traffic is plain (docs/benchmarks.md).
+
+Between transactions a session whose next transaction needs nothing of the Python path parks
+its client in the Reactor (trio_pgdog/_reactor.c) and its task waits. The Reactor then relays
+plain transactions by itself, taking and giving back servers through `_c_take`/`_c_give`, and
+hands the session back -- waking its task with an *outcome* -- at a message boundary when
+anything else happens. `_resume` puts the outcome into the session's fields and goes on
+exactly where the Python relay would have been: the session's task still owns the session
+throughout, and cancelling it takes it out of the Reactor with its server (abort_fn below).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import outcome
+import trio
+
+from ..netio import ConnectionClosed
+from ..pool.hosts import PRIMARY
+from ..pool.server import ServerConnection
+from ..reactor import c as _c
+from .attach import give_back
+from .failures import ClientGone
+from .scan import ServerScan
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+# Outcome flags (see hand_back in _reactor.c).
+if _c is not None:
+    SERVER_LOST, CLIENT_GONE, BROKEN = _c.SERVER_LOST, _c.CLIENT_GONE, _c.BROKEN
+    CLIENT_CLOSED, SERVER_STIRRED = _c.CLIENT_CLOSED, _c.SERVER_STIRRED
+else:
+    SERVER_LOST, CLIENT_GONE, BROKEN, CLIENT_CLOSED, SERVER_STIRRED = 1, 2, 4, 8, 16
+
+Outcome = tuple  # (chunk, server, owed, status, server_rest, to_client, to_server, flags, counts)
+
+
+class Parking:
+    """The C path of a ClientSession (session/session.py)."""
+
+    __slots__ = ()
+
+    def _may_park(self) -> bool:
+        """Is the session's state all the Reactor knows how to carry? (Between transactions,
+        or idle inside one, with nothing of the Python path's in flight.)"""
+        app = self.app
+        if app.reactor is None or not self.transaction_mode or self.relay is not None:
+            return False
+        group = self.group
+        recheck = self.recheck
+        cscan, sscan, tracker = self.cscan, self.sscan, self.tracker
+        return (self.hooked is None and self.role_override is None and not self.pending
+                and not self.copy_in and not self.discarding and self.departure is None
+                and recheck is not None and not recheck and self._replay is None
+                and not self.client.tls and not self.client.buffered
+                and not cscan.mid_message and not cscan.in_batch
+                and (sscan is None or sscan.at_boundary) and (tracker is None or tracker.idle)
+                and group is not None and not group.splits and not group.stale
+                and app.hooks is self._registry and not app.shutting_down
+                and (self.server is None or self._lendable(self.server)))
+
+    def _lendable(self, server: ServerConnection) -> bool:
+        return not server.conn.tls and not server.conn.buffered
+
+    async def _park(self) -> None:
+        """Wait in the Reactor until it hands the session back; then go on from there."""
+        server = self.server
+        slot = self.app.reactor.park(self, self.client.fd, server,
+                                     server.status if server is not None else b"I")
+        self._slot = slot
+        self._parked = trio.lowlevel.current_task()
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            # Cancelled while parked: out of the Reactor now, with whatever server it holds
+            # (_release_server gives it back clean, rolls it back or closes it).
+            self._parked = None
+            taken = self.app.reactor.unpark(slot)
+            if taken is not None:
+                self._take_state(taken)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        try:
+            result = await trio.lowlevel.wait_task_rescheduled(abort)
+        finally:
+            self._slot = None
+        await self._resume(result)
+
+    def _unpark_idle(self) -> None:
+        """Shutdown, a departed client or an abort: wake the session now if the server owes
+        it nothing (else the Reactor hands it back once the answer is complete)."""
+        slot, task = self._slot, self._parked
+        if slot is None or task is None:
+            return
+        result = self.app.reactor.release(slot)
+        if result is not None:
+            self._parked = None
+            trio.lowlevel.reschedule(task, outcome.Value(result))
+
+    def _force_out(self) -> None:
+        """abort(): a departed client's server never answered: out now, server closed."""
+        slot, task = self._slot, self._parked
+        if slot is None or task is None:
+            return
+        result = self.app.reactor.unpark(slot)
+        if result is not None:
+            self._parked = None
+            chunk, server, owed, status, rest, to_client, to_server, flags, counts = result
+            trio.lowlevel.reschedule(task, outcome.Value(
+                (chunk, server, owed, status, rest, to_client, to_server, flags | BROKEN, counts)))
+
+    def _parked_servers(self) -> list[ServerConnection]:
+        """busy_servers() of a parked session: the server running its request, if any."""
+        server = self.app.reactor.busy(self._slot)
+        return [] if server is None else [server]
+
+    # --- called by the Reactor, synchronously, inside its run() ---------------------------------
+
+    def _c_take(self) -> ServerConnection | None:
+        """An idle server for a plain transaction, or None (the Python path takes over)."""
+        app, group = self.app, self.group
+        if group.stale or app.hooks is not self._registry or app.shutting_down:
+            return None
+        pool = group.choose(PRIMARY)[0]
+        server = pool.take_idle()
+        if server is None:
+            return None
+        if server.needs_check or not self._lendable(server) \
+                or self.settings.sync_sql(server) is not None:
+            pool.untake(server)  # the Python path checks or syncs it
+            return None
+        self.server = server
+        return server
+
+    def _c_give(self, server: ServerConnection, counts: Sequence[int]) -> None:
+        """A plain transaction ended (ReadyForQuery 'I'): its server goes back to its pool."""
+        self._count(server, counts)
+        server.status = b"I"
+        self.server = None
+        give_back(server)
+
+    # --- back on the Python path ----------------------------------------------------------------
+
+    def _count(self, server: ServerConnection, counts: Sequence[int]) -> None:
+        queries, xacts, received, sent, query_us, xact_us, asked_at, xact_at = counts
+        stats = server.stats
+        stats.query_count += queries
+        stats.xact_count += xacts
+        stats.bytes_received += received
+        stats.bytes_sent += sent
+        stats.query_time_us += query_us
+        stats.xact_time_us += xact_us
+        if asked_at:
+            self._asked_at, self._xact_at = asked_at, xact_at
+
+    def _take_state(self, result: Outcome) -> None:
+        """The synchronous part of a hand-back: the session's fields as the Reactor left them."""
+        _chunk, server, owed, status, _rest, _to_client, _to_server, flags, counts = result
+        self.server = server
+        if server is None:
+            return
+        server.status = status
+        self._count(server, counts)
+        self.pending = owed
+        if owed and self.tracker is not None:
+            self.tracker.owe_ready(owed)
+        if flags & BROKEN:
+            server.broken = True
+
+    async def _resume(self, result: Outcome) -> None:
+        """Go on from a hand-back as the Python relay would have from the same bytes."""
+        chunk, server, owed, _status, rest, to_client, to_server, flags, _counts = result
+        self._take_state(result)
+        if server is not None:
+            if flags & BROKEN:
+                raise ClientGone  # cut mid-message: _release_server closes the server
+            if to_server:
+                try:
+                    await server.conn.send(to_server)
+                except ConnectionClosed:
+                    await self._server_lost(b"")
+                    return
+            if flags & SERVER_LOST:
+                await self._server_lost(b"")
+                return
+        if to_client:
+            try:
+                await self.client.send(to_client)
+            except ConnectionClosed:
+                raise ClientGone from None
+        if flags & CLIENT_GONE:
+            raise ClientGone
+        if flags & CLIENT_CLOSED:
+            raise ConnectionClosed("connection closed by peer")
+        if rest:
+            if self.tracker is None and self.sscan is None:
+                self.sscan = ServerScan()
+            await self._from_server(rest)
+        elif server is not None and not owed and chunk is None:
+            await self._answered(server)  # (a chunk comes with a server only when none was sent)
+        if chunk is not None:
+            await self._from_client(chunk)
+        elif flags & SERVER_STIRRED:
+            # Its server closed (or spoke) while idle in a transaction: the client hears of it
+            # on its next statement, as on the Python path, which waits for that one.
+            await self._from_client(await self.client.recv())
+
