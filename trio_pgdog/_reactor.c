@@ -68,6 +68,13 @@ static int starts_set(const unsigned char *sql, Py_ssize_t len) {
 
 static int leading_noise(unsigned char c) { return c && strchr("-/ \t\r\n", c) != NULL; }
 
+/* COPY in an extended batch reads the batch's own Sync as copy input: it earns no
+ * ReadyForQuery, which only the Python path's count knows (session/owed.py). */
+static int starts_copy(const unsigned char *sql, Py_ssize_t len) {
+    return len >= 4 && upper(sql[0]) == 'C' && upper(sql[1]) == 'O' && upper(sql[2]) == 'P' &&
+           upper(sql[3]) == 'Y';
+}
+
 static int has_unique_id(const unsigned char *p, Py_ssize_t len) {
     return memmem(p, len, "unique_id", 9) != NULL || memmem(p, len, "UNIQUE_ID", 9) != NULL;
 }
@@ -78,7 +85,7 @@ static int has_unique_id(const unsigned char *p, Py_ssize_t len) {
  * DEALLOCATE, DISCARD, LISTEN, SET nor RESET (nor behind a comment or space), without
  * pgdog.unique_id(); extended messages only for the unnamed statement and portal, with the
  * statement parsed in this chunk (a server taken for this transaction knows no other), its
- * SQL not SET, RESET or DISCARD. The same rules in Python: session/plain.py. */
+ * SQL not SET, RESET, DISCARD or COPY. The same rules in Python: session/plain.py. */
 static int classify_client(const unsigned char *buf, Py_ssize_t n) {
     Py_ssize_t pos = 0;
     int owed = 0, parsed = 0, in_batch = 0;
@@ -102,7 +109,7 @@ static int classify_client(const unsigned char *buf, Py_ssize_t n) {
             break;
         case 'P':
             if (blen < 2 || body[0] != 0 || leading_noise(body[1]) || starts_set(body + 1, blen - 1) ||
-                starts_word(body + 1, blen - 1, "DISCARD"))
+                starts_word(body + 1, blen - 1, "DISCARD") || starts_copy(body + 1, blen - 1))
                 return 0;
             parsed = in_batch = 1;
             break;
@@ -215,7 +222,29 @@ typedef struct {
     int client_ready;    /* the client sent more (or hung up) while the server answered */
     Answer answer;
     int64_t bytes_in, bytes_out, asked_at, xact_at, query_us, xact_us;
+    struct Lane *lane;   /* its pool's idle servers kept in C (strong), or NULL */
+    PyObject *key;       /* its settings (ClientParams.key): servers synced to them serve it */
+    long epoch;          /* the Reactor's epoch when it parked */
 } Slot;
+
+/* An idle server kept in C between plain transactions, with the settings it has. */
+typedef struct {
+    PyObject *server, *key;
+} Held;
+
+/* A pool's idle servers kept in C (a stack: the warmest first), and what they served since
+ * Python last took the counts. Python gets them back (reclaim) every second, before a client
+ * on the Python path would wait, before the admin console or /metrics look, on reload and at
+ * shutdown: the pool stays their owner, its janitor sees them at most a second late. */
+typedef struct Lane {
+    PyObject_HEAD
+    PyObject *pool;
+    Held *held;
+    int nheld, room;
+    int64_t queries, xacts, bytes_in, bytes_out, query_us, xact_us;
+} Lane;
+
+static PyTypeObject LaneType;
 
 static PyTypeObject SlotType;
 
@@ -236,9 +265,12 @@ typedef struct {
     PyObject *out;       /* run()'s list of (session, outcome) while it runs */
     unsigned char *scratch;
     int64_t handbacks, relayed;
+    PyObject *lanes;     /* pool -> Lane */
+    long epoch;          /* bumped by new_epoch(): slots parked before take servers from Python */
 } Reactor;
 
-static PyObject *s_take, *s_give, *s_conn, *s_fd, *s_sock;
+static PyObject *s_take, *s_give, *s_conn, *s_fd, *s_sock, *s_closed, *s_paused, *s_waiters;
+static PyObject *s_created_at, *s_reconnect_before;
 
 static FdEntry *entry(Reactor *r, int fd) {
     if (fd < 0)
@@ -414,6 +446,95 @@ static int give_server(Reactor *r, Slot *s) {
     return 0;
 }
 
+/* --- idle servers kept in C ------------------------------------------------------------------ */
+
+static int truthy_attr(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    int yes = v ? PyObject_IsTrue(v) : -1;
+    Py_XDECREF(v);
+    return yes;
+}
+
+/* May a server of `pool` stay in C? Not while the pool is closed or paused, nor while a
+ * client on the Python path waits for one of its connections. */
+static int pool_open(PyObject *pool) {
+    PyObject *waiters = PyObject_GetAttr(pool, s_waiters);
+    Py_ssize_t waiting = waiters ? PyObject_Length(waiters) : -1;
+    Py_XDECREF(waiters);
+    int open = waiting == 0 && truthy_attr(pool, s_closed) == 0 && truthy_attr(pool, s_paused) == 0;
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return open;
+}
+
+/* Was the server opened before the admin console's RECONNECT? (Then its pool closes it.) */
+static int outdated(PyObject *server, PyObject *pool) {
+    PyObject *made = PyObject_GetAttr(server, s_created_at);
+    PyObject *before = PyObject_GetAttr(pool, s_reconnect_before);
+    int old = made && before ? PyObject_RichCompareBool(made, before, Py_LE) : -1;
+    Py_XDECREF(made);
+    Py_XDECREF(before);
+    if (old < 0)
+        PyErr_Clear();
+    return old != 0;
+}
+
+/* The transaction ended ('I'): keep the slot's server in its pool's lane. -1: not possible. */
+static int keep_server(Reactor *r, Slot *s) {
+    Lane *lane = s->lane;
+    if (lane == NULL || s->key == NULL || s->epoch != r->epoch || !pool_open(lane->pool) ||
+        outdated(s->server, lane->pool))
+        return -1;
+    if (lane->nheld == lane->room) {
+        int room = lane->room ? lane->room * 2 : 16;
+        Held *grown = PyMem_Realloc(lane->held, sizeof(Held) * (size_t)room);
+        if (grown == NULL)
+            return -1;
+        lane->held = grown;
+        lane->room = room;
+    }
+    Held *h = &lane->held[lane->nheld++];
+    h->server = unlend(r, s);
+    Py_INCREF(s->key);
+    h->key = s->key;
+    lane->queries += s->answer.queries;
+    lane->xacts += s->answer.xacts;
+    lane->bytes_in += s->bytes_in;
+    lane->bytes_out += s->bytes_out;
+    lane->query_us += s->query_us;
+    lane->xact_us += s->xact_us;
+    s->answer.queries = s->answer.xacts = 0;
+    s->bytes_in = s->bytes_out = s->query_us = s->xact_us = 0;
+    return 0;
+}
+
+/* The warmest server kept in the slot's lane with the slot's settings, lent to it; 0 if none. */
+static int take_held(Reactor *r, Slot *s) {
+    Lane *lane = s->lane;
+    if (lane == NULL || s->key == NULL || s->epoch != r->epoch)
+        return 0;
+    for (int i = lane->nheld - 1; i >= 0; i--) {
+        Held h = lane->held[i];
+        int same = h.key == s->key;
+        if (!same && (same = PyObject_RichCompareBool(h.key, s->key, Py_EQ)) < 0) {
+            PyErr_Clear();
+            same = 0;
+        }
+        if (!same)
+            continue;
+        if (lend(r, s, h.server) < 0) {
+            PyErr_Clear();
+            return 0;  /* it stays kept; Python lends one */
+        }
+        memmove(&lane->held[i], &lane->held[i + 1], sizeof(Held) * (size_t)(lane->nheld - i - 1));
+        lane->nheld--;
+        Py_DECREF(h.server);
+        Py_DECREF(h.key);
+        return 1;
+    }
+    return 0;
+}
+
 static void client_chunk(Reactor *r, Slot *s, int hung_up);
 
 /* The server's answer arrived (part of it): relay what C may, count, and go on or hand back. */
@@ -460,7 +581,7 @@ static void server_data(Reactor *r, Slot *s, int hung_up) {
     }
     /* The answer is complete. */
     r->relayed++;
-    if (s->answer.status == 'I' && !s->release) {
+    if (s->answer.status == 'I' && !s->release && keep_server(r, s) < 0) {
         if (give_server(r, s) < 0) {
             queue_back(r, s, NULL, NULL, NULL, NULL, 0);
             return;
@@ -491,7 +612,9 @@ static void client_chunk(Reactor *r, Slot *s, int hung_up) {
         return;
     }
     int owed = n < SCRATCH_SIZE ? classify_client(buf, n) : 0;
-    if (owed && s->server == NULL) {
+    if (owed && s->server == NULL && take_held(r, s)) {
+        s->answer.status = 'I';
+    } else if (owed && s->server == NULL) {
         PyObject *server = PyObject_CallMethodNoArgs(s->session, s_take);
         if (server == NULL) {
             PyErr_WriteUnraisable(s->session);
@@ -553,30 +676,63 @@ static void dispatch(Reactor *r, int fd, uint32_t events) {
 
 /* --- the Python face ------------------------------------------------------------------------ */
 
+/* Sweeps of the ready sockets per run(): while sockets keep becoming ready (answers arriving
+ * while the last ones were relayed) the next sweep costs less than another Trio wake-up, but
+ * run() must return for the rest of Trio's tasks now and then. */
+#define MAX_SWEEPS 8
+
 static PyObject *reactor_run(Reactor *r, PyObject *unused) {
     struct epoll_event events[MAX_EVENTS];
-    int n;
-    do
-        n = epoll_wait(r->epfd, events, MAX_EVENTS, 0);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
     r->out = out;
-    for (int i = 0; i < n; i++)
-        dispatch(r, (int)events[i].data.u64, events[i].events);
+    for (int sweep = 0; sweep < MAX_SWEEPS; sweep++) {
+        int n;
+        do
+            n = epoll_wait(r->epfd, events, MAX_EVENTS, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            r->out = NULL;
+            Py_DECREF(out);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        for (int i = 0; i < n; i++)
+            dispatch(r, (int)events[i].data.u64, events[i].events);
+        if (n == 0 || PyList_GET_SIZE(out))
+            break;  /* nothing more ready, or sessions to wake */
+    }
     r->out = NULL;
     return out;
 }
 
 static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t nargs) {
     int cfd;
-    if (nargs != 4 || (cfd = (int)PyLong_AsLong(args[1])) < 0) {
+    if (nargs != 6 || (cfd = (int)PyLong_AsLong(args[1])) < 0) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "park(session, client_fd, server, status)");
+            PyErr_SetString(PyExc_TypeError, "park(session, client_fd, server, status, pool, key)");
         return NULL;
+    }
+    Lane *lane = NULL;
+    if (args[4] != Py_None) {
+        lane = (Lane *)PyDict_GetItemWithError(r->lanes, args[4]);
+        if (lane == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            lane = PyObject_New(Lane, &LaneType);
+            if (lane == NULL)
+                return NULL;
+            Py_INCREF(args[4]);
+            lane->pool = args[4];
+            lane->held = NULL;
+            lane->nheld = lane->room = 0;
+            lane->queries = lane->xacts = lane->bytes_in = lane->bytes_out = 0;
+            lane->query_us = lane->xact_us = 0;
+            int failed = PyDict_SetItem(r->lanes, args[4], (PyObject *)lane);
+            Py_DECREF(lane);  /* the dict keeps it */
+            if (failed < 0)
+                return NULL;
+        }
     }
     Slot *s = PyObject_New(Slot, &SlotType);
     if (s == NULL)
@@ -592,6 +748,11 @@ static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t narg
     s->answer.status = 'I';
     s->bytes_in = s->bytes_out = s->asked_at = s->xact_at = s->query_us = s->xact_us = 0;
     s->parked = 0;
+    s->lane = lane;
+    Py_XINCREF(lane);
+    s->key = args[5] == Py_None ? NULL : args[5];
+    Py_XINCREF(s->key);
+    s->epoch = r->epoch;
     if (args[2] != Py_None) {
         if (!PyBytes_Check(args[3]) || PyBytes_GET_SIZE(args[3]) != 1 || lend(r, s, args[2]) < 0) {
             if (!PyErr_Occurred())
@@ -665,6 +826,20 @@ static PyObject *reactor_busy(Reactor *r, PyObject *obj) {
     Py_RETURN_NONE;
 }
 
+/* server(slot): the server a parked slot holds (running its request or idle in its
+ * transaction), or None. */
+static PyObject *reactor_server(Reactor *r, PyObject *obj) {
+    int parked = parked_slot(obj);
+    if (PyErr_Occurred())
+        return NULL;
+    Slot *s = (Slot *)obj;
+    if (parked && s->server != NULL) {
+        Py_INCREF(s->server);
+        return s->server;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *reactor_fileno(Reactor *r, PyObject *unused) { return PyLong_FromLong(r->epfd); }
 
 static PyObject *reactor_counts(Reactor *r, PyObject *unused) {
@@ -690,7 +865,8 @@ static PyObject *reactor_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->scratch = PyMem_Malloc(SCRATCH_SIZE);
-    if (r->epfd < 0 || r->scratch == NULL) {
+    r->lanes = PyDict_New();
+    if (r->epfd < 0 || r->scratch == NULL || r->lanes == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);
         Py_DECREF(r);
         return NULL;
@@ -702,13 +878,66 @@ static void reactor_dealloc(Reactor *r) {
     reactor_close(r, NULL);
     PyMem_Free(r->fds);
     PyMem_Free(r->scratch);
+    Py_XDECREF(r->lanes);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
 static void slot_dealloc(Slot *s) {
     Py_XDECREF(s->session);
     Py_XDECREF(s->server);
+    Py_XDECREF(s->lane);
+    Py_XDECREF(s->key);
     PyObject_Free(s);
+}
+
+static void lane_dealloc(Lane *lane) {
+    for (int i = 0; i < lane->nheld; i++) {
+        Py_DECREF(lane->held[i].server);
+        Py_DECREF(lane->held[i].key);
+    }
+    PyMem_Free(lane->held);
+    Py_XDECREF(lane->pool);
+    PyObject_Free(lane);
+}
+
+/* reclaim(): every kept server back to Python, with the counts since the last reclaim:
+ * [(pool, [servers], (queries, xacts, bytes from clients, bytes to clients, query µs,
+ *   transaction µs))] for the lanes that have either. */
+static PyObject *reactor_reclaim(Reactor *r, PyObject *unused) {
+    PyObject *out = PyList_New(0), *pool, *value;
+    Py_ssize_t pos = 0;
+    while (out != NULL && PyDict_Next(r->lanes, &pos, &pool, &value)) {
+        Lane *lane = (Lane *)value;
+        if (lane->nheld == 0 && lane->queries == 0 && lane->bytes_in == 0)
+            continue;
+        PyObject *servers = PyList_New(lane->nheld);
+        if (servers == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        for (int i = 0; i < lane->nheld; i++) {
+            PyList_SET_ITEM(servers, i, lane->held[i].server);  /* the reference moves */
+            Py_DECREF(lane->held[i].key);
+        }
+        lane->nheld = 0;
+        PyObject *item = Py_BuildValue("(ON(LLLLLL))", pool, servers, (long long)lane->queries,
+                                       (long long)lane->xacts, (long long)lane->bytes_in,
+                                       (long long)lane->bytes_out, (long long)lane->query_us,
+                                       (long long)lane->xact_us);
+        lane->queries = lane->xacts = lane->bytes_in = lane->bytes_out = 0;
+        lane->query_us = lane->xact_us = 0;
+        if (item == NULL || PyList_Append(out, item) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    return out;
+}
+
+/* new_epoch(): slots parked until now take servers only through Python again (whose checks
+ * a reload or shutdown changed). */
+static PyObject *reactor_new_epoch(Reactor *r, PyObject *unused) {
+    r->epoch++;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef reactor_methods[] = {
@@ -720,6 +949,11 @@ static PyMethodDef reactor_methods[] = {
     {"release", (PyCFunction)reactor_release, METH_O,
      "Take a slot out now if its server owes nothing (its outcome), else once answered (None)."},
     {"busy", (PyCFunction)reactor_busy, METH_O, "The server running a slot's request, or None."},
+    {"server", (PyCFunction)reactor_server, METH_O, "The server a slot holds, or None."},
+    {"reclaim", (PyCFunction)reactor_reclaim, METH_NOARGS,
+     "Every idle server kept in C, back to Python, with the counts: [(pool, servers, counts)]."},
+    {"new_epoch", (PyCFunction)reactor_new_epoch, METH_NOARGS,
+     "Slots parked until now take servers through Python again."},
     {"fileno", (PyCFunction)reactor_fileno, METH_NOARGS, "The epoll file descriptor."},
     {"counts", (PyCFunction)reactor_counts, METH_NOARGS,
      "(answers relayed whole, hand-backs to Python) since the reactor started."},
@@ -735,6 +969,14 @@ static PyTypeObject ReactorType = {
     .tp_new = reactor_new,
     .tp_dealloc = (destructor)reactor_dealloc,
     .tp_methods = reactor_methods,
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "trio_pgdog._reactor.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A pool's idle servers kept in C.",
+    .tp_dealloc = (destructor)lane_dealloc,
 };
 
 static PyTypeObject SlotType = {
@@ -801,14 +1043,21 @@ static struct PyModuleDef reactor_module = {
 };
 
 PyMODINIT_FUNC PyInit__reactor(void) {
-    if (PyType_Ready(&ReactorType) < 0 || PyType_Ready(&SlotType) < 0)
+    if (PyType_Ready(&ReactorType) < 0 || PyType_Ready(&SlotType) < 0 ||
+        PyType_Ready(&LaneType) < 0)
         return NULL;
     s_take = PyUnicode_InternFromString("_c_take");
     s_give = PyUnicode_InternFromString("_c_give");
     s_conn = PyUnicode_InternFromString("conn");
     s_fd = PyUnicode_InternFromString("fd");
     s_sock = PyUnicode_InternFromString("sock");
-    if (!s_take || !s_give || !s_conn || !s_fd || !s_sock)
+    s_closed = PyUnicode_InternFromString("closed");
+    s_paused = PyUnicode_InternFromString("paused");
+    s_waiters = PyUnicode_InternFromString("waiters");
+    s_created_at = PyUnicode_InternFromString("created_at");
+    s_reconnect_before = PyUnicode_InternFromString("reconnect_before");
+    if (!s_take || !s_give || !s_conn || !s_fd || !s_sock || !s_closed || !s_paused || !s_waiters ||
+        !s_created_at || !s_reconnect_before)
         return NULL;
     PyObject *m = PyModule_Create(&reactor_module);
     if (m == NULL)

@@ -186,13 +186,14 @@ class Proxy:
         g = self.config.general
         async with trio.open_nursery() as root:
             self._root = root
+            if c_path.c is not None:
+                self.reactor = c_path.c.Reactor()
+                self.pools.reclaim = self.settle
+                root.start_soon(c_path.serve, self.reactor)
             self.pools.apply(self.config, root)
             if self.worker is not None:
                 await root.start(workers.serve_peer_cancels, self.worker, self._cancel)
             root.start_soon(recovery.run, self)
-            if c_path.c is not None:
-                self.reactor = c_path.c.Reactor()
-                root.start_soon(c_path.serve, self.reactor)
             async with trio.open_nursery() as clients:
                 root.start_soon(self._signals, root.cancel_scope, clients)
                 root.start_soon(departures.watch, self.sessions)
@@ -211,8 +212,15 @@ class Proxy:
                 sock.close()
                 await self._drain()
                 clients.cancel_scope.cancel()
+            self.settle()
             self.pools.close()
             root.cancel_scope.cancel()
+
+    def settle(self) -> None:
+        """Idle servers and counts the C path keeps between transactions, back in their pools
+        (reactor.reclaim): before anything looks at the pools or changes them."""
+        if self.reactor is not None:
+            c_path.reclaim(self.reactor)
 
     async def _roll_stats(self) -> None:
         """Every stats_period, each pool's averages for SHOW STATS."""
@@ -304,6 +312,9 @@ class Proxy:
                             getattr(g_old, key))
         self.client_tls = client_tls
         tls.forget_server_contexts()
+        if self.reactor is not None:  # parked sessions ask Python for servers again
+            self.reactor.new_epoch()
+        self.settle()
         self.install(new)
         log.info("configuration reloaded: %d users, %d pools", len(new.users), len(self.pools.pools))
         return True
@@ -335,6 +346,9 @@ class Proxy:
     def shutdown(self) -> None:
         """Stop accepting; idle clients are told and closed, busy ones finish their transaction."""
         self.shutting_down = True
+        if self.reactor is not None:
+            self.reactor.new_epoch()
+        self.settle()
         self._accept_scope.cancel()
         for session in list(self.sessions.values()):
             session.interrupt_idle()

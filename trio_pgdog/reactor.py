@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 import outcome
@@ -42,6 +43,37 @@ def status() -> str:
     return "on" if c is not None else _why
 
 
+# How long an idle server may stay in C between transactions before its pool sees it again
+# (its janitor: idle_timeout, server_lifetime, health checks).
+TIDY_INTERVAL = 1.0
+
+
+def reclaim(reactor: object) -> None:
+    """The idle servers the C path keeps, back to their pools; its counts, into theirs."""
+    from .session.attach import give_back
+
+    for pool, servers, counts in reactor.reclaim():  # type: ignore[attr-defined]
+        stats = pool.stats
+        queries, xacts, received, sent, query_us, xact_us = counts
+        stats.query_count += queries
+        stats.xact_count += xacts
+        stats.bytes_received += received
+        stats.bytes_sent += sent
+        stats.query_time_us += query_us
+        stats.xact_time_us += xact_us
+        for server in servers:
+            server.status = b"I"
+            give_back(server)
+
+
+async def tidy(reactor: object) -> None:
+    """Every TIDY_INTERVAL, what the C path keeps goes back to the pools (which lend it again
+    to the next plain transaction)."""
+    while True:
+        await trio.sleep(TIDY_INTERVAL)
+        reclaim(reactor)
+
+
 async def serve(reactor: object) -> None:
     """Run the Reactor whenever one of its sockets is ready; wake the sessions it hands back
     with their outcome (session/parking.py). Lives in the root nursery for the proxy's life."""
@@ -49,13 +81,19 @@ async def serve(reactor: object) -> None:
     run = reactor.run  # type: ignore[attr-defined]
     reschedule = trio.lowlevel.reschedule
     try:
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            for session, result in run():
-                task, session._parked = session._parked, None
-                reschedule(task, outcome.Value(result))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tidy, reactor)
+            await _dispatch(fd, run, reschedule)
     finally:
         relayed, handed_back = reactor.counts()  # type: ignore[attr-defined]
         log.info("C path: %d answers relayed whole in C, %d hand-backs to the Python path",
                  relayed, handed_back)
         reactor.close()  # type: ignore[attr-defined]
+
+
+async def _dispatch(fd: int, run: Callable[[], list], reschedule: Callable[..., None]) -> None:
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        for session, result in run():
+            task, session._parked = session._parked, None
+            reschedule(task, outcome.Value(result))

@@ -108,6 +108,7 @@ async def answer(app: Proxy, sql: str) -> bytes:
 
 
 async def run(app: Proxy, cmd: Command) -> bytes:
+    app.settle()  # servers and counts the C path keeps, back where SHOW and the actions look
     if cmd.verb == "SHOW":
         columns, rows = SHOW[cmd.args[0]](app)
         return result(columns, rows)

@@ -69,7 +69,7 @@ def client_counts(app: Proxy) -> dict[int, tuple[int, int]]:
     linked: dict[int, int] = {}
     idle: dict[int, int] = {}
     for session in app.sessions.values():
-        server = session.server
+        server = session.linked_server
         if server is not None and server.pool is not None:
             linked[id(server.pool)] = linked.get(id(server.pool), 0) + 1
         elif session.group is not None:
@@ -149,7 +149,8 @@ def _addr(addr: str) -> tuple[str, int | None]:
 
 
 def _client_state(session: ClientSession) -> str:
-    if session.server is not None or (session.relay is not None and session.relay.busy_servers()):
+    if session.linked_server is not None or (session.relay is not None
+                                             and session.relay.busy_servers()):
         return "active"
     return "idle"
 
@@ -167,7 +168,7 @@ def show_clients(app: Proxy) -> Table:
     rows: list[list[Cell]] = []
     for pid, session in app.sessions.items():
         host, port = _addr(session.addr)
-        server = session.server
+        server = session.linked_server
         asked = session.asked_at
         rows.append(["C", session.user, session.database, _client_state(session), host, port,
                      _wall((time.time() - session.connected_at) * 1e6),
@@ -184,7 +185,7 @@ def _servers(app: Proxy) -> Iterator[tuple[ServerConnection, Pool, str, int | No
     in_use: list[ServerConnection] = []
     for pid, session in app.sessions.items():
         servers = session.relay.busy_servers() if session.relay is not None else \
-            [session.server] if session.server is not None else []
+            [session.linked_server] if session.linked_server is not None else []
         for server in servers:
             busy[id(server)] = pid
             in_use.append(server)

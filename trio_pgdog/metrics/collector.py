@@ -52,6 +52,7 @@ class ProxyCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
+        self.app.settle()  # servers and counts the C path keeps, back in their pools
         yield from self._pools()
         yield from self._hooks()
         info = GaugeMetricFamily("pgdog_info", "The proxy's version", labels=["version"])

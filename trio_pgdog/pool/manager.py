@@ -69,6 +69,7 @@ class PoolManager:
         self.groups: dict[tuple[str, str], HostGroup] = {}
         self.monitors: dict[str, LagMonitor] = {}  # per logical database with replicas
         self.on_connect = on_connect  # after_connect hooks, for every new server connection
+        self.reclaim: Callable[[], None] | None = None  # app.settle, with the C path on
 
     def get(self, user: str, database: str) -> HostGroup | None:
         return self.groups.get((user, database))
@@ -93,6 +94,7 @@ class PoolManager:
             pool = pools[key] = Pool(_pool_name(key, db), settings)
             pool.logical_database, pool.role, pool.shard = db.name, db.role, db.shard
             pool.on_connect = self.on_connect
+            pool.reclaim = self.reclaim
             if old is not None and _same_server(old.settings, settings):
                 # New logins need not wait for a server connection to learn its parameters.
                 pool.server_params = old.server_params

@@ -67,6 +67,8 @@ class Pool:
         self.role = "primary"
         self.shard = 0
         self.stats = PoolStats()
+        # Gives back the idle servers the C path keeps between transactions (app.settle).
+        self.reclaim: Callable[[], None] | None = None
         self.opening = 0  # connections logging in now (SHOW POOLS' sv_login)
         self.paused = False  # the admin console's PAUSE: new checkouts wait for RESUME
         self._resumed = trio.Event()
@@ -110,6 +112,9 @@ class Pool:
         if self.closed:
             raise self._closed_error()
         server = self.take_idle()
+        if server is None and self.reclaim is not None:
+            self.reclaim()  # idle servers the C path keeps (session/parking.py) come back
+            server = self.take_idle()
         if server is not None:
             return server
         if self.total < self.settings.pool_size:

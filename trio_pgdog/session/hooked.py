@@ -222,7 +222,7 @@ class HookedStream:
                     return self._as_sent(data, 1)
                 if answer is not False:
                     return self._lane_decided(data, *answer, started)
-            if data[:1] == b"Q" and len(data) == 1 + _LEN(data, 1)[0]:
+            if data[:1] == b"Q" and len(data) >= 5 and len(data) == 1 + _LEN(data, 1)[0]:
                 return self._one_query(data)
             if data[:1] in BATCH_STARTS and data[-5:] == SYNC_MESSAGE and not self.stand_ins:
                 outcome = self._one_batch(data)

@@ -35,6 +35,9 @@ class Host(Protocol):
 
     def forget(self, session: object) -> None: ...
 
+    def settle(self) -> None:
+        """Idle servers the C path keeps, back in their pools."""
+
     async def cancel(self, request: Cancel) -> None:
         """Forward a client's CancelRequest."""
 

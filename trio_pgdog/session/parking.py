@@ -67,8 +67,11 @@ class Parking:
     async def _park(self) -> None:
         """Wait in the Reactor until it hands the session back; then go on from there."""
         server = self.server
+        group = self.group
         slot = self.app.reactor.park(self, self.client.fd, server,
-                                     server.status if server is not None else b"I")
+                                     server.status if server is not None else b"I",
+                                     group.choose(PRIMARY)[0], self.settings.key)
+        self.server = None  # the slot holds it now (linked_server says which)
         self._slot = slot
         self._parked = trio.lowlevel.current_task()
 
@@ -110,6 +113,13 @@ class Parking:
             trio.lowlevel.reschedule(task, outcome.Value(
                 (chunk, server, owed, status, rest, to_client, to_server, flags | BROKEN, counts)))
 
+    @property
+    def linked_server(self) -> ServerConnection | None:
+        """The server this client holds now (SHOW CLIENTS' link), parked or not."""
+        if self._slot is not None:
+            return self.app.reactor.server(self._slot)
+        return self.server
+
     def _parked_servers(self) -> list[ServerConnection]:
         """busy_servers() of a parked session: the server running its request, if any."""
         server = self.app.reactor.busy(self._slot)
@@ -118,7 +128,8 @@ class Parking:
     # --- called by the Reactor, synchronously, inside its run() ---------------------------------
 
     def _c_take(self) -> ServerConnection | None:
-        """An idle server for a plain transaction, or None (the Python path takes over)."""
+        """An idle server for a plain transaction, or None (the Python path takes over).
+        (Called when the pool's lane in C has none with this client's settings.)"""
         app, group = self.app, self.group
         if group.stale or app.hooks is not self._registry or app.shutting_down:
             return None
@@ -130,14 +141,12 @@ class Parking:
                 or self.settings.sync_sql(server) is not None:
             pool.untake(server)  # the Python path checks or syncs it
             return None
-        self.server = server
         return server
 
     def _c_give(self, server: ServerConnection, counts: Sequence[int]) -> None:
         """A plain transaction ended (ReadyForQuery 'I'): its server goes back to its pool."""
         self._count(server, counts)
         server.status = b"I"
-        self.server = None
         give_back(server)
 
     # --- back on the Python path ----------------------------------------------------------------

@@ -29,7 +29,7 @@ def plain_owed(data: bytes) -> int:
     Plain: whole messages ending at a Query or Sync; no Query that the Python path looks at
     closer (PREPARE, DEALLOCATE, DISCARD, LISTEN, SET, RESET, a leading comment or space,
     pgdog.unique_id()); extended messages only for the unnamed statement and portal, the
-    statement parsed in the same chunk and not SET, RESET or DISCARD.
+    statement parsed in the same chunk and not SET, RESET, DISCARD or COPY.
     """
     pos, end = 0, len(data)
     owed, parsed, in_batch = 0, False, False
@@ -50,7 +50,9 @@ def plain_owed(data: bytes) -> int:
                 return 0
             owed += 1
         elif kind == 0x50:  # Parse
-            if nxt - body < 2 or data[body] != 0 or _starts_change(data[body + 1 : nxt], 0):
+            sql = data[body + 1 : nxt]
+            if nxt - body < 2 or data[body] != 0 or _starts_change(sql, 0) \
+                    or sql[:4].upper() == b"COPY":  # its Sync is read as copy input: no answer
                 return 0
             parsed = in_batch = True
         elif kind in _EXTENDED_UNNAMED:
