@@ -115,7 +115,7 @@ class Proxy:
             return
         # A sharded session's statement may run on several shards' servers: cancel each.
         servers = session.relay.busy_servers() if session.relay is not None else \
-            [session.server] if session.server is not None else []
+            [session.linked_server] if session.linked_server is not None else []
         async with trio.open_nursery() as nursery:
             for server in servers:
                 nursery.start_soon(self._cancel_one, session, server)
