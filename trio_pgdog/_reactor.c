@@ -230,6 +230,7 @@ typedef struct {
 /* An idle server kept in C between plain transactions, with the settings it has. */
 typedef struct {
     PyObject *server, *key;
+    int fd;              /* its socket, still registered (see lend_again) */
 } Held;
 
 /* A pool's idle servers kept in C (a stack: the warmest first), and what they served since
@@ -334,6 +335,19 @@ static int lend(Reactor *r, Slot *s, PyObject *server) {
     Py_INCREF(server);
     Py_XSETREF(s->server, server);
     s->sfd = (int)fd;
+    return 0;
+}
+
+/* Lend a server kept in a lane again: its socket is still registered unless an event came for
+ * it meanwhile (then the full lend registers it again). */
+static int lend_again(Reactor *r, Slot *s, PyObject *server, int fd) {
+    FdEntry *e = entry(r, fd);
+    if (e == NULL || !e->registered || !e->is_server || e->slot != NULL)
+        return lend(r, s, server);
+    e->slot = s;
+    Py_INCREF(server);
+    Py_XSETREF(s->server, server);
+    s->sfd = fd;
     return 0;
 }
 
@@ -494,6 +508,7 @@ static int keep_server(Reactor *r, Slot *s) {
         lane->room = room;
     }
     Held *h = &lane->held[lane->nheld++];
+    h->fd = s->sfd;
     h->server = unlend(r, s);
     Py_INCREF(s->key);
     h->key = s->key;
@@ -522,7 +537,7 @@ static int take_held(Reactor *r, Slot *s) {
         }
         if (!same)
             continue;
-        if (lend(r, s, h.server) < 0) {
+        if (lend_again(r, s, h.server, h.fd) < 0) {
             PyErr_Clear();
             return 0;  /* it stays kept; Python lends one */
         }
