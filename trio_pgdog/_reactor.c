@@ -222,6 +222,7 @@ typedef struct {
     int client_ready;    /* the client sent more (or hung up) while the server answered */
     Answer answer;
     int64_t bytes_in, bytes_out, asked_at, xact_at, query_us, xact_us;
+    int64_t answered;    /* answers relayed whole since it parked */
     struct Lane *lane;   /* its pool's idle servers kept in C (strong), or NULL */
     PyObject *key;       /* its settings (ClientParams.key): servers synced to them serve it */
     long epoch;          /* the Reactor's epoch when it parked */
@@ -381,7 +382,8 @@ static PyObject *take_counts(Slot *s) {
 
 /* Take the slot out of the reactor and describe where its session stands:
  * (client chunk or None, server or None, owed, status, server bytes or None, bytes still for
- *  the client or None, bytes still for the server or None, flags, counts). */
+ *  the client or None, bytes still for the server or None, flags, counts, answers relayed
+ *  whole since it parked). */
 static PyObject *hand_back(Reactor *r, Slot *s, PyObject *chunk, PyObject *server_rest,
                            PyObject *to_client, PyObject *to_server, int flags) {
     if (s->answer.skip)
@@ -392,10 +394,11 @@ static PyObject *hand_back(Reactor *r, Slot *s, PyObject *chunk, PyObject *serve
     PyObject *counts = take_counts(s);
     PyObject *outcome = NULL;
     if (status != NULL && counts != NULL)
-        outcome = Py_BuildValue("(OOiOOOOiO)", chunk ? chunk : Py_None, server ? server : Py_None,
-                                s->answer.owed, status, server_rest ? server_rest : Py_None,
+        outcome = Py_BuildValue("(OOiOOOOiOL)", chunk ? chunk : Py_None,
+                                server ? server : Py_None, s->answer.owed, status,
+                                server_rest ? server_rest : Py_None,
                                 to_client ? to_client : Py_None, to_server ? to_server : Py_None,
-                                flags, counts);
+                                flags, counts, (long long)s->answered);
     Py_XDECREF(status);
     Py_XDECREF(counts);
     Py_XDECREF(server);
@@ -596,6 +599,7 @@ static void server_data(Reactor *r, Slot *s, int hung_up) {
     }
     /* The answer is complete. */
     r->relayed++;
+    s->answered++;
     if (s->answer.status == 'I' && !s->release && keep_server(r, s) < 0) {
         if (give_server(r, s) < 0) {
             queue_back(r, s, NULL, NULL, NULL, NULL, 0);
@@ -762,6 +766,7 @@ static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t narg
     memset(&s->answer, 0, sizeof(Answer));
     s->answer.status = 'I';
     s->bytes_in = s->bytes_out = s->asked_at = s->xact_at = s->query_us = s->xact_us = 0;
+    s->answered = 0;
     s->parked = 0;
     s->lane = lane;
     Py_XINCREF(lane);

@@ -34,7 +34,13 @@ if _c is not None:
 else:
     SERVER_LOST, CLIENT_GONE, BROKEN, CLIENT_CLOSED, SERVER_STIRRED = 1, 2, 4, 8, 16
 
-Outcome = tuple  # (chunk, server, owed, status, server_rest, to_client, to_server, flags, counts)
+# (chunk, server, owed, status, server_rest, to_client, to_server, flags, counts, answered)
+Outcome = tuple
+
+# A session whose traffic keeps coming straight back from C (prepared statements, SET...)
+# skips parking for this many chances, doubling each time up to BACKOFF_MAX: parking and
+# coming back costs more than the Python path alone.
+BACKOFF_MAX = 64
 
 
 class Parking:
@@ -59,7 +65,17 @@ class Parking:
                 and (sscan is None or sscan.at_boundary) and (tracker is None or tracker.idle)
                 and group is not None and not group.splits and not group.stale
                 and app.hooks is self._registry and not app.shutting_down
-                and (self.server is None or self._lendable(self.server)))
+                and (self.server is None or self._lendable(self.server))
+                # Clients already wait for a server: this one would find none in C either and
+                # come straight back; it stays on the Python path until the rush is over.
+                and not group.choose(PRIMARY)[0].waiters and not self._skip_turn())
+
+    def _skip_turn(self) -> bool:
+        """Backing off (BACKOFF_MAX): this chance to park is skipped."""
+        if self._turns:
+            self._turns -= 1
+            return True
+        return False
 
     def _lendable(self, server: ServerConnection) -> bool:
         return not server.conn.tls and not server.conn.buffered
@@ -109,9 +125,8 @@ class Parking:
         result = self.app.reactor.unpark(slot)
         if result is not None:
             self._parked = None
-            chunk, server, owed, status, rest, to_client, to_server, flags, counts = result
-            trio.lowlevel.reschedule(task, outcome.Value(
-                (chunk, server, owed, status, rest, to_client, to_server, flags | BROKEN, counts)))
+            flags = result[7] | BROKEN
+            trio.lowlevel.reschedule(task, outcome.Value((*result[:7], flags, *result[8:])))
 
     @property
     def linked_server(self) -> ServerConnection | None:
@@ -165,7 +180,7 @@ class Parking:
 
     def _take_state(self, result: Outcome) -> None:
         """The synchronous part of a hand-back: the session's fields as the Reactor left them."""
-        _chunk, server, owed, status, _rest, _to_client, _to_server, flags, counts = result
+        server, owed, status, flags, counts = result[1], result[2], result[3], result[7], result[8]
         self.server = server
         if server is None:
             return
@@ -179,8 +194,13 @@ class Parking:
 
     async def _resume(self, result: Outcome) -> None:
         """Go on from a hand-back as the Python relay would have from the same bytes."""
-        chunk, server, owed, _status, rest, to_client, to_server, flags, _counts = result
+        chunk, server, owed, _status, rest, to_client, to_server, flags, _counts, answered = result
         self._take_state(result)
+        if chunk is not None and not answered:  # straight back: not worth parking for a while
+            self._backoff = min(max(1, self._backoff * 2), BACKOFF_MAX)
+            self._turns = self._backoff
+        elif answered:
+            self._backoff = 0
         if server is not None:
             if flags & BROKEN:
                 raise ClientGone  # cut mid-message: _release_server closes the server

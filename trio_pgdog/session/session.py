@@ -56,6 +56,7 @@ class ClientSession(Login, Attach, Routing, Failures, Parking):
     # quiet (so the relay loop lives in run).
     __slots__ = (
         "_asked_at",
+        "_backoff",
         "_hooked_syncs",
         "_idle_on",
         "_parked",
@@ -64,6 +65,7 @@ class ClientSession(Login, Attach, Routing, Failures, Parking):
         "_replay",
         "_since",
         "_slot",
+        "_turns",
         "_writing",
         "_xact_at",
         "addr",
@@ -141,6 +143,7 @@ class ClientSession(Login, Attach, Routing, Failures, Parking):
         # While parked in the C reactor (session/parking.py): its slot, and the task waiting.
         self._slot: object | None = None
         self._parked: trio.lowlevel.Task | None = None
+        self._backoff = self._turns = 0  # parking skipped after coming straight back
 
     # --- lifecycle ----------------------------------------------------------------------------
 
