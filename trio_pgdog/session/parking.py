@@ -200,7 +200,7 @@ class Parking:
             self._backoff = min(max(1, self._backoff * 2), BACKOFF_MAX)
             self._turns = self._backoff
         elif answered:
-            self._backoff = 0
+            self._backoff //= 2  # (decays: a client that often finds no server parks less)
         if server is not None:
             if flags & BROKEN:
                 raise ClientGone  # cut mid-message: _release_server closes the server
