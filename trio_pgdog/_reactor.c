@@ -1007,7 +1007,7 @@ static PyTypeObject SlotType = {
     .tp_dealloc = (destructor)slot_dealloc,
 };
 
-/* --- the classifiers alone, for the differential tests (tests/test_reactor_scan.py) ------- */
+/* --- the classifiers alone, for the differential tests (tests/test_plain_scan.py) ------- */
 
 static PyObject *py_classify_client(PyObject *self, PyObject *data) {
     Py_buffer view;

@@ -10,7 +10,6 @@ startup log says which).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -18,23 +17,15 @@ from types import ModuleType
 import outcome
 import trio
 
+from .speedups import optional_extension
+
 __all__ = ["c", "serve", "status"]
 
 log = logging.getLogger(__name__)
 
 c: ModuleType | None
-try:
-    from . import _reactor as c
-except ImportError:  # not built: no C compiler at install time, or not Linux
-    c = None
-    _why = "not built"
-else:
-    _why = ""
-if c is not None and os.environ.get("TRIO_PGDOG_REACTOR", "") == "0":
-    c, _why = None, "off (TRIO_PGDOG_REACTOR=0)"
-elif c is not None and os.environ.get("TRIO_PGDOG_SPEEDUPS", "") == "0":
-    c, _why = None, "off (TRIO_PGDOG_SPEEDUPS=0)"
-elif c is not None and not sys.platform.startswith("linux"):
+c, _why = optional_extension("_reactor", "TRIO_PGDOG_REACTOR", "TRIO_PGDOG_SPEEDUPS")
+if c is not None and not sys.platform.startswith("linux"):
     c, _why = None, "off (needs Linux epoll)"
 
 
@@ -53,14 +44,7 @@ def reclaim(reactor: object) -> None:
     from .session.attach import give_back
 
     for pool, servers, counts in reactor.reclaim():  # type: ignore[attr-defined]
-        stats = pool.stats
-        queries, xacts, received, sent, query_us, xact_us = counts
-        stats.query_count += queries
-        stats.xact_count += xacts
-        stats.bytes_received += received
-        stats.bytes_sent += sent
-        stats.query_time_us += query_us
-        stats.xact_time_us += xact_us
+        pool.stats.add_relayed(*counts)
         for server in servers:
             server.status = b"I"
             give_back(server)

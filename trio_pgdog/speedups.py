@@ -7,21 +7,28 @@ once, at import), e.g. to rule them out when chasing a problem.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
-__all__ = ["c", "status"]
+__all__ = ["c", "optional_extension", "status"]
+
+
+def optional_extension(name: str, *switches: str) -> tuple[ModuleType | None, str]:
+    """(the extension trio_pgdog.`name`, "") if it was built and none of the environment
+    variables `switches` is "0"; else (None, why not) for the startup log."""
+    try:
+        module = importlib.import_module(f"{__package__}.{name}")
+    except ImportError:  # not built: no C compiler or Python headers at install time
+        return None, "not built"
+    for switch in switches:
+        if os.environ.get(switch, "") == "0":
+            return None, f"off ({switch}=0)"
+    return module, ""
+
 
 c: ModuleType | None
-try:
-    from . import _speedups as c
-except ImportError:  # not built: no C compiler or Python headers at install time
-    c = None
-    _why = "not built"
-else:
-    _why = ""
-if c is not None and os.environ.get("TRIO_PGDOG_SPEEDUPS", "") == "0":
-    c, _why = None, "off (TRIO_PGDOG_SPEEDUPS=0)"
+c, _why = optional_extension("_speedups", "TRIO_PGDOG_SPEEDUPS")
 
 
 def status() -> str:

@@ -50,6 +50,16 @@ class PoolStats:
             self.query_count += len(ready)
             self.xact_count += ready.count(b"I")
 
+    def add_relayed(self, queries: int, xacts: int, received: int, sent: int, query_us: int,
+                    xact_us: int) -> None:
+        """What the C path relayed for this pool since it last reported (session/parking.py)."""
+        self.query_count += queries
+        self.xact_count += xacts
+        self.bytes_received += received
+        self.bytes_sent += sent
+        self.query_time_us += query_us
+        self.xact_time_us += xact_us
+
     def waited(self, us: int) -> None:
         """A checkout waited `us` microseconds for a connection."""
         self.wait_time_us += us

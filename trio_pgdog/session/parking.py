@@ -107,26 +107,28 @@ class Parking:
         await self._resume(result)
 
     def _unpark_idle(self) -> None:
-        """Shutdown, a departed client or an abort: wake the session now if the server owes
-        it nothing (else the Reactor hands it back once the answer is complete)."""
-        slot, task = self._slot, self._parked
-        if slot is None or task is None:
-            return
-        result = self.app.reactor.release(slot)
-        if result is not None:
-            self._parked = None
-            trio.lowlevel.reschedule(task, outcome.Value(result))
+        """Shutdown or a departed client: wake the session now if the server owes it nothing
+        (else the Reactor hands it back once the answer is complete)."""
+        self._wake(now=False)
 
     def _force_out(self) -> None:
         """abort(): a departed client's server never answered: out now, server closed."""
+        self._wake(now=True)
+
+    def _wake(self, *, now: bool) -> None:
+        """Take a parked session out of the Reactor (`now`: wherever it stands, its server
+        not to be reused) and reschedule its task with the outcome."""
         slot, task = self._slot, self._parked
         if slot is None or task is None:
             return
-        result = self.app.reactor.unpark(slot)
-        if result is not None:
-            self._parked = None
-            flags = result[7] | BROKEN
-            trio.lowlevel.reschedule(task, outcome.Value((*result[:7], flags, *result[8:])))
+        reactor = self.app.reactor
+        result = reactor.unpark(slot) if now else reactor.release(slot)
+        if result is None:
+            return
+        self._parked = None
+        if now:
+            result = (*result[:7], result[7] | BROKEN, *result[8:])
+        trio.lowlevel.reschedule(task, outcome.Value(result))
 
     @property
     def linked_server(self) -> ServerConnection | None:
@@ -167,14 +169,8 @@ class Parking:
     # --- back on the Python path ----------------------------------------------------------------
 
     def _count(self, server: ServerConnection, counts: Sequence[int]) -> None:
-        queries, xacts, received, sent, query_us, xact_us, asked_at, xact_at = counts
-        stats = server.stats
-        stats.query_count += queries
-        stats.xact_count += xacts
-        stats.bytes_received += received
-        stats.bytes_sent += sent
-        stats.query_time_us += query_us
-        stats.xact_time_us += xact_us
+        server.stats.add_relayed(*counts[:6])
+        asked_at, xact_at = counts[6], counts[7]
         if asked_at:
             self._asked_at, self._xact_at = asked_at, xact_at
 
