@@ -62,6 +62,21 @@ def test_plain_transactions_are_relayed_in_c(proxy_factory):
     assert relayed_in_c(proxy) >= at_least(100)
 
 
+def test_served_by_a_task_as_when_trios_epoll_is_out_of_reach(proxy_factory, monkeypatch):
+    # Normally Trio's loop runs the Reactor while it waits for I/O (reactor.Serving); with
+    # Trio's epoll out of reach a task serves it: TRIO_PGDOG_REACTOR=task takes that way.
+    monkeypatch.setenv("TRIO_PGDOG_REACTOR", "task")
+    proxy = proxy_factory(default_pool_size=1)
+    with proxy.connect(prepare_threshold=None) as conn, \
+            proxy.connect(prepare_threshold=None) as other:
+        for i in range(30):
+            assert conn.execute("select %s::int", (i,)).fetchone() == (i,)
+            assert other.execute(f"select {i}").fetchone() == (i,)
+    first = proxy.log.splitlines()[0]
+    assert ("served by a task" in first) == (reactor_c is not None), first
+    assert relayed_in_c(proxy) >= at_least(60)
+
+
 def test_server_dying_mid_transaction_tells_only_its_client(pg, proxy_factory):
     proxy = proxy_factory(default_pool_size=4)
     victim = proxy.connect()

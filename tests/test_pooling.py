@@ -294,6 +294,8 @@ def test_transaction_mode_shares_a_server_between_clients(proxy_factory):
 
 
 def test_checkout_timeout_gives_53300_and_the_client_can_retry(proxy_factory):
+    # (With the C path on, `a` is parked in C with the server while `b` waits: Trio's loop then
+    # waits inside the Reactor, up to Trio's next deadline -- which must still come on time.)
     proxy = proxy_factory(default_pool_size=1, checkout_timeout=300)
     with proxy.connect() as a, proxy.connect() as b:
         a.execute("BEGIN")
@@ -303,7 +305,7 @@ def test_checkout_timeout_gives_53300_and_the_client_can_retry(proxy_factory):
             b.execute("SELECT 1")
         assert exc.value.sqlstate == "53300"
         assert "checkout_timeout" in str(exc.value)
-        assert time.monotonic() - started >= 0.25
+        assert 0.25 <= time.monotonic() - started < 3
         a.execute("COMMIT")
         assert b.execute("SELECT 'retried'").fetchone() == ("retried",)
 

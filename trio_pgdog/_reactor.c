@@ -267,6 +267,8 @@ typedef struct {
     PyObject *out;       /* run()'s list of (session, outcome) while it runs */
     unsigned char *scratch;
     int64_t handbacks, relayed;
+    Py_ssize_t nparked;  /* slots parked now */
+    int trio_joined;     /* Trio's epoll is in the set (join_trio) */
     PyObject *lanes;     /* pool -> Lane */
     long epoch;          /* bumped by new_epoch(): slots parked before take servers from Python */
 } Reactor;
@@ -402,6 +404,8 @@ static PyObject *hand_back(Reactor *r, Slot *s, PyObject *chunk, PyObject *serve
     Py_XDECREF(status);
     Py_XDECREF(counts);
     Py_XDECREF(server);
+    if (s->parked)
+        r->nparked--;
     s->parked = 0;
     s->answer.skip = 0;
     r->handbacks++;
@@ -695,34 +699,95 @@ static void dispatch(Reactor *r, int fd, uint32_t events) {
 
 /* --- the Python face ------------------------------------------------------------------------ */
 
-/* Sweeps of the ready sockets per run(): while sockets keep becoming ready (answers arriving
- * while the last ones were relayed) the next sweep costs less than another Trio wake-up, but
- * run() must return for the rest of Trio's tasks now and then. */
+/* Sweeps of the ready sockets per run() without a timeout: while sockets keep becoming ready
+ * (answers arriving while the last ones were relayed) the next sweep costs less than another
+ * turn of Trio's loop, but run() must return for the rest of Trio's tasks now and then. */
 #define MAX_SWEEPS 8
 
-static PyObject *reactor_run(Reactor *r, PyObject *unused) {
+/* The epoll_event tag of Trio's own epoll descriptor (join_trio). */
+#define TRIO_TAG UINT64_MAX
+
+/* epoll_wait; with a timeout, without the GIL (Trio's threads may need it meanwhile). */
+static int wait_events(Reactor *r, struct epoll_event *events, int timeout_ms) {
+    int n;
+    if (timeout_ms == 0)
+        return epoll_wait(r->epfd, events, MAX_EVENTS, 0);
+    Py_BEGIN_ALLOW_THREADS
+    n = epoll_wait(r->epfd, events, MAX_EVENTS, timeout_ms);
+    Py_END_ALLOW_THREADS
+    return n;
+}
+
+/* run(timeout=0.0): serve the ready sockets; (the sessions handed back as (session, outcome)
+ * pairs, settled). With a timeout (seconds), wait for sockets up to that long and go on serving
+ * them until a session is handed back, Trio's descriptor (if joined) is ready, a signal arrives,
+ * or the time is up. `settled`: Trio's own wait, planned before this, may go ahead (its
+ * descriptor is ready, or nothing was waited for nor handed back); if not, Trio must be woken.
+ * With no session parked there is nothing to serve: Trio waits by itself (when it joined: a
+ * task waiting for the Reactor's descriptor must have the ready ones taken). */
+static PyObject *reactor_run(Reactor *r, PyObject *const *args, Py_ssize_t nargs) {
+    double timeout = 0;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "run() takes at most one argument (timeout)");
+        return NULL;
+    }
+    if (nargs == 1 && (timeout = PyFloat_AsDouble(args[0])) == -1 && PyErr_Occurred())
+        return NULL;
     struct epoll_event events[MAX_EVENTS];
     PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
+    if (out == NULL || (r->nparked == 0 && r->trio_joined))
+        return out ? Py_BuildValue("(NO)", out, Py_True) : NULL;
     r->out = out;
-    for (int sweep = 0; sweep < MAX_SWEEPS; sweep++) {
+    int64_t deadline = timeout > 0 ? now_ns() + (int64_t)(timeout * 1e9) : 0;
+    int trio_ready = 0, waited = 0, wait_ms = timeout > 0 ? (int)(timeout * 1000) + 1 : 0;
+    for (int sweep = 0;; sweep++) {
         int n;
+        waited |= wait_ms != 0;
         do
-            n = epoll_wait(r->epfd, events, MAX_EVENTS, 0);
-        while (n < 0 && errno == EINTR);
+            n = wait_events(r, events, wait_ms);
+        while (n < 0 && errno == EINTR && !wait_ms);
+        if (n < 0 && errno == EINTR)
+            break;  /* a signal: Python's handlers run once this returns */
         if (n < 0) {
             r->out = NULL;
             Py_DECREF(out);
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        for (int i = 0; i < n; i++)
-            dispatch(r, (int)events[i].data.u64, events[i].events);
-        if (n == 0 || PyList_GET_SIZE(out))
-            break;  /* nothing more ready, or sessions to wake */
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.u64 == TRIO_TAG)
+                trio_ready = 1;
+            else
+                dispatch(r, (int)events[i].data.u64, events[i].events);
+        }
+        if (trio_ready || PyList_GET_SIZE(out))
+            break;  /* Trio has work, or sessions to wake */
+        if (deadline == 0) {
+            if (n == 0 || sweep + 1 >= MAX_SWEEPS)
+                break;
+            continue;
+        }
+        int64_t left = deadline - now_ns();
+        if (left <= 0)
+            break;
+        wait_ms = (int)((left + 999999) / 1000000);  /* rounded up: never wake before it */
     }
     r->out = NULL;
-    return out;
+    int settled = trio_ready || (!waited && PyList_GET_SIZE(out) == 0);
+    return Py_BuildValue("(NO)", out, settled ? Py_True : Py_False);
+}
+
+/* join_trio(fd): Trio's own epoll descriptor joins the set, so that run() with a timeout
+ * returns as soon as Trio has something to do. (Level-triggered: it stays ready until Trio
+ * has looked.) */
+static PyObject *reactor_join_trio(Reactor *r, PyObject *arg) {
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd < 0 && PyErr_Occurred())
+        return NULL;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TRIO_TAG};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    r->trio_joined = 1;
+    Py_RETURN_NONE;
 }
 
 static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t nargs) {
@@ -795,6 +860,7 @@ static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t narg
     e->is_server = 0;
     e->slot = s;
     s->parked = 1;
+    r->nparked++;
     Py_INCREF(s);  /* the reactor's reference, until hand-back */
     return (PyObject *)s;
 }
@@ -961,8 +1027,11 @@ static PyObject *reactor_new_epoch(Reactor *r, PyObject *unused) {
 }
 
 static PyMethodDef reactor_methods[] = {
-    {"run", (PyCFunction)reactor_run, METH_NOARGS,
-     "Serve the ready sockets; the (session, outcome) pairs of sessions handed back."},
+    {"run", (PyCFunction)(void (*)(void))reactor_run, METH_FASTCALL,
+     "run(timeout=0.0): serve the ready sockets, waiting up to timeout seconds; "
+     "([(session, outcome) of the sessions handed back], whether Trio's descriptor is ready)."},
+    {"join_trio", (PyCFunction)reactor_join_trio, METH_O,
+     "join_trio(fd): run() with a timeout returns when this (Trio's epoll) is ready."},
     {"park", (PyCFunction)(void (*)(void))reactor_park, METH_FASTCALL,
      "park(session, client_fd, server or None, status): a slot."},
     {"unpark", (PyCFunction)reactor_unpark, METH_O, "Take a slot out now: its outcome, or None."},
