@@ -77,6 +77,35 @@ def test_served_by_a_task_as_when_trios_epoll_is_out_of_reach(proxy_factory, mon
     assert relayed_in_c(proxy) >= at_least(60)
 
 
+def test_prepared_statements_are_relayed_in_c_under_their_shared_names(proxy_factory):
+    # psycopg prepares at once (prepare_threshold=0): after the first Parse of a statement a
+    # transaction is Bind/Execute/Sync of its name, which C renames to the statement's shared
+    # name -- or hands to Python when the server it took has not prepared it yet.
+    proxy = proxy_factory(default_pool_size=2)
+    conns = [proxy.connect(prepare_threshold=0) for _ in range(3)]
+    for i in range(40):
+        for k, conn in enumerate(conns):
+            assert conn.execute("select %s::int * 10 + %s::int", (i, k)).fetchone() == (i * 10 + k,)
+            if i % 10 == k:
+                assert conn.execute("select %s::text || 'x'", (str(i),)).fetchone() == (f"{i}x",)
+    for conn in conns:
+        conn.close()
+    assert relayed_in_c(proxy) >= at_least(60)
+
+
+def test_a_prepared_set_is_followed_even_when_only_its_name_is_sent(proxy_factory):
+    # Binding a prepared SET again sends only its name: the C path must leave it to the Python
+    # path, which follows the setting (and gives it back on whichever server the client gets).
+    proxy = proxy_factory(default_pool_size=1)
+    with proxy.connect(prepare_threshold=0) as a, proxy.connect(prepare_threshold=0) as b:
+        a.execute("set application_name = 'one'")
+        a.execute("set application_name = 'two'")
+        a.execute("set application_name = 'one'")  # prepared already: Bind, Execute, Sync
+        assert b.execute("select current_setting('application_name')").fetchone() != ("one",)
+        assert a.execute("select current_setting('application_name')").fetchone() == ("one",)
+    assert "Traceback" not in proxy.log
+
+
 def test_server_dying_mid_transaction_tells_only_its_client(pg, proxy_factory):
     proxy = proxy_factory(default_pool_size=4)
     victim = proxy.connect()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_pgdog.session.plain import plain_owed, scan_answer
+from trio_pgdog.session.plain import classify, plain_owed, scan_answer
 from trio_pgdog.session.scan import ClientScan
 
 try:  # the extension itself, even where the proxy runs without it (TRIO_PGDOG_SPEEDUPS=0)
@@ -74,6 +74,8 @@ def cut_stream(draw: st.DrawFn, message: st.SearchStrategy[bytes]) -> bytes:
 @given(cut_stream(client_message()))
 def test_client_classifier_matches_its_python_twin(data: bytes) -> None:
     assert reactor_c.classify_client(data) == plain_owed(data)
+    # Binds of named statements too (the C path then checks the names: test_c_path.py)
+    assert reactor_c.classify_client(data, True) == classify(data, named=True)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -101,6 +103,12 @@ def test_plain_chunks_of_pgbench() -> None:
     assert plain_owed(simple + simple) == 2
     assert plain_owed(msg(b"Q", b"SET work_mem = '8MB'\x00")) == 0
     assert plain_owed(extended[:-5]) == 0  # no Sync yet: the batch is open
+    # -M prepared, once P_0 is prepared: Bind of a named statement, Execute, Sync -- plain if
+    # the names may be checked (the C path does), never to the unnamed-only rules.
+    prepared = (msg(b"B", b"\x00P_0\x00" + b"\x00" * 6) + msg(b"E", b"\x00\x00\x00\x00\x00")
+                + msg(b"S", b""))
+    assert classify(prepared, named=True) == (1, True) and plain_owed(prepared) == 0
+    assert classify(extended, named=True) == (1, False)
 
 
 STATUS = [b"I", b"T", b"E"]

@@ -1,11 +1,14 @@
 /* trio_pgdog._reactor: plain transactions relayed in C (docs/benchmarks.md, "two paths").
  *
  * A session whose next transaction needs nothing of the Python path (session/parking.py says
- * when) parks its client socket here. The Reactor owns a private epoll; one Trio task awaits
- * its fd and calls run(), which for each ready socket does what the session's relay loop would:
+ * when) parks its client socket here. The Reactor owns a private epoll, which Trio runs each
+ * time its loop is about to wait for I/O (reactor.py, Serving: run() with Trio's timeout waits
+ * on the Reactor's sockets and on Trio's own epoll, joined to the set). For each ready socket
+ * run() does what the session's relay loop would:
  * read the client's chunk, check that it is plain (classify_client below), take an idle server
  * from the session's pool (a call back into the session: the pool stays the owner of its
- * connections), forward, relay the server's answer up to ReadyForQuery, and give the server
+ * connections), rename its prepared statements to their shared names (rename_binds), forward,
+ * relay the server's answer up to ReadyForQuery, and give the server
  * back at 'I' (again through the session). Anything else -- a chunk that is not plain, a server
  * message the session must read, a short send, a socket that closed -- hands the session back
  * to its Trio task at a message boundary with everything it needs to go on ("an outcome").
@@ -83,12 +86,15 @@ static int has_unique_id(const unsigned char *p, Py_ssize_t len) {
  *
  * Plain: whole messages only, ending at a Query or Sync; each Query neither PREPARE,
  * DEALLOCATE, DISCARD, LISTEN, SET nor RESET (nor behind a comment or space), without
- * pgdog.unique_id(); extended messages only for the unnamed statement and portal, with the
+ * pgdog.unique_id(); extended messages only for the unnamed portal, and for the unnamed
  * statement parsed in this chunk (a server taken for this transaction knows no other), its
- * SQL not SET, RESET, DISCARD or COPY. The same rules in Python: session/plain.py. */
-static int classify_client(const unsigned char *buf, Py_ssize_t n) {
+ * SQL not SET, RESET, DISCARD or COPY. With `named` (not NULL), a Bind may also name a
+ * statement: *named is set, and the chunk is plain only if rename_binds() (below) finds every
+ * such statement known to the session and prepared on the server. The same rules in Python:
+ * session/plain.py. */
+static int classify_client(const unsigned char *buf, Py_ssize_t n, int *named) {
     Py_ssize_t pos = 0;
-    int owed = 0, parsed = 0, in_batch = 0;
+    int owed = 0, parsed = 0, bound = 0, in_batch = 0;
     while (pos < n) {
         if (n - pos < 5)
             return 0;
@@ -114,17 +120,21 @@ static int classify_client(const unsigned char *buf, Py_ssize_t n) {
             parsed = in_batch = 1;
             break;
         case 'B':
-            if (!parsed || blen < 2 || body[0] != 0 || body[1] != 0)
+            if (blen < 2 || body[0] != 0)
                 return 0;
-            in_batch = 1;
+            if (body[1] == 0 ? !parsed : named == NULL || memchr(body + 1, 0, blen - 1) == NULL)
+                return 0;
+            if (body[1] != 0)
+                *named = 1;
+            bound = in_batch = 1;
             break;
         case 'D':
-            if (!parsed || blen != 2 || (body[0] != 'S' && body[0] != 'P') || body[1] != 0)
+            if (blen != 2 || body[1] != 0 || !(body[0] == 'S' ? parsed : body[0] == 'P' && (parsed || bound)))
                 return 0;
             in_batch = 1;
             break;
         case 'E':
-            if (!parsed || blen < 5 || body[0] != 0)
+            if (!(parsed || bound) || blen < 5 || body[0] != 0)
                 return 0;
             in_batch = 1;
             break;
@@ -268,13 +278,15 @@ typedef struct {
     unsigned char *scratch;
     int64_t handbacks, relayed;
     Py_ssize_t nparked;  /* slots parked now */
+    unsigned char *renamed;  /* a chunk with its statements renamed (rename_binds) */
+    Py_ssize_t renamed_room;
     int trio_joined;     /* Trio's epoll is in the set (join_trio) */
     PyObject *lanes;     /* pool -> Lane */
     long epoch;          /* bumped by new_epoch(): slots parked before take servers from Python */
 } Reactor;
 
 static PyObject *s_take, *s_give, *s_conn, *s_fd, *s_sock, *s_closed, *s_paused, *s_waiters;
-static PyObject *s_created_at, *s_reconnect_before;
+static PyObject *s_created_at, *s_reconnect_before, *s_tracker, *s_statements, *s_set_statements;
 
 static FdEntry *entry(Reactor *r, int fd) {
     if (fd < 0)
@@ -621,6 +633,99 @@ static void server_data(Reactor *r, Slot *s, int hung_up) {
     }
 }
 
+/* --- named statements: the session's names, the server's shared ones ------------------------ */
+
+/* May a Bind of the statement the session knows as `key` run on the slot's server? Its
+ * shared name (borrowed from the session's Tracker, session/tracker.py) if the session
+ * prepared it, it changes no settings, its SQL is nothing the Python path looks at closer,
+ * and the server has it prepared (pool/statements.py: the record never claims one the
+ * server lacks); else NULL, without an error set. */
+static PyObject *shared_name(Slot *s, PyObject *statements, PyObject *sets, PyObject *on_server,
+                             PyObject *key) {
+    PyObject *known = PyDict_GetItemWithError(statements, key);
+    if (known == NULL || !PyTuple_Check(known) || PyTuple_GET_SIZE(known) != 2)
+        return NULL;
+    PyObject *shared = PyTuple_GET_ITEM(known, 0), *rest = PyTuple_GET_ITEM(known, 1);
+    if (!PyBytes_Check(shared) || !PyBytes_Check(rest) || PySet_Contains(sets, key) != 0)
+        return NULL;
+    const unsigned char *sql = (const unsigned char *)PyBytes_AS_STRING(rest);
+    Py_ssize_t len = (Py_ssize_t)strnlen((const char *)sql, (size_t)PyBytes_GET_SIZE(rest));
+    if (len == 0 || leading_noise(sql[0]) || starts_set(sql, len) ||
+        starts_word(sql, len, "DISCARD") || starts_copy(sql, len) || has_unique_id(sql, len))
+        return NULL;
+    return PySequence_Contains(on_server, shared) == 1 ? shared : NULL;
+}
+
+static unsigned char *renamed_room(Reactor *r, Py_ssize_t need) {
+    if (need > r->renamed_room) {
+        unsigned char *grown = PyMem_Realloc(r->renamed, (size_t)need);
+        if (grown == NULL)
+            return NULL;
+        r->renamed = grown;
+        r->renamed_room = need;
+    }
+    return r->renamed;
+}
+
+/* The chunk (plain to classify_client, with Binds of named statements) as the server must
+ * see it: each statement name replaced by its shared name, as the Python path's Tracker
+ * does. Its length in r->renamed, or -1 if any statement needs the Python path (unknown,
+ * not prepared on this server...). */
+static Py_ssize_t rename_binds(Reactor *r, Slot *s, const unsigned char *buf, Py_ssize_t n) {
+    PyObject *tracker = PyObject_GetAttr(s->session, s_tracker);
+    PyObject *statements = tracker && tracker != Py_None ? PyObject_GetAttr(tracker, s_statements) : NULL;
+    PyObject *sets = statements ? PyObject_GetAttr(tracker, s_set_statements) : NULL;
+    PyObject *on_server = sets ? PyObject_GetAttr(s->server, s_statements) : NULL;
+    Py_ssize_t out = -1, pos = 0, done = 0;
+    if (on_server == NULL || !PyDict_Check(statements) || !PyAnySet_Check(sets))
+        goto end;
+    while (pos < n) {
+        uint32_t length = be32(buf + pos + 1);
+        const unsigned char *body = buf + pos + 5;
+        Py_ssize_t next = pos + 1 + (Py_ssize_t)length;
+        PyObject *shared = NULL;
+        Py_ssize_t name_len = 0;
+        if (buf[pos] == 'B' && body[1] != 0) {
+            name_len = (Py_ssize_t)strlen((const char *)body + 1);  /* classify_client saw its NUL */
+            PyObject *key = PyBytes_FromStringAndSize((const char *)body + 1, name_len);
+            shared = key ? shared_name(s, statements, sets, on_server, key) : NULL;
+            Py_XDECREF(key);
+            if (shared == NULL)
+                goto end;
+        }
+        Py_ssize_t grow = shared ? PyBytes_GET_SIZE(shared) - name_len : 0;
+        unsigned char *to = renamed_room(r, done + next - pos + grow);
+        if (to == NULL)
+            goto end;
+        to += done;
+        if (shared == NULL) {
+            memcpy(to, buf + pos, (size_t)(next - pos));
+        } else {  /* 'B', length, portal "", the shared name, the rest of the Bind */
+            uint32_t new_length = length + (uint32_t)grow;
+            to[0] = 'B';
+            to[1] = (unsigned char)(new_length >> 24);
+            to[2] = (unsigned char)(new_length >> 16);
+            to[3] = (unsigned char)(new_length >> 8);
+            to[4] = (unsigned char)new_length;
+            to[5] = 0;
+            memcpy(to + 6, PyBytes_AS_STRING(shared), (size_t)PyBytes_GET_SIZE(shared));
+            Py_ssize_t after = 1 + name_len;  /* the name's NUL onwards */
+            memcpy(to + 6 + PyBytes_GET_SIZE(shared), body + after, (size_t)(next - pos - 5 - after));
+        }
+        done += next - pos + grow;
+        pos = next;
+    }
+    out = done;
+end:
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    Py_XDECREF(tracker);
+    Py_XDECREF(statements);
+    Py_XDECREF(sets);
+    Py_XDECREF(on_server);
+    return out;
+}
+
 /* The client sent something (or hung up, `hung_up`) while the session waits for it. */
 static void client_chunk(Reactor *r, Slot *s, int hung_up) {
     unsigned char *buf = r->scratch;
@@ -634,7 +739,8 @@ static void client_chunk(Reactor *r, Slot *s, int hung_up) {
         queue_back(r, s, NULL, NULL, NULL, NULL, CLIENT_CLOSED);
         return;
     }
-    int owed = n < SCRATCH_SIZE ? classify_client(buf, n) : 0;
+    int named = 0;
+    int owed = n < SCRATCH_SIZE ? classify_client(buf, n, &named) : 0;
     if (owed && s->server == NULL && take_held(r, s)) {
         s->answer.status = 'I';
     } else if (owed && s->server == NULL) {
@@ -654,6 +760,12 @@ static void client_chunk(Reactor *r, Slot *s, int hung_up) {
         }
         Py_XDECREF(server);
     }
+    const unsigned char *out = buf;
+    Py_ssize_t out_n = n;
+    if (owed && named && (out_n = rename_binds(r, s, buf, n)) < 0)
+        owed = 0;  /* back to Python with the chunk and the server taken for it */
+    else if (owed && named)
+        out = r->renamed;
     if (!owed) {
         queue_back(r, s, bytes_of(buf, n), NULL, NULL, NULL, 0);
         return;
@@ -661,17 +773,17 @@ static void client_chunk(Reactor *r, Slot *s, int hung_up) {
     s->asked_at = now_ns();
     if (s->answer.status == 'I')
         s->xact_at = s->asked_at;
-    Py_ssize_t sent = send_now(s->sfd, buf, n);
+    Py_ssize_t sent = send_now(s->sfd, out, out_n);
     if (sent < 0) {  /* the server is gone: Python sends the chunk again and finds out */
         queue_back(r, s, bytes_of(buf, n), NULL, NULL, NULL, 0);
         return;
     }
-    s->bytes_in += sent;
+    s->bytes_in += n;
     s->answer.owed = owed;
     s->state = WAIT_SERVER;
     s->client_ready = hung_up;  /* read again once answered: its end of stream is there */
-    if (sent < n)
-        queue_back(r, s, NULL, NULL, NULL, bytes_of(buf + sent, n - sent), 0);
+    if (sent < out_n)
+        queue_back(r, s, NULL, NULL, NULL, bytes_of(out + sent, out_n - sent), 0);
 }
 
 static void dispatch(Reactor *r, int fd, uint32_t events) {
@@ -964,6 +1076,7 @@ static void reactor_dealloc(Reactor *r) {
     reactor_close(r, NULL);
     PyMem_Free(r->fds);
     PyMem_Free(r->scratch);
+    PyMem_Free(r->renamed);
     Py_XDECREF(r->lanes);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
@@ -1078,11 +1191,18 @@ static PyTypeObject SlotType = {
 
 /* --- the classifiers alone, for the differential tests (tests/test_plain_scan.py) ------- */
 
-static PyObject *py_classify_client(PyObject *self, PyObject *data) {
+/* classify_client(data, named=False): the owed count (0: not plain), and with `named`
+ * whether a Bind names a statement: (owed, named). */
+static PyObject *py_classify_client(PyObject *self, PyObject *args) {
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+    int named = 0, found = 0;
+    if (!PyArg_ParseTuple(args, "y*|p", &view, &named))
         return NULL;
-    int owed = classify_client(view.buf, view.len);
+    int owed = classify_client(view.buf, view.len, named ? &found : NULL);
+    if (named) {
+        PyBuffer_Release(&view);
+        return Py_BuildValue("(iO)", owed, found && owed ? Py_True : Py_False);
+    }
     PyBuffer_Release(&view);
     return PyLong_FromLong(owed);
 }
@@ -1119,8 +1239,9 @@ static PyObject *py_scan_server(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
-    {"classify_client", py_classify_client, METH_O,
-     "ReadyForQuery owed for a plain client chunk, else 0 (session/plain.py's twin)."},
+    {"classify_client", py_classify_client, METH_VARARGS,
+     "classify_client(data, named=False): ReadyForQuery owed for a plain client chunk, else 0; "
+     "with named, (owed, whether a Bind names a statement) (session/plain.py's twin)."},
     {"scan_server", py_scan_server, METH_VARARGS,
      "scan_server(chunks, owed): (bytes relayed, owed left, statuses)."},
     {NULL, NULL, 0, NULL},
@@ -1145,6 +1266,9 @@ PyMODINIT_FUNC PyInit__reactor(void) {
     s_waiters = PyUnicode_InternFromString("waiters");
     s_created_at = PyUnicode_InternFromString("created_at");
     s_reconnect_before = PyUnicode_InternFromString("reconnect_before");
+    s_tracker = PyUnicode_InternFromString("tracker");
+    s_statements = PyUnicode_InternFromString("statements");
+    s_set_statements = PyUnicode_InternFromString("set_statements");
     if (!s_take || !s_give || !s_conn || !s_fd || !s_sock || !s_closed || !s_paused || !s_waiters ||
         !s_created_at || !s_reconnect_before)
         return NULL;

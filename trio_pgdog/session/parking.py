@@ -37,7 +37,7 @@ else:
 # (chunk, server, owed, status, server_rest, to_client, to_server, flags, counts, answered)
 Outcome = tuple
 
-# A session whose traffic keeps coming straight back from C (prepared statements, SET...)
+# A session whose traffic keeps coming straight back from C (new statement names, SET...)
 # skips parking for this many chances, doubling each time up to BACKOFF_MAX: parking and
 # coming back costs more than the Python path alone.
 BACKOFF_MAX = 64

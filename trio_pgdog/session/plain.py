@@ -20,7 +20,6 @@ _LEN = struct.Struct("!I").unpack_from
 # NoData, CommandComplete, ParseComplete, BindComplete, CloseComplete, PortalSuspended,
 # ParameterDescription, EmptyQueryResponse, NoticeResponse, CopyOutResponse and its data).
 RELAYED = frozenset(b"123CDInNTtsHdc")
-_EXTENDED_UNNAMED = frozenset(b"BDE")
 
 
 def plain_owed(data: bytes) -> int:
@@ -28,53 +27,65 @@ def plain_owed(data: bytes) -> int:
 
     Plain: whole messages ending at a Query or Sync; no Query that the Python path looks at
     closer (PREPARE, DEALLOCATE, DISCARD, LISTEN, SET, RESET, a leading comment or space,
-    pgdog.unique_id()); extended messages only for the unnamed statement and portal, the
+    pgdog.unique_id()); extended messages only for the unnamed portal, and for the unnamed
     statement parsed in the same chunk and not SET, RESET, DISCARD or COPY.
     """
+    return classify(data, named=False)[0]
+
+
+def classify(data: bytes, named: bool = True) -> tuple[int, bool]:
+    """(plain_owed, whether a Bind names a statement); with `named`, a Bind may name one (the
+    C path then checks that the session knows it and the server has it: rename_binds)."""
     pos, end = 0, len(data)
-    owed, parsed, in_batch = 0, False, False
+    owed, parsed, bound, in_batch, names = 0, False, False, False, False
     while pos < end:
         if end - pos < 5:
-            return 0
+            return 0, False
         kind = data[pos]
         length = _LEN(data, pos + 1)[0]
         if length < 4 or length > MAX_MESSAGE_LENGTH or length > end - pos - 1:
-            return 0
+            return 0, False
         if length > _SMALL_LIMIT and kind in _SMALL:
-            return 0
+            return 0, False
         body, nxt = pos + 5, pos + 1 + length
         if kind == 0x51:  # Query
             sql = data[body:nxt]
             if (in_batch or not sql or sql[:1] in _SPECIAL_FIRST or _starts_set(sql, 0)
                     or b"unique_id" in sql or b"UNIQUE_ID" in sql):
-                return 0
+                return 0, False
             owed += 1
         elif kind == 0x50:  # Parse
             sql = data[body + 1 : nxt]
             if nxt - body < 2 or data[body] != 0 or _starts_change(sql, 0) \
                     or sql[:4].upper() == b"COPY":  # its Sync is read as copy input: no answer
-                return 0
+                return 0, False
             parsed = in_batch = True
-        elif kind in _EXTENDED_UNNAMED:
-            if not parsed or not _unnamed(kind, data[body:nxt]):
-                return 0
+        elif kind == 0x42:  # Bind: portal "", the statement parsed here or (named) known
+            bind = data[body:nxt]
+            if len(bind) < 2 or bind[0] != 0:
+                return 0, False
+            ok = parsed if bind[1] == 0 else named and 0 in bind[1:]
+            if not ok:
+                return 0, False
+            names = names or bind[1] != 0
+            bound = in_batch = True
+        elif kind == 0x44:  # Describe the statement parsed here, or the unnamed portal
+            target = data[body:nxt]
+            if len(target) != 2 or target[1] != 0 or not (
+                    parsed if target[:1] == b"S" else target[:1] == b"P" and (parsed or bound)):
+                return 0, False
+            in_batch = True
+        elif kind == 0x45:  # Execute the unnamed portal
+            if not (parsed or bound) or nxt - body < 5 or data[body] != 0:
+                return 0, False
             in_batch = True
         elif kind == 0x53:  # Sync
             owed += 1
             in_batch = False
         else:
-            return 0
+            return 0, False
         pos = nxt
-    return 0 if in_batch else owed
-
-
-def _unnamed(kind: int, body: bytes) -> bool:
-    """Bind, Describe or Execute of the unnamed portal (and statement)."""
-    if kind == 0x42:  # Bind: portal "" and statement ""
-        return body[:2] == b"\x00\x00"
-    if kind == 0x44:  # Describe: 'S' or 'P', name ""
-        return len(body) == 2 and body[:1] in (b"S", b"P") and body[1] == 0
-    return len(body) >= 5 and body[0] == 0  # Execute: portal "", row limit
+    return (0, False) if in_batch else (owed, names)
 
 
 class Answer:
