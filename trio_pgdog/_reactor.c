@@ -37,8 +37,9 @@
 #define BROKEN 4      /* taken out mid-message (unpark): the server cannot be reused */
 #define CLIENT_CLOSED 8 /* the client's socket reached its end or failed */
 #define SERVER_STIRRED 16 /* the server spoke (or closed) while idle in a transaction */
+#define TIMED_OUT 32 /* waited in its lane's queue for checkout_timeout: no server */
 
-enum { WAIT_CLIENT, WAIT_SERVER };
+enum { WAIT_CLIENT, WAIT_SERVER, WAIT_POOL };
 
 static uint32_t be32(const unsigned char *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
@@ -221,7 +222,7 @@ static Py_ssize_t scan_server(Answer *a, const unsigned char *buf, Py_ssize_t n)
 
 /* --- slots: one parked session ------------------------------------------------------------ */
 
-typedef struct {
+typedef struct Slot {
     PyObject_HEAD
     PyObject *session;   /* the ClientSession (strong while parked) */
     PyObject *server;    /* the ServerConnection lent to it, or NULL */
@@ -236,6 +237,11 @@ typedef struct {
     struct Lane *lane;   /* its pool's idle servers kept in C (strong), or NULL */
     PyObject *key;       /* its settings (ClientParams.key): servers synced to them serve it */
     long epoch;          /* the Reactor's epoch when it parked */
+    /* WAIT_POOL: its request waits in its lane's queue for a server (first come, first served) */
+    PyObject *pending;   /* the request (bytes) */
+    int pending_owed, pending_named;
+    int64_t since, deadline;  /* when it began waiting; when it gives up (checkout_timeout) */
+    struct Slot *next;   /* the next in the queue */
 } Slot;
 
 /* An idle server kept in C between plain transactions, with the settings it has. */
@@ -254,6 +260,8 @@ typedef struct Lane {
     Held *held;
     int nheld, room;
     int64_t queries, xacts, bytes_in, bytes_out, query_us, xact_us;
+    int64_t wait_us, waits, max_wait_us;  /* requests that waited in the queue, and how long */
+    Slot *head, *tail;   /* the queue of slots waiting for a server (WAIT_POOL) */
 } Lane;
 
 static PyTypeObject LaneType;
@@ -278,6 +286,8 @@ typedef struct {
     unsigned char *scratch;
     int64_t handbacks, relayed;
     Py_ssize_t nparked;  /* slots parked now */
+    Py_ssize_t nwaiting; /* of them, waiting in a lane's queue */
+    int64_t next_deadline;  /* the earliest deadline among them (a lower bound) */
     unsigned char *renamed;  /* a chunk with its statements renamed (rename_binds) */
     Py_ssize_t renamed_room;
     int trio_joined;     /* Trio's epoll is in the set (join_trio) */
@@ -398,8 +408,40 @@ static PyObject *take_counts(Slot *s) {
  * (client chunk or None, server or None, owed, status, server bytes or None, bytes still for
  *  the client or None, bytes still for the server or None, flags, counts, answers relayed
  *  whole since it parked). */
+/* Out of its lane's queue (WAIT_POOL), its request still unsent: returned (a reference). */
+static PyObject *dequeue(Reactor *r, Slot *s) {
+    Lane *lane = s->lane;
+    Slot *prev = NULL;
+    for (Slot *w = lane->head; w != NULL; prev = w, w = w->next) {
+        if (w != s)
+            continue;
+        if (prev == NULL)
+            lane->head = s->next;
+        else
+            prev->next = s->next;
+        if (lane->tail == s)
+            lane->tail = prev;
+        break;
+    }
+    s->next = NULL;
+    s->state = WAIT_CLIENT;
+    r->nwaiting--;
+    int64_t waited = (now_ns() - s->since) / 1000;
+    lane->wait_us += waited;
+    lane->waits++;
+    if (waited > lane->max_wait_us)
+        lane->max_wait_us = waited;
+    PyObject *pending = s->pending;
+    s->pending = NULL;
+    return pending;
+}
+
 static PyObject *hand_back(Reactor *r, Slot *s, PyObject *chunk, PyObject *server_rest,
                            PyObject *to_client, PyObject *to_server, int flags) {
+    /* Waiting in the queue: its request goes back with it (the Python path sends it). */
+    PyObject *unsent = s->state == WAIT_POOL ? dequeue(r, s) : NULL;
+    if (chunk == NULL)
+        chunk = unsent;
     if (s->answer.skip)
         flags |= BROKEN;  /* mid-message: nobody can tell where the next one starts */
     unwatch(r, s->cfd);
@@ -416,6 +458,7 @@ static PyObject *hand_back(Reactor *r, Slot *s, PyObject *chunk, PyObject *serve
     Py_XDECREF(status);
     Py_XDECREF(counts);
     Py_XDECREF(server);
+    Py_XDECREF(unsent);
     if (s->parked)
         r->nparked--;
     s->parked = 0;
@@ -512,12 +555,39 @@ static int outdated(PyObject *server, PyObject *pool) {
     return old != 0;
 }
 
-/* The transaction ended ('I'): keep the slot's server in its pool's lane. -1: not possible. */
+static void serve_waiter(Reactor *r, Slot *w, PyObject *server, int fd, int ready);
+
+/* The slot's counters, into its lane's (which Python takes with reclaim). */
+static void add_counts(Lane *lane, Slot *s) {
+    lane->queries += s->answer.queries;
+    lane->xacts += s->answer.xacts;
+    lane->bytes_in += s->bytes_in;
+    lane->bytes_out += s->bytes_out;
+    lane->query_us += s->query_us;
+    lane->xact_us += s->xact_us;
+    s->answer.queries = s->answer.xacts = 0;
+    s->bytes_in = s->bytes_out = s->query_us = s->xact_us = 0;
+}
+
+/* The transaction ended ('I'): the slot's server goes to the first request waiting in its
+ * pool's lane, or is kept there. -1: not possible (Python gives it back to the pool). */
 static int keep_server(Reactor *r, Slot *s) {
     Lane *lane = s->lane;
     if (lane == NULL || s->key == NULL || s->epoch != r->epoch || !pool_open(lane->pool) ||
         outdated(s->server, lane->pool))
         return -1;
+    if (lane->head != NULL) {
+        Slot *w = lane->head;
+        int ready = w->key == s->key;  /* the server has the settings of s: of w too? */
+        if (!ready && w->key != NULL && (ready = PyObject_RichCompareBool(w->key, s->key, Py_EQ)) < 0) {
+            PyErr_Clear();
+            ready = 0;
+        }
+        int fd = s->sfd;
+        add_counts(lane, s);
+        serve_waiter(r, w, unlend(r, s), fd, ready);
+        return 0;
+    }
     if (lane->nheld == lane->room) {
         int room = lane->room ? lane->room * 2 : 16;
         Held *grown = PyMem_Realloc(lane->held, sizeof(Held) * (size_t)room);
@@ -531,14 +601,7 @@ static int keep_server(Reactor *r, Slot *s) {
     h->server = unlend(r, s);
     Py_INCREF(s->key);
     h->key = s->key;
-    lane->queries += s->answer.queries;
-    lane->xacts += s->answer.xacts;
-    lane->bytes_in += s->bytes_in;
-    lane->bytes_out += s->bytes_out;
-    lane->query_us += s->query_us;
-    lane->xact_us += s->xact_us;
-    s->answer.queries = s->answer.xacts = 0;
-    s->bytes_in = s->bytes_out = s->query_us = s->xact_us = 0;
+    add_counts(lane, s);
     return 0;
 }
 
@@ -726,6 +789,8 @@ end:
     return out;
 }
 
+static void client_request(Reactor *r, Slot *s, const unsigned char *buf, Py_ssize_t n, int hung_up);
+
 /* The client sent something (or hung up, `hung_up`) while the session waits for it. */
 static void client_chunk(Reactor *r, Slot *s, int hung_up) {
     unsigned char *buf = r->scratch;
@@ -739,37 +804,20 @@ static void client_chunk(Reactor *r, Slot *s, int hung_up) {
         queue_back(r, s, NULL, NULL, NULL, NULL, CLIENT_CLOSED);
         return;
     }
-    int named = 0;
-    int owed = n < SCRATCH_SIZE ? classify_client(buf, n, &named) : 0;
-    if (owed && s->server == NULL && take_held(r, s)) {
-        s->answer.status = 'I';
-    } else if (owed && s->server == NULL) {
-        PyObject *server = PyObject_CallMethodNoArgs(s->session, s_take);
-        if (server == NULL) {
-            PyErr_WriteUnraisable(s->session);
-            owed = 0;
-        } else if (server == Py_None) {
-            owed = 0;
-        } else if (lend(r, s, server) < 0) {
-            PyErr_WriteUnraisable(s->session);
-            s->server = server;  /* the session holds it: hand it back with the chunk */
-            Py_INCREF(server);
-            owed = 0;
-        } else {
-            s->answer.status = 'I';
-        }
-        Py_XDECREF(server);
-    }
+    client_request(r, s, buf, n, hung_up);
+}
+
+/* The plain request `buf` goes to the slot's server (renamed if it binds named statements). */
+static void send_request(Reactor *r, Slot *s, const unsigned char *buf, Py_ssize_t n, int owed,
+                         int named, int hung_up) {
     const unsigned char *out = buf;
     Py_ssize_t out_n = n;
-    if (owed && named && (out_n = rename_binds(r, s, buf, n)) < 0)
-        owed = 0;  /* back to Python with the chunk and the server taken for it */
-    else if (owed && named)
-        out = r->renamed;
-    if (!owed) {
-        queue_back(r, s, bytes_of(buf, n), NULL, NULL, NULL, 0);
+    if (named && (out_n = rename_binds(r, s, buf, n)) < 0) {
+        queue_back(r, s, bytes_of(buf, n), NULL, NULL, NULL, 0);  /* with the server taken */
         return;
     }
+    if (named)
+        out = r->renamed;
     s->asked_at = now_ns();
     if (s->answer.status == 'I')
         s->xact_at = s->asked_at;
@@ -784,6 +832,114 @@ static void client_chunk(Reactor *r, Slot *s, int hung_up) {
     s->client_ready = hung_up;  /* read again once answered: its end of stream is there */
     if (sent < out_n)
         queue_back(r, s, NULL, NULL, NULL, bytes_of(out + sent, out_n - sent), 0);
+}
+
+/* No server free and the pool at its size: the request waits in the lane's queue, at most
+ * `timeout` seconds (checkout_timeout). -1 if it cannot (then Python waits for one). */
+static int enqueue(Reactor *r, Slot *s, const unsigned char *buf, Py_ssize_t n, int owed,
+                   int named, double timeout) {
+    Lane *lane = s->lane;
+    if (lane == NULL || !r->trio_joined)  /* (a task serving the Reactor has no deadlines) */
+        return -1;
+    if ((s->pending = bytes_of(buf, n)) == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    s->pending_owed = owed;
+    s->pending_named = named;
+    s->since = now_ns();
+    s->deadline = s->since + (int64_t)(timeout * 1e9);
+    s->state = WAIT_POOL;
+    s->next = NULL;
+    if (lane->tail == NULL)
+        lane->head = s;
+    else
+        lane->tail->next = s;
+    lane->tail = s;
+    if (r->nwaiting++ == 0 || s->deadline < r->next_deadline)
+        r->next_deadline = s->deadline;
+    return 0;
+}
+
+/* The first slot in `w`'s lane's queue, `w`, gets `server` (a reference, given; `fd`: its
+ * registered socket, or -1 to register it): its request goes now -- or back to Python with
+ * the server when the server's settings are not the client's (`ready` false). */
+static void serve_waiter(Reactor *r, Slot *w, PyObject *server, int fd, int ready) {
+    PyObject *request = dequeue(r, w);
+    int lent = fd >= 0 ? lend_again(r, w, server, fd) : lend(r, w, server);
+    if (lent < 0) {
+        PyErr_WriteUnraisable(w->session);
+        w->server = server;  /* the session holds it: back with the request */
+        Py_INCREF(server);
+    }
+    Py_DECREF(server);
+    w->answer.status = 'I';
+    if (lent < 0 || !ready || request == NULL) {
+        queue_back(r, w, request, NULL, NULL, NULL, 0);
+        return;
+    }
+    send_request(r, w, (const unsigned char *)PyBytes_AS_STRING(request),
+                 PyBytes_GET_SIZE(request), w->pending_owed, w->pending_named, w->client_ready);
+    Py_DECREF(request);
+}
+
+/* The client's chunk `buf`: relayed to a server if plain (waiting in line for one if the
+ * pool has none free), else back to Python. */
+static void client_request(Reactor *r, Slot *s, const unsigned char *buf, Py_ssize_t n,
+                           int hung_up) {
+    int named = 0;
+    int owed = n < SCRATCH_SIZE ? classify_client(buf, n, &named) : 0;
+    if (owed && s->server == NULL && take_held(r, s)) {
+        s->answer.status = 'I';
+    } else if (owed && s->server == NULL) {
+        PyObject *server = PyObject_CallMethodNoArgs(s->session, s_take);
+        if (server == NULL) {
+            PyErr_WriteUnraisable(s->session);
+            owed = 0;
+        } else if (PyFloat_Check(server)) {  /* none free, the pool full: wait in line */
+            double timeout = PyFloat_AS_DOUBLE(server);
+            Py_DECREF(server);
+            if (enqueue(r, s, buf, n, owed, named, timeout) == 0) {
+                s->client_ready = hung_up;
+                return;
+            }
+            server = NULL;
+            owed = 0;
+        } else if (server == Py_None) {
+            owed = 0;
+        } else if (lend(r, s, server) < 0) {
+            PyErr_WriteUnraisable(s->session);
+            s->server = server;  /* the session holds it: hand it back with the chunk */
+            Py_INCREF(server);
+            owed = 0;
+        } else {
+            s->answer.status = 'I';
+        }
+        Py_XDECREF(server);
+    }
+    if (!owed) {
+        queue_back(r, s, bytes_of(buf, n), NULL, NULL, NULL, 0);
+        return;
+    }
+    send_request(r, s, buf, n, owed, named, hung_up);
+}
+
+/* Requests that waited checkout_timeout go back to Python (TIMED_OUT), which tells their
+ * clients as a pool checkout would; the next deadline is found again. */
+static void expire_waiters(Reactor *r) {
+    int64_t now = now_ns(), next = 0;
+    PyObject *pool, *value;
+    Py_ssize_t pos = 0;
+    while (r->nwaiting && PyDict_Next(r->lanes, &pos, &pool, &value)) {
+        for (Slot *w = ((Lane *)value)->head, *after; w != NULL; w = after) {
+            after = w->next;
+            if (w->deadline <= now)
+                queue_back(r, w, NULL, NULL, NULL, NULL, TIMED_OUT);
+            else if (next == 0 || w->deadline < next)
+                next = w->deadline;
+        }
+    }
+    r->next_deadline = next;
 }
 
 static void dispatch(Reactor *r, int fd, uint32_t events) {
@@ -802,6 +958,8 @@ static void dispatch(Reactor *r, int fd, uint32_t events) {
             queue_back(r, s, NULL, NULL, NULL, NULL, SERVER_STIRRED);
     } else if (s->state == WAIT_CLIENT) {
         client_chunk(r, s, (events & HUNG_UP) != 0);
+    } else if (s->state == WAIT_POOL && (events & HUNG_UP)) {
+        queue_back(r, s, NULL, NULL, NULL, NULL, CLIENT_CLOSED);  /* gone while in line */
     } else {
         s->client_ready = 1;  /* read once the answer is complete */
         if ((events & HUNG_UP) && !s->answer.skip)
@@ -854,6 +1012,15 @@ static PyObject *reactor_run(Reactor *r, PyObject *const *args, Py_ssize_t nargs
     int trio_ready = 0, waited = 0, wait_ms = timeout > 0 ? (int)(timeout * 1000) + 1 : 0;
     for (int sweep = 0;; sweep++) {
         int n;
+        if (r->nwaiting && now_ns() >= r->next_deadline)
+            expire_waiters(r);
+        if (PyList_GET_SIZE(out))
+            break;
+        if (wait_ms && r->nwaiting) {  /* wake for the first request to give up waiting */
+            int64_t left = (r->next_deadline - now_ns() + 999999) / 1000000;
+            if (left < wait_ms)
+                wait_ms = left < 1 ? 1 : (int)left;
+        }
         waited |= wait_ms != 0;
         do
             n = wait_events(r, events, wait_ms);
@@ -924,6 +1091,8 @@ static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t narg
             lane->nheld = lane->room = 0;
             lane->queries = lane->xacts = lane->bytes_in = lane->bytes_out = 0;
             lane->query_us = lane->xact_us = 0;
+            lane->wait_us = lane->waits = lane->max_wait_us = 0;
+            lane->head = lane->tail = NULL;
             int failed = PyDict_SetItem(r->lanes, args[4], (PyObject *)lane);
             Py_DECREF(lane);  /* the dict keeps it */
             if (failed < 0)
@@ -945,6 +1114,10 @@ static PyObject *reactor_park(Reactor *r, PyObject *const *args, Py_ssize_t narg
     s->bytes_in = s->bytes_out = s->asked_at = s->xact_at = s->query_us = s->xact_us = 0;
     s->answered = 0;
     s->parked = 0;
+    s->pending = NULL;
+    s->pending_owed = s->pending_named = 0;
+    s->since = s->deadline = 0;
+    s->next = NULL;
     s->lane = lane;
     Py_XINCREF(lane);
     s->key = args[5] == Py_None ? NULL : args[5];
@@ -1082,6 +1255,7 @@ static void reactor_dealloc(Reactor *r) {
 }
 
 static void slot_dealloc(Slot *s) {
+    Py_XDECREF(s->pending);
     Py_XDECREF(s->session);
     Py_XDECREF(s->server);
     Py_XDECREF(s->lane);
@@ -1101,13 +1275,14 @@ static void lane_dealloc(Lane *lane) {
 
 /* reclaim(): every kept server back to Python, with the counts since the last reclaim:
  * [(pool, [servers], (queries, xacts, bytes from clients, bytes to clients, query µs,
- *   transaction µs))] for the lanes that have either. */
+ *   transaction µs, µs waited in line, requests that waited, longest wait µs))] for the lanes
+ *   that have any. */
 static PyObject *reactor_reclaim(Reactor *r, PyObject *unused) {
     PyObject *out = PyList_New(0), *pool, *value;
     Py_ssize_t pos = 0;
     while (out != NULL && PyDict_Next(r->lanes, &pos, &pool, &value)) {
         Lane *lane = (Lane *)value;
-        if (lane->nheld == 0 && lane->queries == 0 && lane->bytes_in == 0)
+        if (lane->nheld == 0 && lane->queries == 0 && lane->bytes_in == 0 && lane->waits == 0)
             continue;
         PyObject *servers = PyList_New(lane->nheld);
         if (servers == NULL) {
@@ -1119,16 +1294,88 @@ static PyObject *reactor_reclaim(Reactor *r, PyObject *unused) {
             Py_DECREF(lane->held[i].key);
         }
         lane->nheld = 0;
-        PyObject *item = Py_BuildValue("(ON(LLLLLL))", pool, servers, (long long)lane->queries,
+        PyObject *item = Py_BuildValue("(ON(LLLLLLLLL))", pool, servers, (long long)lane->queries,
                                        (long long)lane->xacts, (long long)lane->bytes_in,
                                        (long long)lane->bytes_out, (long long)lane->query_us,
-                                       (long long)lane->xact_us);
+                                       (long long)lane->xact_us, (long long)lane->wait_us,
+                                       (long long)lane->waits, (long long)lane->max_wait_us);
         lane->queries = lane->xacts = lane->bytes_in = lane->bytes_out = 0;
         lane->query_us = lane->xact_us = 0;
+        lane->wait_us = lane->waits = lane->max_wait_us = 0;
         if (item == NULL || PyList_Append(out, item) < 0)
             Py_CLEAR(out);
         Py_XDECREF(item);
     }
+    return out;
+}
+
+/* The lane of `pool`, or NULL (borrowed; no error set when there is none). */
+static Lane *lane_of(Reactor *r, PyObject *pool) {
+    PyObject *lane = PyDict_GetItemWithError(r->lanes, pool);
+    if (lane == NULL && PyErr_Occurred())
+        PyErr_Clear();
+    return (Lane *)lane;
+}
+
+/* first_waiter(pool): the session whose request is first in line for a server of `pool`. */
+static PyObject *reactor_first_waiter(Reactor *r, PyObject *pool) {
+    Lane *lane = lane_of(r, pool);
+    PyObject *session = lane != NULL && lane->head != NULL ? lane->head->session : Py_None;
+    Py_INCREF(session);
+    return session;
+}
+
+/* serve_first(pool, server, ready): the request first in line gets `server`, a connection
+ * the pool had back from the Python path (`ready`: it has that client's settings); with
+ * server None (a slot of the pool freed: a connection may be opened, which only Python does)
+ * it goes back to Python instead. The sessions handed back meanwhile: [(session, outcome)]. */
+static PyObject *reactor_serve_first(Reactor *r, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "serve_first(pool, server, ready)");
+        return NULL;
+    }
+    Lane *lane = lane_of(r, args[0]);
+    if (lane == NULL || lane->head == NULL) {
+        PyErr_SetString(PyExc_LookupError, "no request waits for this pool");
+        return NULL;
+    }
+    if (r->out != NULL) {  /* inside run(): its list takes them */
+        if (args[1] == Py_None) {
+            queue_back(r, lane->head, NULL, NULL, NULL, NULL, 0);
+        } else {
+            Py_INCREF(args[1]);
+            serve_waiter(r, lane->head, args[1], -1, PyObject_IsTrue(args[2]) == 1);
+        }
+        return PyList_New(0);
+    }
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    r->out = out;
+    if (args[1] == Py_None) {
+        queue_back(r, lane->head, NULL, NULL, NULL, NULL, 0);
+    } else {
+        Py_INCREF(args[1]);
+        serve_waiter(r, lane->head, args[1], -1, PyObject_IsTrue(args[2]) == 1);
+    }
+    r->out = NULL;
+    return out;
+}
+
+/* unqueue(): every request waiting in line back to Python, with its session: [(session,
+ * outcome)] (before a reload, PAUSE or shutdown: the Python path then waits as it decides). */
+static PyObject *reactor_unqueue(Reactor *r, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL || r->out != NULL)
+        return out;  /* (never called inside run()) */
+    r->out = out;
+    PyObject *pool, *value;
+    Py_ssize_t pos = 0;
+    while (r->nwaiting && PyDict_Next(r->lanes, &pos, &pool, &value)) {
+        while (((Lane *)value)->head != NULL)
+            queue_back(r, ((Lane *)value)->head, NULL, NULL, NULL, NULL, 0);
+    }
+    r->out = NULL;
     return out;
 }
 
@@ -1154,6 +1401,13 @@ static PyMethodDef reactor_methods[] = {
     {"server", (PyCFunction)reactor_server, METH_O, "The server a slot holds, or None."},
     {"reclaim", (PyCFunction)reactor_reclaim, METH_NOARGS,
      "Every idle server kept in C, back to Python, with the counts: [(pool, servers, counts)]."},
+    {"first_waiter", (PyCFunction)reactor_first_waiter, METH_O,
+     "first_waiter(pool): the session first in line for a server of pool, or None."},
+    {"serve_first", (PyCFunction)(void (*)(void))reactor_serve_first, METH_FASTCALL,
+     "serve_first(pool, server, ready): the request first in line gets server; "
+     "[(session, outcome)] to wake."},
+    {"unqueue", (PyCFunction)reactor_unqueue, METH_NOARGS,
+     "Every request waiting in line back to Python: [(session, outcome)] to wake."},
     {"new_epoch", (PyCFunction)reactor_new_epoch, METH_NOARGS,
      "Slots parked until now take servers through Python again."},
     {"fileno", (PyCFunction)reactor_fileno, METH_NOARGS, "The epoll file descriptor."},
@@ -1281,7 +1535,8 @@ PyMODINIT_FUNC PyInit__reactor(void) {
         PyModule_AddIntConstant(m, "CLIENT_GONE", CLIENT_GONE) < 0 ||
         PyModule_AddIntConstant(m, "BROKEN", BROKEN) < 0 ||
         PyModule_AddIntConstant(m, "CLIENT_CLOSED", CLIENT_CLOSED) < 0 ||
-        PyModule_AddIntConstant(m, "SERVER_STIRRED", SERVER_STIRRED) < 0) {
+        PyModule_AddIntConstant(m, "SERVER_STIRRED", SERVER_STIRRED) < 0 ||
+        PyModule_AddIntConstant(m, "TIMED_OUT", TIMED_OUT) < 0) {
         Py_DECREF(m);
         return NULL;
     }

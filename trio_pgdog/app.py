@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -188,7 +189,8 @@ class Proxy:
             self._root = root
             if c_path.c is not None:
                 self.reactor = c_path.c.Reactor()
-                self.pools.reclaim = self.settle
+                self.pools.reclaim = functools.partial(c_path.reclaim, self.reactor)
+                self.pools.offer = c_path.offering(self.reactor)
                 root.start_soon(c_path.serve, self.reactor)
             self.pools.apply(self.config, root)
             if self.worker is not None:
@@ -218,9 +220,11 @@ class Proxy:
 
     def settle(self) -> None:
         """Idle servers and counts the C path keeps between transactions, back in their pools
-        (reactor.reclaim): before anything looks at the pools or changes them."""
+        (reactor.reclaim), and the requests waiting there for a connection back on the Python
+        path: before anything looks at the pools or changes them."""
         if self.reactor is not None:
             c_path.reclaim(self.reactor)
+            c_path.unqueue(self.reactor)
 
     async def _roll_stats(self) -> None:
         """Every stats_period, each pool's averages for SHOW STATS."""

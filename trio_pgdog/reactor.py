@@ -59,6 +59,31 @@ def reclaim(reactor: object) -> None:
             give_back(server)
 
 
+def unqueue(reactor: object) -> None:
+    """The requests waiting in line in the C path, back to their sessions' Python path (which
+    waits for a connection as the pool decides: PAUSE, a reload's new pools, shutdown)."""
+    wake(reactor.unqueue())  # type: ignore[attr-defined]
+
+
+def offering(reactor: object) -> Callable[..., bool]:
+    """Pool.offer for the pools: a connection coming back on the Python path goes to the
+    request first in line in the C path, if any (in sync with that client's settings or
+    not: then the Python path syncs it); a freed slot (server None) sends that request to
+    the Python path, which opens a connection in it."""
+    first_waiter = reactor.first_waiter  # type: ignore[attr-defined]
+    serve_first = reactor.serve_first  # type: ignore[attr-defined]
+
+    def offer(pool: object, server: object | None) -> bool:
+        session = first_waiter(pool)
+        if session is None:
+            return False
+        ready = server is not None and session._c_ready(server)
+        wake(serve_first(pool, server, ready))
+        return True
+
+    return offer
+
+
 async def tidy(reactor: object) -> None:
     """Every TIDY_INTERVAL, what the C path keeps goes back to the pools (which lend it again
     to the next plain transaction)."""

@@ -70,6 +70,8 @@ class PoolManager:
         self.monitors: dict[str, LagMonitor] = {}  # per logical database with replicas
         self.on_connect = on_connect  # after_connect hooks, for every new server connection
         self.reclaim: Callable[[], None] | None = None  # app.settle, with the C path on
+        # Hands a connection to a request waiting in the C path (reactor.offer), if any.
+        self.offer: Callable[[Pool, ServerConnection | None], bool] | None = None
 
     def get(self, user: str, database: str) -> HostGroup | None:
         return self.groups.get((user, database))
@@ -95,6 +97,7 @@ class PoolManager:
             pool.logical_database, pool.role, pool.shard = db.name, db.role, db.shard
             pool.on_connect = self.on_connect
             pool.reclaim = self.reclaim
+            pool.offer = self.offer
             if old is not None and _same_server(old.settings, settings):
                 # New logins need not wait for a server connection to learn its parameters.
                 pool.server_params = old.server_params

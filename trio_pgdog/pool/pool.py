@@ -69,6 +69,9 @@ class Pool:
         self.stats = PoolStats()
         # Gives back the idle servers the C path keeps between transactions (app.settle).
         self.reclaim: Callable[[], None] | None = None
+        # Hands a connection to a request waiting for one in the C path (reactor.offering);
+        # with None, a freed slot: the request goes to the Python path, which opens one.
+        self.offer: Callable[[Pool, ServerConnection | None], bool] | None = None
         self.opening = 0  # connections logging in now (SHOW POOLS' sv_login)
         self.paused = False  # the admin console's PAUSE: new checkouts wait for RESUME
         self._resumed = trio.Event()
@@ -136,6 +139,8 @@ class Pool:
             waiter.server = server
             waiter.event.set()
             return
+        if self.offer is not None and not self.paused and self.offer(self, server):
+            return
         self.idle.append(server)
         if self.paused:
             self._drained.set()  # PAUSE waits for the last connection in use to come back
@@ -157,6 +162,8 @@ class Pool:
             waiter.event.set()
             return
         self.total -= 1
+        if self.offer is not None and not self.closed and not self.paused:
+            self.offer(self, None)  # a request in line in C: its Python path opens one
         if self.total < self.settings.min_pool_size:
             self._wake.set()
 
@@ -230,10 +237,14 @@ class Pool:
             if pool.closed:
                 raise pool._closed_error()
             pool._abandon(waiter)
-            raise ProxyError(codes.TOO_MANY_CONNECTIONS,
-                             f"no server connection available in pool {pool.name} within "
-                             f"checkout_timeout ({pool.settings.checkout_timeout * 1000:.0f} ms): "
-                             f"all {pool.settings.pool_size} connections are busy")
+            raise pool.timeout_error()
+
+    def timeout_error(self) -> ProxyError:
+        """What a client hears when no connection came within checkout_timeout."""
+        return ProxyError(codes.TOO_MANY_CONNECTIONS,
+                          f"no server connection available in pool {self.name} within "
+                          f"checkout_timeout ({self.settings.checkout_timeout * 1000:.0f} ms): "
+                          f"all {self.settings.pool_size} connections are busy")
 
     # --- the admin console: PAUSE, RESUME, RECONNECT --------------------------------------------
 

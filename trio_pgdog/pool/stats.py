@@ -51,14 +51,18 @@ class PoolStats:
             self.xact_count += ready.count(b"I")
 
     def add_relayed(self, queries: int, xacts: int, received: int, sent: int, query_us: int,
-                    xact_us: int) -> None:
-        """What the C path relayed for this pool since it last reported (session/parking.py)."""
+                    xact_us: int, wait_us: int = 0, waits: int = 0, max_wait_us: int = 0) -> None:
+        """What the C path relayed for this pool since it last reported (session/parking.py),
+        and how long its requests waited in line for a connection."""
         self.query_count += queries
         self.xact_count += xacts
         self.bytes_received += received
         self.bytes_sent += sent
         self.query_time_us += query_us
         self.xact_time_us += xact_us
+        self.wait_time_us += wait_us
+        self.wait_count += waits
+        self.max_wait_us = max(self.max_wait_us, max_wait_us)
 
     def waited(self, us: int) -> None:
         """A checkout waited `us` microseconds for a connection."""

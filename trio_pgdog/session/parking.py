@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 # Outcome flags (see hand_back in _reactor.c).
 if _c is not None:
     SERVER_LOST, CLIENT_GONE, BROKEN = _c.SERVER_LOST, _c.CLIENT_GONE, _c.BROKEN
-    CLIENT_CLOSED, SERVER_STIRRED = _c.CLIENT_CLOSED, _c.SERVER_STIRRED
+    CLIENT_CLOSED, SERVER_STIRRED, TIMED_OUT = _c.CLIENT_CLOSED, _c.SERVER_STIRRED, _c.TIMED_OUT
 else:
-    SERVER_LOST, CLIENT_GONE, BROKEN, CLIENT_CLOSED, SERVER_STIRRED = 1, 2, 4, 8, 16
+    SERVER_LOST, CLIENT_GONE, BROKEN, CLIENT_CLOSED, SERVER_STIRRED, TIMED_OUT = 1, 2, 4, 8, 16, 32
 
 # (chunk, server, owed, status, server_rest, to_client, to_server, flags, counts, answered)
 Outcome = tuple
@@ -66,9 +66,7 @@ class Parking:
                 and group is not None and not group.splits and not group.stale
                 and app.hooks is self._registry and not app.shutting_down
                 and (self.server is None or self._lendable(self.server))
-                # Clients already wait for a server: this one would find none in C either and
-                # come straight back; it stays on the Python path until the rush is over.
-                and not group.choose(PRIMARY)[0].waiters and not self._skip_turn())
+                and not self._skip_turn())
 
     def _skip_turn(self) -> bool:
         """Backing off (BACKOFF_MAX): this chance to park is skipped."""
@@ -144,21 +142,32 @@ class Parking:
 
     # --- called by the Reactor, synchronously, inside its run() ---------------------------------
 
-    def _c_take(self) -> ServerConnection | None:
-        """An idle server for a plain transaction, or None (the Python path takes over).
-        (Called when the pool's lane in C has none with this client's settings.)"""
+    def _c_take(self) -> ServerConnection | float | None:
+        """An idle server for a plain transaction; or, when the pool has none and may open no
+        more, how long the request may wait in line in C (checkout_timeout, seconds); or None
+        (the Python path takes over). (Called when the pool's lane in C has none with this
+        client's settings.)"""
         app, group = self.app, self.group
         if group.stale or app.hooks is not self._registry or app.shutting_down:
             return None
         pool = group.choose(PRIMARY)[0]
         server = pool.take_idle()
         if server is None:
+            # In line in C when no connection may be opened (that is the Python path's). A
+            # connection coming back goes to the Python path's waiters first (Pool.checkin),
+            # then to this line (reactor.offering, and _reactor.c's keep_server).
+            if pool.total >= pool.settings.pool_size and not pool.paused and not pool.closed:
+                return float(pool.settings.checkout_timeout)
             return None
-        if server.needs_check or not self._lendable(server) \
-                or self.settings.sync_sql(server) is not None:
+        if not self._c_ready(server):
             pool.untake(server)  # the Python path checks or syncs it
             return None
         return server
+
+    def _c_ready(self, server: ServerConnection) -> bool:
+        """May the C path run this client's request on `server` as it is?"""
+        return (not server.needs_check and self._lendable(server)
+                and self.settings.sync_sql(server) is None)
 
     def _c_give(self, server: ServerConnection, counts: Sequence[int]) -> None:
         """A plain transaction ended (ReadyForQuery 'I'): its server goes back to its pool."""
@@ -192,6 +201,10 @@ class Parking:
         """Go on from a hand-back as the Python relay would have from the same bytes."""
         chunk, server, owed, _status, rest, to_client, to_server, flags, _counts, answered = result
         self._take_state(result)
+        if flags & TIMED_OUT:  # in line in C for checkout_timeout: as a pool checkout fails
+            self.cscan.feed(chunk)
+            await self._fail_batch(self.group.choose(PRIMARY)[0].timeout_error())
+            return
         if chunk is not None and not answered:  # straight back: not worth parking for a while
             self._backoff = min(max(1, self._backoff * 2), BACKOFF_MAX)
             self._turns = self._backoff
