@@ -175,6 +175,36 @@ def test_a_reload_sends_requests_in_line_to_the_new_pool(proxy_factory):
     assert "Traceback" not in proxy.log
 
 
+def test_whoever_waits_longest_is_served_first_on_either_path(proxy_factory):
+    # One connection, held. A plain request waits in line in C; then a request the Python
+    # path must handle (a SET) waits in the pool. When the connection comes back the
+    # request that came first runs first, whichever path it waits on.
+    proxy = proxy_factory(default_pool_size=1, checkout_timeout=30000)
+    holder, plain, python = proxy.connect(), proxy.connect(), proxy.connect()
+    holder.execute("begin")
+    holder.execute("select 1")
+    done: list[str] = []
+
+    def run(conn, sql: str, name: str) -> None:
+        conn.execute(sql)
+        done.append(name)
+
+    first = threading.Thread(target=run, args=(plain, "select pg_sleep(0.3)", "plain"))
+    first.start()
+    time.sleep(0.5)
+    second = threading.Thread(
+        target=run, args=(python, "set application_name = 'x'; select pg_sleep(0.3)", "python"))
+    second.start()
+    time.sleep(0.5)
+    holder.execute("commit")
+    first.join(15)
+    second.join(15)
+    assert done == ["plain", "python"]
+    for conn in (holder, plain, python):
+        conn.close()
+    assert "Traceback" not in proxy.log
+
+
 def test_server_dying_mid_transaction_tells_only_its_client(pg, proxy_factory):
     proxy = proxy_factory(default_pool_size=4)
     victim = proxy.connect()

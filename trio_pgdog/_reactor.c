@@ -1317,12 +1317,13 @@ static Lane *lane_of(Reactor *r, PyObject *pool) {
     return (Lane *)lane;
 }
 
-/* first_waiter(pool): the session whose request is first in line for a server of `pool`. */
+/* first_waiter(pool): (the session whose request is first in line for a server of `pool`,
+ * seconds it has waited), or None. */
 static PyObject *reactor_first_waiter(Reactor *r, PyObject *pool) {
     Lane *lane = lane_of(r, pool);
-    PyObject *session = lane != NULL && lane->head != NULL ? lane->head->session : Py_None;
-    Py_INCREF(session);
-    return session;
+    if (lane == NULL || lane->head == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(Od)", lane->head->session, (double)(now_ns() - lane->head->since) / 1e9);
 }
 
 /* serve_first(pool, server, ready): the request first in line gets `server`, a connection
@@ -1402,7 +1403,8 @@ static PyMethodDef reactor_methods[] = {
     {"reclaim", (PyCFunction)reactor_reclaim, METH_NOARGS,
      "Every idle server kept in C, back to Python, with the counts: [(pool, servers, counts)]."},
     {"first_waiter", (PyCFunction)reactor_first_waiter, METH_O,
-     "first_waiter(pool): the session first in line for a server of pool, or None."},
+     "first_waiter(pool): (the session first in line for a server of pool, seconds waited), "
+     "or None."},
     {"serve_first", (PyCFunction)(void (*)(void))reactor_serve_first, METH_FASTCALL,
      "serve_first(pool, server, ready): the request first in line gets server; "
      "[(session, outcome)] to wake."},

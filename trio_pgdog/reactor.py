@@ -73,10 +73,13 @@ def offering(reactor: object) -> Callable[..., bool]:
     first_waiter = reactor.first_waiter  # type: ignore[attr-defined]
     serve_first = reactor.serve_first  # type: ignore[attr-defined]
 
-    def offer(pool: object, server: object | None) -> bool:
-        session = first_waiter(pool)
-        if session is None:
+    def offer(pool: object, server: object | None, unless_waited: float | None = None) -> bool:
+        """`unless_waited`: how long the Python path's first waiter has waited; the line's
+        first goes first only if it has waited longer (whoever came first is served first)."""
+        first = first_waiter(pool)
+        if first is None or (unless_waited is not None and first[1] <= unless_waited):
             return False
+        session = first[0]
         ready = server is not None and session._c_ready(server)
         wake(serve_first(pool, server, ready))
         return True

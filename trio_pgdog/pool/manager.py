@@ -71,7 +71,7 @@ class PoolManager:
         self.on_connect = on_connect  # after_connect hooks, for every new server connection
         self.reclaim: Callable[[], None] | None = None  # app.settle, with the C path on
         # Hands a connection to a request waiting in the C path (reactor.offer), if any.
-        self.offer: Callable[[Pool, ServerConnection | None], bool] | None = None
+        self.offer: Callable[[Pool, ServerConnection | None, float | None], bool] | None = None
 
     def get(self, user: str, database: str) -> HostGroup | None:
         return self.groups.get((user, database))

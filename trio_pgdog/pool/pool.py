@@ -69,9 +69,10 @@ class Pool:
         self.stats = PoolStats()
         # Gives back the idle servers the C path keeps between transactions (app.settle).
         self.reclaim: Callable[[], None] | None = None
-        # Hands a connection to a request waiting for one in the C path (reactor.offering);
-        # with None, a freed slot: the request goes to the Python path, which opens one.
-        self.offer: Callable[[Pool, ServerConnection | None], bool] | None = None
+        # Hands a connection to a request waiting for one in the C path (reactor.offering),
+        # unless a waiter here has waited as long (seconds); with None, a freed slot: the
+        # request goes to the Python path, which opens one.
+        self.offer: Callable[[Pool, ServerConnection | None, float | None], bool] | None = None
         self.opening = 0  # connections logging in now (SHOW POOLS' sv_login)
         self.paused = False  # the admin console's PAUSE: new checkouts wait for RESUME
         self._resumed = trio.Event()
@@ -134,12 +135,7 @@ class Pool:
                 or server.created_at <= self.reconnect_before):
             self._discard(server)
             return
-        if self.waiters and not self.paused:
-            waiter = self.waiters.popleft()
-            waiter.server = server
-            waiter.event.set()
-            return
-        if self.offer is not None and not self.paused and self.offer(self, server):
+        if not self.paused and self._to_waiter(server):
             return
         self.idle.append(server)
         if self.paused:
@@ -147,6 +143,19 @@ class Pool:
         expiry = min(now + self.settings.idle_timeout, server.created_at + self.settings.server_lifetime)
         if expiry < self._deadline:
             self._wake.set()  # the janitor sleeps past this connection's expiry
+
+    def _to_waiter(self, server: ServerConnection) -> bool:
+        """Hand `server` to whoever has waited longest for one: the first waiter here, or the
+        first request in line in the C path (Pool.offer). False if nobody waits."""
+        waited = trio.current_time() - self.waiters[0].since if self.waiters else None
+        if self.offer is not None and self.offer(self, server, waited):
+            return True
+        if not self.waiters:
+            return False
+        waiter = self.waiters.popleft()
+        waiter.server = server
+        waiter.event.set()
+        return True
 
     def _discard(self, server: ServerConnection) -> None:
         server.close()
@@ -163,7 +172,7 @@ class Pool:
             return
         self.total -= 1
         if self.offer is not None and not self.closed and not self.paused:
-            self.offer(self, None)  # a request in line in C: its Python path opens one
+            self.offer(self, None, None)  # a request in line in C: its Python path opens one
         if self.total < self.settings.min_pool_size:
             self._wake.set()
 
