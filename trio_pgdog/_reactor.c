@@ -1340,26 +1340,20 @@ static PyObject *reactor_serve_first(Reactor *r, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_LookupError, "no request waits for this pool");
         return NULL;
     }
-    if (r->out != NULL) {  /* inside run(): its list takes them */
-        if (args[1] == Py_None) {
-            queue_back(r, lane->head, NULL, NULL, NULL, NULL, 0);
-        } else {
-            Py_INCREF(args[1]);
-            serve_waiter(r, lane->head, args[1], -1, PyObject_IsTrue(args[2]) == 1);
-        }
-        return PyList_New(0);
-    }
     PyObject *out = PyList_New(0);
     if (out == NULL)
         return NULL;
-    r->out = out;
+    int running = r->out != NULL;  /* inside run(): its list takes them, `out` stays empty */
+    if (!running)
+        r->out = out;
     if (args[1] == Py_None) {
         queue_back(r, lane->head, NULL, NULL, NULL, NULL, 0);
     } else {
         Py_INCREF(args[1]);
         serve_waiter(r, lane->head, args[1], -1, PyObject_IsTrue(args[2]) == 1);
     }
-    r->out = NULL;
+    if (!running)
+        r->out = NULL;
     return out;
 }
 
